@@ -1,0 +1,31 @@
+# The two commands of the README: `make demo` and `make test`. Each sets up .venv itself.
+VENV  ?= .venv
+PY    := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: setup demo test bench lint clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# the CPU build of torch first, pinned: an unpinned torch would pull gigabytes of CUDA
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[all,dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(VENV)/bin/mobilegen export recipes/stoic-digits.toml --out out/stoic-digits
+
+test: setup
+	$(VENV)/bin/pytest -q
+
+bench: setup
+	$(PY) benchmarks/bench_stoic_latency.py
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks scripts
+
+clean:
+	rm -rf out .pytest_cache

@@ -1,0 +1,203 @@
+"""Load and save checkpoints. Checkpoints are untrusted input.
+
+Primary format: safetensors with the architecture in its metadata (`mobilegen.family`,
+`mobilegen.config` as JSON), so a file always says what it is. Pickle checkpoints (.pt/.ckpt/.pth)
+are read with `torch.load(weights_only=True)` only: a dict {"family", "config", "state_dict"}, or a
+bare state dict when the recipe supplies the config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mobilegen.errors import CheckpointError, ConfigError
+from mobilegen.models import get_family
+
+if TYPE_CHECKING:
+    import torch
+
+FORMAT_VERSION = "1"
+PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin"}
+
+
+@dataclass
+class LoadedModel:
+    family: str
+    config: Any
+    model: Any  # torch.nn.Module in eval mode, float32
+    source: str  # where the weights came from: a path, or "random"
+    source_dtype: str = "float32"
+
+
+def save_checkpoint(path: str | Path, family: str, model: Any) -> Path:
+    """Write `model` as safetensors with its config in the metadata (atomically)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    meta = {
+        "mobilegen.format": FORMAT_VERSION,
+        "mobilegen.family": family,
+        "mobilegen.config": json.dumps(model.config.to_dict(), sort_keys=True),
+    }
+    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return path
+
+
+def build_random(family: str, config: Any, seed: int = 0) -> LoadedModel:
+    import torch
+
+    torch.manual_seed(seed)
+    model = get_family(family).build(config).eval()
+    if family == "stoic":  # its output conv starts at zero; random weights must move the output
+        torch.nn.init.normal_(model.conv_out.weight, std=0.02)
+    return LoadedModel(family, config, model, source="random")
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # the library raises several types for corrupt headers
+        raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(e)})") from e
+    return tensors, meta
+
+
+def _read_pickle(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    import pickle
+
+    import torch
+
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path}: refused: the pickle holds objects other than tensors and plain data "
+            f"(loaded with weights_only=True; {_first_line(e)})"
+        ) from e
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({_first_line(e)})") from e
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
+    info: dict[str, Any] = {}
+    if "state_dict" in obj:
+        info = {k: obj[k] for k in ("family", "config") if k in obj}
+        obj = obj["state_dict"]
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    extra = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if extra:
+        raise CheckpointError(f"{path}: entry '{extra[0]}' is not a tensor")
+    return tensors, info
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def check_state_dict(path: Any, expected: dict[str, Any], found: dict[str, Any]) -> None:
+    """Raise one line naming the first missing, unexpected and mis-shaped tensors."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    shapes = [
+        f"{k} expected {tuple(expected[k].shape)} found {tuple(found[k].shape)}"
+        for k in expected
+        if k in found and tuple(expected[k].shape) != tuple(found[k].shape)
+    ]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (first: {', '.join(missing[:3])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (first: {', '.join(unexpected[:3])})")
+    if shapes:
+        parts.append(f"{len(shapes)} shape mismatches (first: {'; '.join(shapes[:3])})")
+    if parts:
+        raise CheckpointError(f"{path}: tensors do not fit the config: " + "; ".join(parts))
+
+
+def _check_values(path: Path, tensors: dict[str, torch.Tensor]) -> str:
+    import torch
+
+    dtypes = set()
+    for name, t in tensors.items():
+        if not (t.is_floating_point() or t.dtype in (torch.int64, torch.int32)):
+            raise CheckpointError(f"{path}: tensor '{name}' has unsupported dtype {t.dtype}")
+        if t.is_floating_point():
+            dtypes.add(str(t.dtype).replace("torch.", ""))
+            if not torch.isfinite(t).all():
+                raise CheckpointError(f"{path}: tensor '{name}' contains NaN or inf values")
+    return ",".join(sorted(dtypes)) or "float32"
+
+
+def load_checkpoint(
+    path: str | Path, family: str | None = None, config: dict[str, Any] | None = None
+) -> LoadedModel:
+    """Load weights + architecture. `family`/`config` (from a recipe) fill what the file lacks;
+    a config stored in the file wins unless the recipe gives one explicitly."""
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        from mobilegen.diffusers_format import load_diffusers_folder
+
+        fam, cfg, tensors = load_diffusers_folder(path)
+        return _instantiate(path, fam, cfg, tensors, "float32")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: file is empty (0 bytes)")
+    if path.suffix in PICKLE_SUFFIXES:
+        tensors, info = _read_pickle(path)
+        stored_family, stored_config = info.get("family"), info.get("config")
+    else:
+        tensors, meta = _read_safetensors(path)
+        stored_family = meta.get("mobilegen.family")
+        raw = meta.get("mobilegen.config")
+        try:
+            stored_config = json.loads(raw) if raw else None
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{path}: metadata 'mobilegen.config' is not JSON ({e})") from e
+    fam = family or stored_family
+    if fam is None:
+        raise CheckpointError(
+            f"{path}: no 'mobilegen.family' in the file; set model.family in the recipe"
+        )
+    if family and stored_family and family != stored_family:
+        raise CheckpointError(
+            f"{path}: recipe says family '{family}' but the checkpoint is '{stored_family}'"
+        )
+    cfg_dict = config if config is not None else stored_config
+    if cfg_dict is None:
+        raise CheckpointError(
+            f"{path}: no architecture config in the file; give [model.config] in the recipe"
+        )
+    try:
+        cfg = get_family(fam).config_from_dict(dict(cfg_dict))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{path}: bad config: {_first_line(e)}") from e
+    src_dtype = _check_values(path, tensors)
+    tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
+    del torch
+    return _instantiate(path, fam, cfg, tensors, src_dtype)
+
+
+def _instantiate(
+    path: Path, fam: str, cfg: Any, tensors: dict[str, Any], src_dtype: str
+) -> LoadedModel:
+    import torch
+
+    with torch.device("meta"):
+        shell = get_family(fam).build(cfg)
+    check_state_dict(path, shell.state_dict(), tensors)
+    model = get_family(fam).build(cfg)
+    model.load_state_dict(tensors, strict=True)
+    return LoadedModel(fam, cfg, model.eval(), source=str(path), source_dtype=src_dtype)

@@ -1,0 +1,66 @@
+"""Shared CLI pieces: option aliases, the one error table, and the output layer."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+import typer
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
+OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output folder.")]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def stdout_console() -> Any:
+    from rich.console import Console
+
+    return Console()
+
+
+def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Map MobilegenError (and Ctrl-C / SIGTERM) to one line on stderr and its exit code."""
+
+    @wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        from mobilegen.errors import MobilegenError
+
+        debug = bool(kwargs.get("debug"))
+        try:
+            return fn(*args, **kwargs)
+        except MobilegenError as e:
+            if debug:
+                raise
+            prefix = "gate failed" if e.exit_code == 3 else "error"
+            stderr_console().print(f"[bold red]{prefix}:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            stderr_console().print("interrupted: the output folder was left as it was")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+
+def progress_printer() -> Callable[[str], None]:
+    """Step names on stderr when it is a terminal; quiet in CI."""
+    if not sys.stderr.isatty():
+        return lambda step: None
+    console = stderr_console()
+    return lambda step: console.print(f"[dim]· {step}[/]")

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from mobilegen.cli.common import DebugOpt, JsonOpt, handle_errors, print_json, stdout_console
+
+
+def inspect_checkpoint(path: Path, image_size: int | None) -> dict[str, Any]:
+    from mobilegen.checkpoints import load_checkpoint
+    from mobilegen.measure import count_macs, count_params, group_costs
+
+    loaded = load_checkpoint(path)
+    model, cfg = loaded.model, loaded.config
+    size = image_size or cfg.image_size
+    macs, table = count_macs(model, model.example_inputs(1, image_size=size))
+    return {
+        "checkpoint": str(path),
+        "family": loaded.family,
+        "config": cfg.to_dict(),
+        "source_dtype": loaded.source_dtype,
+        "params": count_params(model),
+        "image_size": size,
+        "gmac": macs / 1e9,
+        "modules": group_costs(table),
+    }
+
+
+@handle_errors
+def inspect(
+    checkpoint: Annotated[Path, typer.Argument(help="safetensors / .pt / .ckpt checkpoint.")],
+    recipe: Annotated[
+        Path | None, typer.Option(help="Take the resolution from this recipe.")
+    ] = None,
+    image_size: Annotated[int | None, typer.Option(help="Resolution for the MAC count.")] = None,
+    json_output: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Family, config, parameters, GMAC and a per-module table of a checkpoint."""
+    if recipe is not None and image_size is None:
+        from mobilegen.recipe import load_recipe
+
+        image_size = load_recipe(recipe).image_size
+    info = inspect_checkpoint(checkpoint, image_size)
+    if json_output:
+        print_json(info)
+        return
+    from rich.table import Table
+
+    console = stdout_console()
+    console.print(f"[bold]{checkpoint}[/]: family {info['family']}, {info['params']:,} params, "
+                  f"{info['gmac']:.4f} GMAC at {info['image_size']}x{info['image_size']}")
+    console.print("config: " + ", ".join(f"{k}={v}" for k, v in info["config"].items()),
+                  highlight=False)
+    table = Table()
+    for col in ("module", "params", "GMAC", "% MACs"):
+        table.add_column(col, justify="left" if col == "module" else "right")
+    total = max(1, sum(r["macs"] for r in info["modules"]))
+    for r in info["modules"]:
+        table.add_row(r["module"], f"{r['params']:,}", f"{r['macs'] / 1e9:.4f}",
+                      f"{100 * r['macs'] / total:.1f}")
+    console.print(table)

@@ -1,0 +1,46 @@
+"""Model families: name -> (config class, module class). Recipes and checkpoints name a family."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+from mobilegen.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    module: str  # import path, loaded lazily so `mobilegen --help` stays fast
+    config_class: str
+    model_class: str
+
+    def config_type(self) -> Any:
+        return getattr(importlib.import_module(self.module), self.config_class)
+
+    def model_type(self) -> Any:
+        return getattr(importlib.import_module(self.module), self.model_class)
+
+    def build(self, config: Any) -> Any:
+        return self.model_type()(config)
+
+    def config_from_dict(self, d: dict[str, Any]) -> Any:
+        return self.config_type().from_dict(d)
+
+    def io_spec(self, config: Any, image_size: int | None = None) -> Any:
+        return importlib.import_module(self.module).io_spec(config, image_size)
+
+    def variants(self) -> dict[str, Any]:
+        return getattr(importlib.import_module(self.module), "VARIANTS", {})
+
+
+FAMILIES: dict[str, Family] = {
+    "stoic": Family("stoic", "mobilegen.models.stoic", "StoicConfig", "Stoic"),
+}
+
+
+def get_family(name: str) -> Family:
+    if name not in FAMILIES:
+        raise ConfigError(f"unknown model family '{name}' (known: {', '.join(FAMILIES)})")
+    return FAMILIES[name]

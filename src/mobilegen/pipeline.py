@@ -1,0 +1,350 @@
+"""One export: recipe -> model -> capture -> per-target artifacts -> parity, latency, report.
+
+Every step is timed; everything lands in a staging folder that replaces the output folder only
+when complete. A failed gate still writes the (complete) report, then raises GateFailedError.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mobilegen import __version__
+from mobilegen.checkpoints import LoadedModel, build_random, load_checkpoint
+from mobilegen.errors import CheckpointError, GateFailedError
+from mobilegen.generate import Runner, generate, save_grid
+from mobilegen.measure import count_macs, count_params, group_costs, time_fn, time_torch
+from mobilegen.models import get_family
+from mobilegen.outputs import StagedOutput, sha256_file
+from mobilegen.recipe import Recipe, load_target
+from mobilegen.signature import ModelIO
+from mobilegen.targets import Artifact, runtime_module
+from mobilegen.validate import Parity, compare
+
+REPORT_SCHEMA = 1
+MANIFEST_SCHEMA = 1
+Progress = Callable[[str], None]
+
+
+@dataclass
+class ExportResult:
+    out_dir: Path
+    report: dict[str, Any]
+    gate_failures: list[str] = field(default_factory=list)
+
+
+class StepTimer:
+    def __init__(self, progress: Progress) -> None:
+        self.times: dict[str, float] = {}
+        self.progress = progress
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        self.progress(name)
+        t0 = time.perf_counter()
+        yield
+        self.times[name] = round(self.times.get(name, 0.0) + time.perf_counter() - t0, 3)
+
+
+def load_model(recipe: Recipe) -> LoadedModel:
+    spec = recipe.model
+    family = get_family(spec.family)
+    if spec.init == "random":
+        if spec.config is not None:
+            cfg = family.config_from_dict(spec.config)
+        else:
+            variants = family.variants()
+            if spec.variant not in variants:
+                raise CheckpointError(
+                    f"unknown {spec.family} variant '{spec.variant}' "
+                    f"(known: {', '.join(sorted(variants))})"
+                )
+            cfg = variants[spec.variant]
+        return build_random(spec.family, cfg, spec.seed)
+    path = recipe.checkpoint_path()
+    assert path is not None  # the recipe schema guarantees it for init = "checkpoint"
+    return load_checkpoint(path, spec.family, spec.config)
+
+
+def torch_runner(model: Any, io: ModelIO) -> Runner:
+    import torch
+
+    names = io.input_names
+
+    def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
+        with torch.inference_mode():
+            args = [torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in names if n in feeds]
+            return model(*args).numpy()
+
+    return run
+
+
+def _feeds(inputs: tuple[Any, ...], io: ModelIO) -> dict[str, np.ndarray]:
+    return {spec.name: t.numpy() for spec, t in zip(io.inputs, inputs, strict=True)}
+
+
+def capture(model: Any, example: tuple[Any, ...]) -> Any:
+    """torch.export once, with a dynamic batch axis on every input; all targets lower from it."""
+    import torch
+    from torch.export import Dim
+
+    batch = Dim("batch", min=1, max=4096)
+    return torch.export.export(model, example, dynamic_shapes=tuple({0: batch} for _ in example))
+
+
+def run_export(
+    recipe: Recipe, out_dir: Path, progress: Progress = lambda s: None, argv: list[str] | None = None
+) -> ExportResult:
+    import torch
+
+    timer = StepTimer(progress)
+    with timer.step("load"):
+        loaded = load_model(recipe)
+    model, cfg = loaded.model, loaded.config
+    size = recipe.image_size or cfg.image_size
+    io: ModelIO = get_family(loaded.family).io_spec(cfg, size)
+    val = recipe.validate
+    with timer.step("count"):
+        example = model.example_inputs(val.batch, seed=0, image_size=size)
+        macs, table = count_macs(model, model.example_inputs(1, image_size=size))
+        params = count_params(model)
+    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+
+    with StagedOutput(out_dir) as out:
+        with timer.step("capture"):
+            program = capture(model, example)
+        with torch.inference_mode():
+            reference = {
+                t: model(*model.example_inputs(val.batch, seed=1, t=t, image_size=size)).numpy()
+                for t in val.timesteps
+            }
+        component = _component_entry(recipe, loaded, io, size)
+        labels = component["conditioning"].get("labels")
+        torch_images = None
+        if val.end_to_end:
+            with timer.step("sample-pytorch"):
+                torch_images = generate(torch_runner(model, io), component)
+            save_grid(out.path("samples-pytorch.png"), torch_images, labels)
+        rows: list[dict[str, Any]] = []
+        eager: dict[int, dict[str, Any]] = {}
+        artifacts: list[Artifact] = []
+        for target_name in recipe.targets:
+            profile = load_target(target_name)
+            runtime = runtime_module(profile.runtime)
+            with timer.step(f"export:{target_name}"):
+                produced = runtime.export(program, io, example, profile,
+                                          out.path(target_name), "denoiser", param_bytes)
+            for art in produced:
+                art.file = f"{target_name}/{art.file}"
+                art.companions = [f"{target_name}/{c}" for c in art.companions]
+                artifacts.append(art)
+                row = {"artifact": art.file, "format": art.format, "target": target_name,
+                       "precision": art.precision, "runnable": art.runnable,
+                       "bytes": _artifact_bytes(out.staging, art), "details": art.details}
+                rows.append(row)
+                if not art.runnable:
+                    continue
+                runner = runtime.load(out.staging / art.file, profile.threads)
+                with timer.step(f"validate:{art.file}"):
+                    per_t = []
+                    for t in val.timesteps:
+                        inputs = model.example_inputs(val.batch, seed=1, t=t, image_size=size)
+                        p = compare(reference[t], runner(_feeds(inputs, io)))
+                        per_t.append({"t": t, **p.to_dict()})
+                        row.setdefault("_parity", []).append(p)
+                    row["parity_per_timestep"] = per_t
+                    row["parity"] = Parity.worst(row.pop("_parity")).to_dict()
+                lat_inputs = _feeds(model.example_inputs(recipe.latency.batch, image_size=size), io)
+                with timer.step(f"latency:{art.file}"):
+                    stats = time_fn(lambda r=runner, f=lat_inputs: r(f), recipe.latency.warmup,
+                                    recipe.latency.runs, profile.threads)
+                if profile.threads not in eager:
+                    with timer.step("latency:pytorch"):
+                        eager[profile.threads] = time_torch(
+                            model, model.example_inputs(recipe.latency.batch, image_size=size),
+                            recipe.latency.warmup, recipe.latency.runs, profile.threads,
+                        ).to_dict()
+                row["latency"] = stats.to_dict()
+                row["pytorch_latency"] = eager[profile.threads]
+                row["speedup_vs_pytorch"] = eager[profile.threads]["median_ms"] / stats.median_ms
+                if torch_images is not None:
+                    with timer.step(f"sample:{art.file}"):
+                        images = generate(runner, component)
+                    grid = art.file.replace("/", "_").rsplit(".", 1)[0] + "-samples.png"
+                    save_grid(out.path(grid), images, labels)
+                    row["end_to_end"] = {**compare(torch_images, images, 2.0).to_dict(),
+                                         "grid": grid}
+        failures = evaluate_gates(recipe, rows)
+        for row in rows:
+            row["gates"] = [f for f in failures if f.startswith(row["artifact"] + ":")]
+        report = {
+            "schema_version": REPORT_SCHEMA,
+            "tool": {"name": "mobilegen", "version": __version__},
+            "recipe": {"name": recipe.name, "path": str(recipe.path)},
+            "status": "gate_failed" if failures else "ok",
+            "model": {
+                "family": loaded.family, "source": loaded.source,
+                "init": recipe.model.init, "source_dtype": loaded.source_dtype,
+                "config": cfg.to_dict(), "params": params, "param_bytes": param_bytes,
+                "image_size": size, "gmac": macs / 1e9,
+                "modules": group_costs(table),
+            },
+            "artifacts": rows,
+            "gates": {"config": recipe.gates.model_dump(), "failures": failures},
+            "sample_grids": {"pytorch": "samples-pytorch.png"} if torch_images is not None else {},
+            "timings_s": timer.times,
+            "host": host_info(),
+        }
+        manifest = build_manifest(recipe, loaded, component, artifacts, out.staging, argv)
+        out.write_json("manifest.json", manifest)
+        out.write_json("report.json", _json_safe(report))
+        from mobilegen.report import render_markdown
+
+        out.path("report.md").write_text(render_markdown(report))
+        final = out.commit()
+    if failures:
+        raise GateFailedError(f"{len(failures)} gate(s) failed: " + "; ".join(failures))
+    return ExportResult(final, report, failures)
+
+
+def _component_entry(recipe: Recipe, loaded: LoadedModel, io: ModelIO, size: int) -> dict[str, Any]:
+    """The manifest's description of how to drive the denoiser (also drives e2e parity)."""
+    from mobilegen.sampling import VPSchedule, sampler_constants
+
+    cfg = loaded.config
+    s = recipe.sampler
+    n = s.num_images
+    if cfg.conditioning == "class":
+        labels = s.labels if s.labels is not None else list(range(cfg.num_classes))
+        cond = {"kind": "class", "labels": labels, "null_label": cfg.num_classes}
+    elif cfg.conditioning == "context":
+        cond = {"kind": "context", "shape": [cfg.context_len, cfg.context_dim], "seed": s.seed,
+                "note": "seeded Gaussian stand-in for text embeddings; zeros are the null context"}
+    else:
+        cond = {"kind": "none"}
+    schedule = VPSchedule()
+    from mobilegen.generate import sampler_config
+
+    entry = {"kind": s.kind, "steps": s.steps, "guidance_scale": s.guidance_scale,
+             "time_spacing": s.time_spacing, "seed": s.seed, "num_images": n,
+             "schedule": schedule.to_dict()}
+    entry["constants"] = sampler_constants(sampler_config(entry), schedule)
+    guided = cond["kind"] != "none" and s.guidance_scale != 1.0
+    return {
+        "name": "denoiser",
+        "family": loaded.family,
+        "prediction": "epsilon",
+        "inputs": [t.to_dict() for t in io.inputs],
+        "outputs": [t.to_dict() for t in io.outputs],
+        "sample_shape": [cfg.in_channels, size, size],
+        "output_normalization": "images in [-1, 1]: pixel = round((x + 1) * 127.5), clipped",
+        "conditioning": cond,
+        "guidance": {"scale": s.guidance_scale,
+                     "batch": "2B: [conditional; null] concatenated" if guided else "B"},
+        "sampler": entry,
+    }
+
+
+def build_manifest(
+    recipe: Recipe, loaded: LoadedModel, component: dict[str, Any], artifacts: list[Artifact],
+    root: Path, argv: list[str] | None,
+) -> dict[str, Any]:
+    files = []
+    for art in artifacts:
+        for rel in [art.file, *art.companions]:
+            p = root / rel
+            if p.exists():
+                files.append({"path": rel, "bytes": p.stat().st_size, "sha256": sha256_file(p),
+                              "format": art.format if rel == art.file else "companion",
+                              "target": art.target, "runtime": art.runtime,
+                              "precision": art.precision})
+    ckpt = recipe.checkpoint_path()
+    return {
+        "schema_version": MANIFEST_SCHEMA,
+        "recipe": recipe.name,
+        "components": [component],
+        "files": files,
+        "provenance": {
+            "checkpoint": str(ckpt) if ckpt else "random",
+            "checkpoint_sha256": sha256_file(ckpt) if ckpt and ckpt.is_file() else None,
+            "recipe_sha256": sha256_file(recipe.path) if recipe.path else None,
+            "command": shlex.join(argv if argv is not None else sys.argv),
+            "versions": library_versions(),
+        },
+    }
+
+
+def evaluate_gates(recipe: Recipe, rows: list[dict[str, Any]]) -> list[str]:
+    """One line per failed gate: which artifact, which gate, the value and by how much."""
+    g = recipe.gates
+    out: list[str] = []
+
+    def check(art: str, name: str, value: float, limit: float | None, higher_is_better: bool):
+        if limit is None:
+            return
+        bad = value < limit if higher_is_better else value > limit
+        if bad or math.isnan(value):
+            op = ">=" if higher_is_better else "<="
+            out.append(f"{art}: {name} {value:.4g} (needs {op} {limit:g}, off by "
+                       f"{abs(value - limit):.4g})")
+
+    for row in rows:
+        if not row["runnable"]:
+            continue
+        art, par = row["artifact"], row["parity"]
+        step_psnr = math.inf if par["psnr_db"] is None else par["psnr_db"]
+        check(art, "min_step_psnr_db", step_psnr, g.min_step_psnr_db, True)
+        check(art, "min_cosine", par["cosine"], g.min_cosine, True)
+        check(art, "max_abs_error", par["max_abs_error"], g.max_abs_error, False)
+        check(art, "max_latency_ms", row["latency"]["median_ms"], g.max_latency_ms, False)
+        if "end_to_end" in row:
+            e2e = row["end_to_end"]["psnr_db"]
+            check(art, "min_psnr_db", math.inf if e2e is None else e2e, g.min_psnr_db, True)
+    return out
+
+
+def _artifact_bytes(root: Path, art: Artifact) -> int:
+    return sum((root / f).stat().st_size for f in [art.file, *art.companions]
+               if (root / f).exists())
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"mobilegen": __version__, "python": platform.python_version()}
+    for pkg in ("torch", "onnx", "onnxscript", "onnxruntime", "numpy", "safetensors"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def host_info() -> dict[str, Any]:
+    import os
+
+    return {"machine": platform.machine(), "processor": platform.processor() or "unknown",
+            "cpus": os.cpu_count(), "system": platform.system(),
+            "python": platform.python_version()}
