@@ -113,7 +113,7 @@ def run_export(
     model, cfg = loaded.model, loaded.config
     size = recipe.image_size or cfg.image_size
     io: ModelIO = get_family(loaded.family).io_spec(cfg, size)
-    val = recipe.validate
+    val = recipe.validation
     with timer.step("count"):
         example = model.example_inputs(val.batch, seed=0, image_size=size)
         macs, table = count_macs(model, model.example_inputs(1, image_size=size))

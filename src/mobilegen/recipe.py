@@ -20,7 +20,7 @@ TARGETS_DIR = REPO_ROOT / "export_targets"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 class ModelSpec(_Strict):
@@ -44,7 +44,7 @@ class SamplerSpec(_Strict):
     kind: Literal["dpm++2m", "ddim", "euler-maruyama"] = "dpm++2m"
     steps: int = Field(20, ge=1, le=1000)
     guidance_scale: float = Field(1.0, ge=0.0)
-    time_spacing: Literal["uniform", "logsnr"] = "uniform"
+    time_spacing: Literal["uniform", "logsnr"] = "logsnr"
     seed: int = 0
     num_images: int = Field(8, ge=1, le=256)
     labels: list[int] | None = None  # class labels to sample (cycled); default 0..num_classes-1
@@ -80,7 +80,7 @@ class Recipe(_Strict):
     passes: list[str] = []
     image_size: int | None = None  # export/validation resolution; default: the model's own
     sampler: SamplerSpec = SamplerSpec()
-    validate: ValidateSpec = ValidateSpec()
+    validation: ValidateSpec = Field(ValidateSpec(), alias="validate")  # TOML key: validate
     latency: LatencySpec = LatencySpec()
     gates: Gates = Gates()
     path: Path | None = Field(None, exclude=True)  # where it was loaded from

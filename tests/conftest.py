@@ -1,0 +1,64 @@
+"""Shared fixtures: tiny STOIC checkpoints and recipes written into tmp folders."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+TINY = dict(in_channels=1, image_size=8, stride=2, depth=2, width=32, heads=2, time_freq_dim=32)
+
+
+def tiny_config(**overrides):
+    from mobilegen.models.stoic import StoicConfig
+
+    return StoicConfig(**{**TINY, **overrides})
+
+
+def write_tiny_checkpoint(path: Path, seed: int = 0, **overrides) -> Path:
+    from mobilegen.checkpoints import build_random, save_checkpoint
+
+    loaded = build_random("stoic", tiny_config(**overrides), seed=seed)
+    return save_checkpoint(path, "stoic", loaded.model)
+
+
+def write_recipe(path: Path, checkpoint: Path, extra: str = "", gates: str = "") -> Path:
+    path.write_text(
+        textwrap.dedent(
+            f"""\
+            name = "tiny"
+            targets = ["ort-mobile-cpu"]
+
+            [model]
+            family = "stoic"
+            checkpoint = "{checkpoint}"
+
+            [sampler]
+            steps = 4
+            num_images = 4
+            guidance_scale = 1.5
+
+            [validate]
+            timesteps = [999.0, 500.0, 1.0]
+
+            [latency]
+            warmup = 1
+            runs = 3
+            {extra}
+            [gates]
+            {gates}
+            """
+        )
+    )
+    return path
+
+
+@pytest.fixture
+def tiny_ckpt(tmp_path: Path) -> Path:
+    return write_tiny_checkpoint(tmp_path / "tiny.safetensors", conditioning="class", num_classes=3)
+
+
+@pytest.fixture
+def tiny_recipe(tmp_path: Path, tiny_ckpt: Path) -> Path:
+    return write_recipe(tmp_path / "tiny.toml", tiny_ckpt)
