@@ -49,6 +49,12 @@ class StagedOutput:
         p.parent.mkdir(parents=True, exist_ok=True)
         return p
 
+    def dir(self, relative: str) -> Path:
+        """A folder inside the staging folder, created."""
+        p = self.path(relative)
+        p.mkdir(exist_ok=True)
+        return p
+
     def write_json(self, relative: str, data: Any) -> Path:
         p = self.path(relative)
         p.write_text(json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n")

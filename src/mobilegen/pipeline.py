@@ -143,7 +143,7 @@ def run_export(
             runtime = runtime_module(profile.runtime)
             with timer.step(f"export:{target_name}"):
                 produced = runtime.export(program, io, example, profile,
-                                          out.path(target_name), "denoiser", param_bytes)
+                                          out.dir(target_name), "denoiser", param_bytes)
             for art in produced:
                 art.file = f"{target_name}/{art.file}"
                 art.companions = [f"{target_name}/{c}" for c in art.companions]
