@@ -28,7 +28,8 @@ def stderr_console() -> Any:
 def stdout_console() -> Any:
     from rich.console import Console
 
-    return Console()
+    # Rich falls back to 80 columns when piped (CI logs); the summary table needs more.
+    return Console() if sys.stdout.isatty() else Console(width=160)
 
 
 def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:

@@ -23,7 +23,6 @@ def export(
     from mobilegen.errors import GateFailedError
     from mobilegen.pipeline import run_export
     from mobilegen.recipe import load_recipe
-    from mobilegen.report import rich_table
 
     r = load_recipe(recipe)
     out_dir = out or Path("out") / r.name

@@ -26,9 +26,13 @@ def export(
     workdir: Path, stem: str, param_bytes: int,
 ) -> list[Artifact]:
     """Lower a captured program (torch.export) to .onnx (+ .ort) in `workdir`."""
+    import logging
+
     import onnx
     import torch
 
+    # The exporter warns about every torchvision op it cannot register; none of ours needs one.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     onnx_path = workdir / f"{stem}.onnx"
     external = param_bytes > EXTERNAL_DATA_ABOVE_BYTES
     try:
@@ -139,6 +143,8 @@ def load(path: Path, threads: int) -> Runner:
     """An onnxruntime session on the CPU EP (reads .onnx and .ort alike)."""
     import onnxruntime as ort
 
+    if not Path(path).is_file():
+        raise ExportError(f"{path}: artifact not found")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
