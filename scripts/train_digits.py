@@ -5,7 +5,8 @@ The defaults reproduce checkpoints/stoic-digits.safetensors (see docs/training.m
     .venv/bin/python scripts/train_digits.py
 
 Data: load_digits (1797 8x8 images, 0..16) scaled to [-1, 1] and upsampled to 16x16 (bilinear).
-Training: epsilon-prediction MSE on the continuous VP schedule of mobilegen.sampling, t ~ U(1e-3, 1),
+Training: epsilon-prediction MSE on the continuous VP schedule of mobilegen.sampling,
+t ~ U(1e-3, 1),
 10% label dropout to the null label (for classifier-free guidance), AdamW with warmup + cosine,
 EMA of the weights (the EMA weights are what ships). At the end: a 10x10 sample grid (one row per
 class) with the numpy sampler and a digit classifier's accuracy on the samples.
@@ -35,15 +36,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--p-uncond", type=float, default=0.1, help="label dropout to the null label")
-    p.add_argument("--width", type=int, default=128)
-    p.add_argument("--depth", type=int, default=6)
+    p.add_argument("--width", type=int, default=96)
+    p.add_argument("--depth", type=int, default=5)
     p.add_argument("--heads", type=int, default=4)
+    # No positional embedding in STOIC: the zero-padded stem convolutions are what tells a token
+    # where it is, so the stem must see far enough to reach the middle of the 8x8 token grid.
+    p.add_argument("--stem-convs", type=int, default=3)
     p.add_argument("--time-injection", choices=["add", "adaln"], default="adaln")
     p.add_argument("--time-freq-dim", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
@@ -86,7 +90,7 @@ def lr_at(step: int, args: argparse.Namespace) -> float:
 def train(args: argparse.Namespace, x0_all: torch.Tensor, y_all: torch.Tensor) -> tuple:
     cfg = StoicConfig(
         in_channels=1, image_size=16, stride=2, depth=args.depth, width=args.width,
-        heads=args.heads, conditioning="class", num_classes=10,
+        heads=args.heads, stem_convs=args.stem_convs, conditioning="class", num_classes=10,
         time_injection=args.time_injection, time_freq_dim=args.time_freq_dim, decoder="slicing",
     )
     torch.manual_seed(args.seed)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -46,7 +45,7 @@ def test_export_prints_one_json_document(exported):
 
 
 def test_every_artifact_is_validated_and_timed(exported):
-    result, out, *_ = exported
+    _, out, *_ = exported
     report = json.loads((out / "report.json").read_text())
     rows = {r["artifact"]: r for r in report["artifacts"]}
     assert set(rows) == {"ort-mobile-cpu/denoiser.onnx", "ort-mobile-cpu/denoiser.ort"}
@@ -98,7 +97,7 @@ def test_sample_reproduces_the_exports_run_from_artifacts_alone(exported, tmp_pa
     doc = json.loads(result.stdout)
     assert doc["images"] == 4 and doc["finite"] and doc["seed"] == 0
     # same seed, same artifact: the grid the export saved for that artifact
-    saved = Image.open(out / f"ort-mobile-cpu_denoiser-samples.png")
+    saved = Image.open(out / "ort-mobile-cpu_denoiser-samples.png")
     if fmt == "onnx":
         assert np.array_equal(np.asarray(Image.open(png)), np.asarray(saved))
     other = tmp_path / "other.png"

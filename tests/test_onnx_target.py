@@ -1,4 +1,5 @@
-"""The ONNX Runtime target on a tiny STOIC: .onnx + .ort, dynamic batch, external data, usability."""
+"""The ONNX Runtime target on a tiny STOIC: .onnx + .ort, dynamic batch, external data,
+mobile usability."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def _feeds(io, inputs):
 
 @pytest.fixture(scope="module")
 def exported(tiny, tmp_path_factory):
-    model, cfg, example, program = tiny
+    _, cfg, example, program = tiny
     io = io_spec(cfg)
     work = tmp_path_factory.mktemp("onnx")
     arts = onnx_target.export(program, io, example, load_target("ort-mobile-cpu"), work, "den",
@@ -43,7 +44,7 @@ def exported(tiny, tmp_path_factory):
 
 
 def test_onnx_and_ort_are_written(exported):
-    work, io, arts = exported
+    work, _, arts = exported
     assert [a.format for a in arts] == ["onnx", "ort"]
     assert (work / "den.onnx").stat().st_size > 1000 and (work / "den.ort").stat().st_size > 1000
     ort_art = arts[1]
@@ -75,7 +76,7 @@ def test_runtime_matches_pytorch(tiny, exported, fmt, batch):
 
 
 def test_mobile_usability_verdict_is_parsed(exported):
-    work, _, arts = exported
+    _, _, arts = exported
     verdicts = arts[0].details["mobile_usability"]
     assert {"NNAPI", "CoreML MLProgram"} <= set(verdicts)
     assert verdicts["NNAPI"]["verdict"] in {"YES", "NO", "MAYBE"}
@@ -103,10 +104,10 @@ def test_unexportable_model_is_a_one_line_export_error(tmp_path):
 
     cfg = tiny_config()
     io = io_spec(cfg)
-    with pytest.raises(ExportError, match="torch.onnx.export failed for bad"):
+    with pytest.raises(ExportError, match=r"torch\.onnx\.export failed for bad"):
         onnx_target.export(object(), io, (), load_target("ort-mobile-cpu"), tmp_path, "bad", 1)
 
 
 def test_missing_file_is_refused(tmp_path: Path):
-    with pytest.raises(Exception, match="nope.onnx"):
+    with pytest.raises(Exception, match=r"nope\.onnx"):
         onnx_target.load(tmp_path / "nope.onnx", threads=1)

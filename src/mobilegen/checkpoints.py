@@ -66,7 +66,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not iterable)
     except Exception as e:  # the library raises several types for corrupt headers
         raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(e)})") from e
     return tensors, meta
@@ -139,20 +139,25 @@ def _check_values(path: Path, tensors: dict[str, torch.Tensor]) -> str:
 
 
 def load_checkpoint(
-    path: str | Path, family: str | None = None, config: dict[str, Any] | None = None
+    path: str | Path, family: str | None = None, config: dict[str, Any] | None = None,
+    component: str | None = None,
 ) -> LoadedModel:
     """Load weights + architecture. `family`/`config` (from a recipe) fill what the file lacks;
-    a config stored in the file wins unless the recipe gives one explicitly."""
-    import torch
-
+    a config stored in the file wins unless the recipe gives one explicitly. A folder is read as
+    diffusers format (`component`: "unet" or "vae" of a pipeline root; default unet)."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.is_dir():
         from mobilegen.diffusers_format import load_diffusers_folder
 
-        fam, cfg, tensors = load_diffusers_folder(path)
-        return _instantiate(path, fam, cfg, tensors, "float32")
+        fam, cfg, tensors = load_diffusers_folder(path, component)
+        if family and family != fam:
+            raise CheckpointError(f"{path}: recipe says family '{family}' but the folder holds "
+                                  f"a '{fam}'")
+        src_dtype = _check_values(path, tensors)  # fp16 diffusers weights run in float32
+        tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
+        return _instantiate(path, fam, cfg, tensors, src_dtype)
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: file is empty (0 bytes)")
     if path.suffix in PICKLE_SUFFIXES:
@@ -186,7 +191,6 @@ def load_checkpoint(
         raise ConfigError(f"{path}: bad config: {_first_line(e)}") from e
     src_dtype = _check_values(path, tensors)
     tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
-    del torch
     return _instantiate(path, fam, cfg, tensors, src_dtype)
 
 
@@ -197,7 +201,13 @@ def _instantiate(
 
     with torch.device("meta"):
         shell = get_family(fam).build(cfg)
-    check_state_dict(path, shell.state_dict(), tensors)
+    expected = shell.state_dict()
+    check_state_dict(path, expected, tensors)
+    for k, v in expected.items():  # an integer tensor where a weight belongs would be cast silently
+        if v.is_floating_point() and not tensors[k].is_floating_point():
+            raise CheckpointError(
+                f"{path}: tensor '{k}' has dtype {tensors[k].dtype}, expected floating point"
+            )
     model = get_family(fam).build(cfg)
     model.load_state_dict(tensors, strict=True)
     return LoadedModel(fam, cfg, model.eval(), source=str(path), source_dtype=src_dtype)

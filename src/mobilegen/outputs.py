@@ -38,7 +38,10 @@ class StagedOutput:
 
     def __enter__(self) -> StagedOutput:
         shutil.rmtree(self.staging, ignore_errors=True)
-        self.staging.mkdir()
+        try:
+            self.staging.mkdir()
+        except OSError as e:  # root passes os.access checks on read-only mounts
+            raise OutputError(f"cannot write in {self.staging.parent}: {e.strerror}") from e
         return self
 
     def path(self, relative: str) -> Path:

@@ -179,7 +179,7 @@ def images_to_uint8(x: np.ndarray) -> np.ndarray:
 
 
 def make_grid(images: np.ndarray, nrow: int, pad: int = 2) -> np.ndarray:
-    """(B, H, W, C) uint8 -> one (H', W', C) image, `nrow` images a row, `pad` black pixels apart."""
+    """(B, H, W, C) uint8 -> one (H', W', C) image: `nrow` a row, `pad` black pixels apart."""
     b, h, w, c = images.shape
     rows = -(-b // nrow)
     grid = np.zeros((pad + rows * (h + pad), pad + nrow * (w + pad), c), dtype=np.uint8)
