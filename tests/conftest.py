@@ -62,3 +62,12 @@ def tiny_ckpt(tmp_path: Path) -> Path:
 @pytest.fixture
 def tiny_recipe(tmp_path: Path, tiny_ckpt: Path) -> Path:
     return write_recipe(tmp_path / "tiny.toml", tiny_ckpt)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_export_cache(tmp_path_factory):
+    """Exports cache their results; tests must never see another run's cache (or the user's)."""
+    import os
+
+    os.environ["MOBILEGEN_CACHE_DIR"] = str(tmp_path_factory.mktemp("export-cache"))
+    yield

@@ -63,7 +63,7 @@ def test_same_export_twice_gives_the_same_artifacts_and_numbers(tmp_path, tiny_r
     docs = []
     for name in ("a", "b"):
         result = runner.invoke(app, ["export", str(tiny_recipe), "--out", str(tmp_path / name),
-                                     "--json"])
+                                     "--json", "--no-cache"])
         assert result.exit_code == 0, result.output
         docs.append(json.loads(result.stdout))
     manifests = [json.loads((tmp_path / n / "manifest.json").read_text()) for n in ("a", "b")]
