@@ -3,10 +3,9 @@ import pickle
 import pytest
 import torch
 
+from conftest import tiny_config, write_tiny_checkpoint
 from mobilegen.checkpoints import load_checkpoint, save_checkpoint
 from mobilegen.errors import CheckpointError
-
-from conftest import tiny_config, write_tiny_checkpoint
 
 
 def test_safetensors_round_trip_carries_config(tmp_path):
@@ -31,7 +30,7 @@ def test_bare_state_dict_needs_config_from_recipe(tmp_path):
     loaded = load_checkpoint(write_tiny_checkpoint(tmp_path / "m.safetensors"))
     pt = tmp_path / "bare.ckpt"
     torch.save(loaded.model.state_dict(), pt)
-    with pytest.raises(CheckpointError, match="no 'mobilegen.family'"):
+    with pytest.raises(CheckpointError, match=r"no 'mobilegen\.family'"):
         load_checkpoint(pt)
     assert load_checkpoint(pt, "stoic", loaded.config.to_dict()).config == loaded.config
 
@@ -60,7 +59,7 @@ def test_missing_empty_and_truncated_files(tmp_path):
     good = write_tiny_checkpoint(tmp_path / "m.safetensors")
     cut = tmp_path / "cut.safetensors"
     cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    with pytest.raises(CheckpointError, match="cut.safetensors: not a readable safetensors"):
+    with pytest.raises(CheckpointError, match=r"cut\.safetensors: not a readable safetensors"):
         load_checkpoint(cut)
     text = tmp_path / "notes.safetensors"
     text.write_text("hello, not a checkpoint")
@@ -85,7 +84,7 @@ def test_non_finite_weights_are_refused(tmp_path):
     with torch.no_grad():
         model.conv_out.bias[0] = float("nan")
     path = save_checkpoint(tmp_path / "nan.safetensors", "stoic", model)
-    with pytest.raises(CheckpointError, match="conv_out.bias' contains NaN"):
+    with pytest.raises(CheckpointError, match=r"conv_out\.bias' contains NaN"):
         load_checkpoint(path)
 
 

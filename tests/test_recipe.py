@@ -4,10 +4,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import write_recipe
 from mobilegen.errors import RecipeError
 from mobilegen.recipe import list_recipes, list_target_names, load_recipe, load_target
-
-from conftest import write_recipe
 
 
 def test_shipped_recipes_and_targets_validate():
@@ -60,7 +59,7 @@ def test_missing_and_malformed_files(tmp_path):
 def test_random_init_needs_a_variant_or_config(tmp_path):
     path = tmp_path / "r.toml"
     path.write_text('name = "r"\n[model]\nfamily = "stoic"\ninit = "random"\n')
-    with pytest.raises(RecipeError, match="needs model.variant"):
+    with pytest.raises(RecipeError, match=r"needs model\.variant"):
         load_recipe(path)
 
 

@@ -1,11 +1,10 @@
 import pytest
 import torch
 
+from conftest import tiny_config
 from mobilegen.errors import ConfigError
 from mobilegen.measure import count_macs, count_params, flop_counter_macs
 from mobilegen.models.stoic import VARIANTS, Stoic, StoicConfig, io_spec
-
-from conftest import tiny_config
 
 
 @pytest.mark.parametrize(
@@ -28,7 +27,7 @@ def test_every_option_runs_and_keeps_shape(options):
     assert out.shape == inputs[0].shape
     spec = io_spec(model.config)
     assert len(spec.inputs) == len(inputs)
-    assert [tuple(i.shape) for i in inputs][0][1:] == spec.inputs[0].shape[1:]
+    assert next(tuple(i.shape) for i in inputs)[1:] == spec.inputs[0].shape[1:]
 
 
 def test_resolution_agnostic_without_positional_embedding():

@@ -76,7 +76,7 @@ def save_grid(path: Any, images: np.ndarray, labels: list[int] | None = None) ->
 
     from mobilegen.sampling import images_to_uint8, make_grid
 
-    nrow = len(labels) if labels and len(labels) <= 16 else int(math.ceil(math.sqrt(len(images))))
+    nrow = len(labels) if labels and len(labels) <= 16 else math.ceil(math.sqrt(len(images)))
     grid = make_grid(images_to_uint8(images), nrow)
     img = Image.fromarray(grid.squeeze(-1) if grid.shape[-1] == 1 else grid)
     scale = max(1, 256 // max(grid.shape[:2]))

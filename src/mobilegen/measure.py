@@ -133,7 +133,7 @@ def time_fn(fn: Callable[[], Any], warmup: int, runs: int, threads: int) -> Late
         fn()
         samples.append((time.perf_counter() - t0) * 1000.0)
     samples.sort()
-    p90 = samples[min(len(samples) - 1, int(round(0.9 * (len(samples) - 1))))]
+    p90 = samples[min(len(samples) - 1, round(0.9 * (len(samples) - 1)))]
     return LatencyStats(
         median_ms=statistics.median(samples),
         p90_ms=p90,
@@ -145,7 +145,9 @@ def time_fn(fn: Callable[[], Any], warmup: int, runs: int, threads: int) -> Late
     )
 
 
-def time_torch(model: Any, inputs: tuple[Any, ...], warmup: int, runs: int, threads: int) -> LatencyStats:
+def time_torch(
+    model: Any, inputs: tuple[Any, ...], warmup: int, runs: int, threads: int
+) -> LatencyStats:
     import torch
 
     previous = torch.get_num_threads()

@@ -103,9 +103,13 @@ def capture(model: Any, example: tuple[Any, ...]) -> Any:
 
 
 def run_export(
-    recipe: Recipe, out_dir: Path, progress: Progress = lambda s: None, argv: list[str] | None = None
+    recipe: Recipe, out_dir: Path, progress: Progress = lambda s: None,
+    argv: list[str] | None = None,
+    train_progress: Callable[[int, int, float], None] | None = None,
 ) -> ExportResult:
     import torch
+
+    from mobilegen.passes.apply import apply_module_passes, pass_gate_failures, precision_plan
 
     timer = StepTimer(progress)
     with timer.step("load"):
@@ -121,29 +125,54 @@ def run_export(
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
 
     with StagedOutput(out_dir) as out:
+        component = _component_entry(recipe, loaded, io, size)
+        if "sampler" not in component and val.end_to_end:  # a decoder: nothing to sample
+            val = val.model_copy(update={"end_to_end": False})
+            recipe = recipe.model_copy(update={"validation": val})
+        labels = component["conditioning"].get("labels")
+        # Module passes (gelu_to_silu, relu_attention) rewrite the model before capture.
+        with timer.step("passes"):
+            model, pass_reports = apply_module_passes(
+                recipe, model, component, io, size,
+                sample=lambda m: generate(torch_runner(m, io), component),
+                save_grid=lambda name, images: save_grid(out.path(name), images, labels),
+                progress=train_progress,
+            )
+        plan = precision_plan(recipe)
         with timer.step("capture"):
             program = capture(model, example)
+        programs = {"default": program}
         with torch.inference_mode():
             reference = {
                 t: model(*model.example_inputs(val.batch, seed=1, t=t, image_size=size)).numpy()
                 for t in val.timesteps
             }
-        component = _component_entry(recipe, loaded, io, size)
-        labels = component["conditioning"].get("labels")
         torch_images = None
-        if val.end_to_end:
+        if val.end_to_end and "sampler" in component:  # a decoder has nothing to sample
             with timer.step("sample-pytorch"):
                 torch_images = generate(torch_runner(model, io), component)
             save_grid(out.path("samples-pytorch.png"), torch_images, labels)
         rows: list[dict[str, Any]] = []
         eager: dict[int, dict[str, Any]] = {}
         artifacts: list[Artifact] = []
+        calibration: list[dict[str, np.ndarray]] = []
+        if plan.calibration_feeds:  # static int8: feeds from the model's own trajectories
+            from mobilegen.passes.calibration import calibration_feeds
+
+            with timer.step("calibrate"):
+                calibration = calibration_feeds(torch_runner(model, io), component,
+                                                plan.calibration_feeds)
         for target_name in recipe.targets:
             profile = load_target(target_name)
             runtime = runtime_module(profile.runtime)
+            # a profile with its own layout (ios-ane) gets its own capture, once per layout
+            target_program = _program_for(profile.layout, programs, model, example, timer)
             with timer.step(f"export:{target_name}"):
-                produced = runtime.export(program, io, example, profile,
-                                          out.dir(target_name), "denoiser", param_bytes)
+                produced = runtime.export(target_program, io, example, profile,
+                                          out.dir(target_name), component["name"], param_bytes)
+            produced += _precision_artifacts(plan, runtime, target_program, io, example, profile,
+                                             out.dir(target_name), param_bytes, calibration, timer,
+                                             component["name"])
             for art in produced:
                 art.file = f"{target_name}/{art.file}"
                 art.companions = [f"{target_name}/{c}" for c in art.companions]
@@ -151,6 +180,8 @@ def run_export(
                 row = {"artifact": art.file, "format": art.format, "target": target_name,
                        "precision": art.precision, "runnable": art.runnable,
                        "bytes": _artifact_bytes(out.staging, art), "details": art.details}
+                if art.precision in plan.limits:  # fp16/int8 rows have limits of their own
+                    row["gate_limits"] = plan.limits[art.precision]
                 rows.append(row)
                 if not art.runnable:
                     continue
@@ -184,7 +215,7 @@ def run_export(
                     save_grid(out.path(grid), images, labels)
                     row["end_to_end"] = {**compare(torch_images, images, 2.0).to_dict(),
                                          "grid": grid}
-        failures = evaluate_gates(recipe, rows)
+        failures = evaluate_gates(recipe, rows) + pass_gate_failures(recipe, pass_reports)
         for row in rows:
             row["gates"] = [f for f in failures if f.startswith(row["artifact"] + ":")]
         report = {
@@ -198,8 +229,10 @@ def run_export(
                 "config": cfg.to_dict(), "params": params, "param_bytes": param_bytes,
                 "image_size": size, "gmac": macs / 1e9,
                 "modules": group_costs(table),
+                "notes": _model_notes(recipe, component),
             },
             "artifacts": rows,
+            "passes": [r.to_dict() for r in pass_reports] + plan.summary(),
             "gates": {"config": recipe.gates.model_dump(), "failures": failures},
             "sample_grids": {"pytorch": "samples-pytorch.png"} if torch_images is not None else {},
             "timings_s": timer.times,
@@ -218,41 +251,46 @@ def run_export(
 
 
 def _component_entry(recipe: Recipe, loaded: LoadedModel, io: ModelIO, size: int) -> dict[str, Any]:
-    """The manifest's description of how to drive the denoiser (also drives e2e parity)."""
+    """The manifest's description of how to drive the component (also drives e2e parity).
+
+    The family's `component_entry(cfg, recipe, size)` (in its model module) gives what only it
+    knows: name, conditioning, sample shape, value ranges, layouts, latent scaling. A component
+    with conditioning gets the shared sampler entry; one without (the VAE decoder) gets none."""
+    from mobilegen.generate import sampler_config
     from mobilegen.sampling import VPSchedule, sampler_constants
 
-    cfg = loaded.config
+    own = get_family(loaded.family).component_entry(loaded.config, recipe, size)
+    entry: dict[str, Any] = {"name": own.pop("name"), "family": loaded.family,
+                             "inputs": [t.to_dict() for t in io.inputs],
+                             "outputs": [t.to_dict() for t in io.outputs], **own}
+    cond = own.get("conditioning")
+    if cond is None:  # not a denoiser: nothing to sample
+        entry["conditioning"] = {"kind": "none"}
+        return entry
     s = recipe.sampler
-    n = s.num_images
-    if cfg.conditioning == "class":
-        labels = s.labels if s.labels is not None else list(range(cfg.num_classes))
-        cond = {"kind": "class", "labels": labels, "null_label": cfg.num_classes}
-    elif cfg.conditioning == "context":
-        cond = {"kind": "context", "shape": [cfg.context_len, cfg.context_dim], "seed": s.seed,
-                "note": "seeded Gaussian stand-in for text embeddings; zeros are the null context"}
-    else:
-        cond = {"kind": "none"}
     schedule = VPSchedule()
-    from mobilegen.generate import sampler_config
-
-    entry = {"kind": s.kind, "steps": s.steps, "guidance_scale": s.guidance_scale,
-             "time_spacing": s.time_spacing, "seed": s.seed, "num_images": n,
-             "schedule": schedule.to_dict()}
-    entry["constants"] = sampler_constants(sampler_config(entry), schedule)
+    sampler = {"kind": s.kind, "steps": s.steps, "guidance_scale": s.guidance_scale,
+               "time_spacing": s.time_spacing, "seed": s.seed, "num_images": s.num_images,
+               "schedule": schedule.to_dict()}
+    sampler["constants"] = sampler_constants(sampler_config(sampler), schedule)
     guided = cond["kind"] != "none" and s.guidance_scale != 1.0
-    return {
-        "name": "denoiser",
-        "family": loaded.family,
-        "prediction": "epsilon",
-        "inputs": [t.to_dict() for t in io.inputs],
-        "outputs": [t.to_dict() for t in io.outputs],
-        "sample_shape": [cfg.in_channels, size, size],
-        "output_normalization": "images in [-1, 1]: pixel = round((x + 1) * 127.5), clipped",
-        "conditioning": cond,
-        "guidance": {"scale": s.guidance_scale,
-                     "batch": "2B: [conditional; null] concatenated" if guided else "B"},
-        "sampler": entry,
-    }
+    entry["prediction"] = "epsilon"
+    entry["guidance"] = {"scale": s.guidance_scale,
+                         "batch": "2B: [conditional; null] concatenated" if guided else "B"}
+    entry["sampler"] = sampler
+    return entry
+
+
+def _model_notes(recipe: Recipe, component: dict[str, Any]) -> list[str]:
+    """Plain statements a reader must not miss (random weights, checks that did not run)."""
+    notes = []
+    if recipe.model.init == "random":
+        notes.append(f"weights are RANDOM (init = \"random\", seed {recipe.model.seed}): "
+                     "sizes and latencies are real, generated images are meaningless")
+    if "sampler" not in component:
+        notes.append(f"end-to-end sampling parity skipped: {component['name']} has no sampler "
+                     "(only per-call parity and latency are checked)")
+    return notes
 
 
 def build_manifest(
@@ -263,11 +301,17 @@ def build_manifest(
     for art in artifacts:
         for rel in [art.file, *art.companions]:
             p = root / rel
-            if p.exists():
+            if p.is_file():  # an .mlpackage folder is hashed through its files (companions)
                 files.append({"path": rel, "bytes": p.stat().st_size, "sha256": sha256_file(p),
                               "format": art.format if rel == art.file else "companion",
                               "target": art.target, "runtime": art.runtime,
                               "precision": art.precision})
+                if p.suffix == ".ort":
+                    from mobilegen.targets.ort_content import ort_content_sha256
+
+                    files[-1]["content_sha256"] = ort_content_sha256(p)
+                    files[-1]["note"] = ("bytes may differ between conversions (a derived table is "
+                                         "written in hash-map order); content_sha256 is stable")
     ckpt = recipe.checkpoint_path()
     return {
         "schema_version": MANIFEST_SCHEMA,
@@ -302,20 +346,58 @@ def evaluate_gates(recipe: Recipe, rows: list[dict[str, Any]]) -> list[str]:
         if not row["runnable"]:
             continue
         art, par = row["artifact"], row["parity"]
+        # fp16/int8 rows carry their precision's limits (passes/precision_gates.py); the
+        # latency gate applies to every row as written.
+        lim = row.get("gate_limits") or g.model_dump()
         step_psnr = math.inf if par["psnr_db"] is None else par["psnr_db"]
-        check(art, "min_step_psnr_db", step_psnr, g.min_step_psnr_db, True)
-        check(art, "min_cosine", par["cosine"], g.min_cosine, True)
-        check(art, "max_abs_error", par["max_abs_error"], g.max_abs_error, False)
+        check(art, "min_step_psnr_db", step_psnr, lim["min_step_psnr_db"], True)
+        check(art, "min_cosine", par["cosine"], lim["min_cosine"], True)
+        check(art, "max_abs_error", par["max_abs_error"], lim["max_abs_error"], False)
         check(art, "max_latency_ms", row["latency"]["median_ms"], g.max_latency_ms, False)
         if "end_to_end" in row:
             e2e = row["end_to_end"]["psnr_db"]
-            check(art, "min_psnr_db", math.inf if e2e is None else e2e, g.min_psnr_db, True)
+            check(art, "min_psnr_db", math.inf if e2e is None else e2e, lim["min_psnr_db"], True)
     return out
 
 
+def _precision_artifacts(
+    plan: Any, runtime: Any, program: Any, io: ModelIO, example: tuple[Any, ...], profile: Any,
+    workdir: Path, param_bytes: int, calibration: list[dict[str, np.ndarray]], timer: StepTimer,
+    name: str = "denoiser",
+) -> list[Artifact]:
+    """The recipe's precision passes for one target, after its fp32 artifacts. A target that
+    cannot do a pass gets a non-runnable row saying why, not an error."""
+    out: list[Artifact] = []
+    for pass_name, spec, _ in plan.specs:
+        why = (runtime.supports(spec) if hasattr(runtime, "supports")
+               else "this target implements no precision passes")
+        if why is not None:
+            out.append(Artifact(f"{name}.{spec.tag}", "none", profile.name, profile.runtime,
+                                spec.tag, runnable=False,
+                                details={"skipped": f"pass {pass_name} not supported: {why}"}))
+            continue
+        with timer.step(f"export:{profile.name}:{spec.tag}"):
+            out += runtime.export_precision(program, io, example, profile, workdir, name,
+                                            param_bytes, spec, calibration)
+    return out
+
+
+def _program_for(layout: str, programs: dict[str, Any], model: Any, example: tuple[Any, ...],
+                 timer: StepTimer) -> Any:
+    """The captured program for a target layout: the shared capture for "default", else the
+    layout's rewrite of the model (rewrites/), captured once and cached in `programs`."""
+    if layout not in programs:
+        from mobilegen.rewrites.ane import apply_layout
+
+        with timer.step(f"capture:{layout}"):
+            programs[layout] = capture(apply_layout(model, layout)[0], example)
+    return programs[layout]
+
+
 def _artifact_bytes(root: Path, art: Artifact) -> int:
+    # is_file: a Core ML .mlpackage is a folder; its files are listed as companions
     return sum((root / f).stat().st_size for f in [art.file, *art.companions]
-               if (root / f).exists())
+               if (root / f).is_file())
 
 
 def _json_safe(obj: Any) -> Any:

@@ -72,12 +72,37 @@ class Gates(_Strict):
     max_latency_ms: float | None = None  # median host latency of each artifact
 
 
+class PassSpec(_Strict):
+    """One entry of `passes`: a bare name ("fp16") or a table ({name = "int8", mode = "static"}).
+
+    `options` holds the table's other keys; load_recipe checks them against the pass's own typed
+    Options (mobilegen.passes) and `config()` returns that typed object."""
+
+    name: str
+    options: dict[str, Any] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_toml(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"name": value}
+        if isinstance(value, dict) and "name" in value and "options" not in value:
+            return {"name": value["name"], "options": {k: v for k, v in value.items()
+                                                       if k != "name"}}
+        return value
+
+    def config(self) -> Any:
+        from mobilegen.passes import PASSES
+
+        return PASSES[self.name].options(self.options)
+
+
 class Recipe(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     description: str = ""
     model: ModelSpec
     targets: list[str] = ["ort-mobile-cpu"]
-    passes: list[str] = []
+    passes: list[PassSpec] = []  # in order; bare names or tables with options
     image_size: int | None = None  # export/validation resolution; default: the model's own
     sampler: SamplerSpec = SamplerSpec()
     validation: ValidateSpec = Field(ValidateSpec(), alias="validate")  # TOML key: validate
@@ -93,16 +118,55 @@ class Recipe(_Strict):
         return p if p.is_absolute() else (base / p).resolve()
 
 
+# Keys that only mean something for one runtime; setting one for another runtime is an error.
+RUNTIME_KEYS: dict[str, tuple[str, ...]] = {
+    "onnxruntime": ("opset", "ort_format", "ort_optimization_style"),
+    "litert": ("delegate",),
+    "coreml": ("deployment_target", "compute_units"),
+}
+
+
 class TargetProfile(_Strict):
     name: str
     description: str = ""
-    runtime: Literal["onnxruntime"]
-    precision: Literal["fp32"] = "fp32"
+    runtime: Literal["onnxruntime", "litert", "coreml"]
+    # The base artifact's precision. ONNX: fp32 only (fp16/int8 come from precision passes);
+    # LiteRT: fp16 stores float16 weights; Core ML: the ML program's compute precision.
+    precision: Literal["fp32", "fp16"] = "fp32"
+    layout: Literal["default", "ane"] = "default"  # ane: channels-first attention (rewrites/ane.py)
     threads: int = Field(2, ge=1)
+    rewrites: list[str] = []  # module passes this device prefers (advice shown by `targets`)
+    # onnxruntime
     opset: int = Field(18, ge=18)  # opset 17 breaks diffusers-style GEGLU (Split num_outputs)
     ort_format: bool = True  # also write the .ort flatbuffer for ORT mobile
     ort_optimization_style: Literal["Fixed", "Runtime"] = "Fixed"
+    # litert: the delegate the app should use (the host always validates with XNNPACK on CPU)
+    delegate: Literal["xnnpack", "gpu"] = "xnnpack"
+    # coreml
+    deployment_target: Literal["iOS16", "iOS17", "iOS18", "macOS13", "macOS14", "macOS15"] = "iOS17"
+    compute_units: Literal["ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY"] = "ALL"
     path: Path | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _runtime_keys(self) -> TargetProfile:
+        for runtime, keys in RUNTIME_KEYS.items():
+            for key in keys:
+                if runtime != self.runtime and key in self.model_fields_set:
+                    raise ValueError(f"key '{key}' applies to runtime '{runtime}' only "
+                                     f"(this profile's runtime is '{self.runtime}')")
+        if self.runtime == "onnxruntime" and self.precision != "fp32":
+            raise ValueError("key 'precision': onnxruntime profiles export fp32 (found "
+                             f"'{self.precision}'); add the fp16 pass to the recipe instead")
+        if self.layout == "ane" and self.runtime != "coreml":
+            raise ValueError(f"key 'layout': 'ane' needs runtime 'coreml' (found '{self.runtime}')")
+        from mobilegen.passes import PASSES
+
+        module_passes = [n for n, e in PASSES.items() if e.kind == "module"]
+        for r in self.rewrites:
+            if r not in module_passes:
+                raise ValueError(f"key 'rewrites': unknown rewrite '{r}' "
+                                 f"(known: {', '.join(module_passes)})")
+        return self
 
 
 def _format_error(path: Path, err: ValidationError) -> str:
@@ -112,6 +176,8 @@ def _format_error(path: Path, err: ValidationError) -> str:
         return f"{path}: unknown key '{key}'"
     if e["type"] == "missing":
         return f"{path}: missing key '{key}'"
+    if not e["loc"] and e["type"] == "value_error":  # a whole-model check; its message names keys
+        return f"{path}: {e['msg'].removeprefix('Value error, ')}"
     found = e.get("input")
     shown = "" if isinstance(found, dict) else f" (found {found!r})"
     return f"{path}: key '{key}': {e['msg']}{shown}"
@@ -147,11 +213,26 @@ def load_recipe(path: str | Path) -> Recipe:
             )
     from mobilegen.passes import PASSES
 
-    for p in recipe.passes:
-        if p not in PASSES:
+    for i, p in enumerate(recipe.passes):
+        if p.name not in PASSES:
             raise RecipeError(
-                f"{path}: key 'passes': unknown pass '{p}' (known: {', '.join(PASSES) or 'none'})"
+                f"{path}: key 'passes': unknown pass '{p.name}' "
+                f"(known: {', '.join(PASSES) or 'none'})"
             )
+        try:
+            p.config()
+        except ValidationError as e:
+            e0 = e.errors()[0]
+            key = ".".join(str(k) for k in e0["loc"])
+            what = (f"unknown option '{key}'" if e0["type"] == "extra_forbidden"
+                    else f"option '{key}': {e0['msg']} (found {e0.get('input')!r})")
+            raise RecipeError(f"{path}: key 'passes[{i}]' ({p.name}): {what}") from None
+    from mobilegen.passes.apply import precision_plan
+
+    try:
+        precision_plan(recipe)
+    except ValueError as e:
+        raise RecipeError(f"{path}: key 'passes': {e}") from None
     return recipe
 
 

@@ -19,6 +19,7 @@ def summary_rows(report: dict[str, Any]) -> list[dict[str, str]]:
     for a in report["artifacts"]:
         if not a["runnable"]:
             reason = a["details"].get("skipped") or a["details"].get("not_run", "not runnable")
+            reason = reason.split(";")[0]  # the cell keeps the first clause; JSON has it all
             rows.append({"artifact": a["artifact"], "precision": a["precision"],
                          "size": _mb(a["bytes"]), "parity": "not run: " + reason,
                          "e2e": "-", "latency": "-", "pytorch": "-", "gate": "n/a"})
@@ -61,6 +62,94 @@ def rich_table(report: dict[str, Any]) -> Any:
     return table
 
 
+def _psnr_cell(d: dict[str, Any] | None) -> str:
+    return "-" if not d else f"{_fmt_psnr(d['psnr_db'])} dB"
+
+
+def pass_rows(report: dict[str, Any]) -> list[dict[str, str]]:
+    """One row per pass: module rewrites with their measured deviation (before/after recovery),
+    precision passes with the artifacts they produced (their rows carry the numbers)."""
+    rows = []
+    for p in report.get("passes", []):
+        if p["kind"] == "module":
+            changed = ", ".join(f"{k} {v}" for k, v in p["changed"].items() if v) or "nothing"
+            rec = p.get("recovery")
+            after = "-" if not rec else (
+                f"{_psnr_cell(rec['deviation_after']['worst'])} / "
+                f"{rec['deviation_after']['worst']['cosine']:.4f} ({rec['steps']} steps)")
+            worst = p["deviation"]["worst"]
+            rows.append({
+                "pass": p["name"], "changed": changed,
+                "params": f"{_mb(p['param_bytes_before'])} -> {_mb(p['param_bytes_after'])}",
+                "deviation": f"{_psnr_cell(worst)} / {worst['cosine']:.4f}",
+                "recovered": after, "e2e": _psnr_cell(p.get("end_to_end")),
+                "gate": "FAIL" if p.get("gates") else "pass",
+            })
+            continue
+        arts = [a for a in report["artifacts"] if a["precision"] == p["tag"]]
+        made = [a["artifact"] for a in arts if a["runnable"]]
+        skipped = [a["details"].get("skipped", "") for a in arts if not a["runnable"]]
+        ran = [a for a in arts if a["runnable"]]
+        worst = min(ran, key=lambda a: a["parity"]["psnr_db"] or float("inf"), default=None)
+        e2e = [a["end_to_end"] for a in ran if a.get("end_to_end")]
+        worst_e2e = min(e2e, key=lambda d: d["psnr_db"] or float("inf"), default=None)
+        rows.append({
+            "pass": p["tag"], "changed": ", ".join(made) or "no artifact",
+            "params": "-",
+            "deviation": "-" if worst is None else
+            f"{_psnr_cell(worst['parity'])} / {worst['parity']['cosine']:.4f} (vs fp32)",
+            "recovered": "-",
+            "e2e": "; ".join(skipped) or (f"{_psnr_cell(worst_e2e)} (vs fp32)"
+                                          if worst_e2e else "-"),
+            "gate": "FAIL" if any(a.get("gates") for a in arts) else "pass",
+        })
+    return rows
+
+
+PASS_COLUMNS = [
+    ("pass", "pass"), ("changed", "changed"), ("params", "param bytes"),
+    ("deviation", "step PSNR / cosine vs before"), ("recovered", "after recovery"),
+    ("e2e", "image PSNR vs original"), ("gate", "gates"),
+]
+
+
+def passes_table(report: dict[str, Any]) -> Any:
+    """The Rich table of passes, or None when the recipe ran none."""
+    from rich.table import Table
+
+    rows = pass_rows(report)
+    if not rows:
+        return None
+    table = Table(title="passes")
+    for _, header in PASS_COLUMNS:
+        table.add_column(header)
+    for row in rows:
+        table.add_row(*(row[k] for k, _ in PASS_COLUMNS),
+                      style="red" if row["gate"] == "FAIL" else None)
+    return table
+
+
+def _passes_markdown(report: dict[str, Any]) -> list[str]:
+    rows = pass_rows(report)
+    if not rows:
+        return []
+    lines = ["", "## Passes", "",
+             "| " + " | ".join(h for _, h in PASS_COLUMNS) + " |",
+             "|" + "---|" * len(PASS_COLUMNS)]
+    lines += ["| " + " | ".join(r[k] for k, _ in PASS_COLUMNS) + " |" for r in rows]
+    lines += ["", "Module passes are measured against the model before the pass at the "
+              "validation timesteps, and end to end against the model before any pass (same "
+              "seed). Precision artifacts are compared with the fp32 PyTorch model; their rows "
+              "are gated by the precision's own limits:", ""]
+    for p in report.get("passes", []):
+        if p["kind"] == "precision":
+            lim = ", ".join(f"{k} {v:g}" for k, v in p["gate_limits"].items() if v is not None)
+            lines.append(f"- {p['tag']}: {lim}")
+        elif p.get("end_to_end"):
+            lines.append(f"- {p['name']}: ![{p['name']}]({p['end_to_end']['grid']})")
+    return lines
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     m = report["model"]
     lines = [
@@ -69,6 +158,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"Status: **{report['status']}**. Model: {m['family']} from `{m['source']}` "
         f"(init: {m['init']}), {m['params']:,} params, {m['gmac']:.3f} GMAC at "
         f"{m['image_size']}x{m['image_size']}.",
+        *[f"\n**Note:** {n}." for n in m.get("notes", [])],
         "",
         "| " + " | ".join(h for _, h in COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),
@@ -77,8 +167,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(row[k] for k, _ in COLUMNS) + " |")
     lines += ["", "Step parity is the worst over the validation timesteps; image PSNR compares a "
               "full sampling run through the artifact with PyTorch at the same seed (range 2).", ""]
+    lines += _passes_markdown(report)
     failures = report["gates"]["failures"]
-    lines += ["## Gates", ""]
+    lines += ["", "## Gates", ""]
     lines += [f"- FAILED {f}" for f in failures] or ["- all gates passed"]
     for a in report["artifacts"]:
         lines += ["", f"## {a['artifact']}", ""]
@@ -95,6 +186,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             for p in a["parity_per_timestep"]:
                 lines.append(f"| {p['t']:g} | {p['max_abs_error']:.2e} | {p['cosine']:.6f} | "
                              f"{_fmt_psnr(p['psnr_db'])} |")
+        if a["details"].get("method"):
+            lines += ["", f"Conversion: {a['details']['method']}."]
         if a.get("end_to_end"):
             lines += ["", f"![samples]({a['end_to_end']['grid']})"]
         usability = a["details"].get("mobile_usability")
@@ -118,3 +211,29 @@ def render_markdown(report: dict[str, Any]) -> str:
     top = sorted(m["modules"], key=lambda r: -r["macs"])[:12]
     lines += [f"| {r['module']} | {r['params']:,} | {r['macs'] / 1e9:.4f} |" for r in top]
     return "\n".join(lines) + "\n"
+
+
+def batch_table(results: list[Any]) -> Any:
+    """One row per recipe of a batch export (mobilegen.batch.BatchResult)."""
+    from rich.table import Table
+
+    table = Table(title="batch export")
+    for col in ("recipe", "status", "artifacts", "worst step PSNR", "worst image PSNR",
+                "fastest median", "output / error"):
+        table.add_column(col)
+    for r in results:
+        rows = (r.report or {}).get("artifacts", [])
+        steps = [a["parity"]["psnr_db"] for a in rows if a.get("parity")]
+        images = [a["end_to_end"]["psnr_db"] for a in rows if a.get("end_to_end")]
+        lat = [a["latency"]["median_ms"] for a in rows if a.get("latency")]
+        status = (r.report or {}).get("status", "error") if r.exit_code in (0, 3) else "error"
+        table.add_row(
+            r.recipe.name, status, str(len(rows)),
+            _fmt_psnr(min(steps, key=lambda v: float("inf") if v is None else v))
+            if steps else "-",
+            _fmt_psnr(min(images, key=lambda v: float("inf") if v is None else v))
+            if images else "-",
+            f"{min(lat):.2f} ms" if lat else "-",
+            r.error or str(r.out_dir),
+        )
+    return table

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
@@ -65,3 +66,30 @@ def progress_printer() -> Callable[[str], None]:
         return lambda step: None
     console = stderr_console()
     return lambda step: console.print(f"[dim]· {step}[/]")
+
+
+@contextmanager
+def distill_progress() -> Iterator[Callable[[int, int, float], None] | None]:
+    """A Rich progress bar on stderr for pass recovery (distillation); None (quiet) in CI."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(TextColumn("recovery"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("loss {task.fields[loss]:.3e}"), TimeRemainingColumn(),
+                  console=stderr_console(), transient=True) as bar:
+        tasks: dict[int, Any] = {}
+
+        def update(step: int, steps: int, loss: float) -> None:
+            if step == 1 or steps not in tasks:  # a new distillation run starts a new bar
+                tasks[steps] = bar.add_task("recovery", total=steps, loss=loss)
+            bar.update(tasks[steps], completed=step, loss=loss)
+
+        yield update

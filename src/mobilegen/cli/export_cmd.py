@@ -1,50 +1,110 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from mobilegen.cli.common import (
-    DebugOpt, JsonOpt, OutOpt, handle_errors, print_json, progress_printer, stdout_console,
+    DebugOpt,
+    JsonOpt,
+    distill_progress,
+    handle_errors,
+    print_json,
+    progress_printer,
+    stdout_console,
 )
 
 
 @handle_errors
 def export(
-    recipe: Annotated[Path, typer.Argument(help="Recipe TOML (see `mobilegen recipes`).")],
-    out: OutOpt = None,
+    recipes: Annotated[list[Path], typer.Argument(help="Recipe TOML(s); see `mobilegen recipes`.")],
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Output folder (default out/NAME); with several recipes, the folder "
+        "that holds one NAME/ folder per recipe.")] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1,
+                                      help="Recipes to export in parallel processes.")] = 1,
+    no_cache: Annotated[bool, typer.Option(
+        "--no-cache", help="Export even when a cached result matches.")] = False,
     json_output: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Export a recipe: load, capture, lower to each target, validate, time, report."""
-    import sys
-
-    from mobilegen.errors import GateFailedError
-    from mobilegen.pipeline import run_export
+    """Export recipes: load, capture, lower to each target, validate, time, report."""
     from mobilegen.recipe import load_recipe
 
-    r = load_recipe(recipe)
-    out_dir = out or Path("out") / r.name
+    loaded = [load_recipe(r) for r in recipes]  # every recipe validates before any work starts
+    if len(loaded) == 1:
+        _export_one(loaded[0], out or Path("out") / loaded[0].name, no_cache, json_output)
+        return
+    names = [r.name for r in loaded]
+    if len(set(names)) != len(names):
+        from mobilegen.errors import RecipeError
+
+        dup = next(n for n in names if names.count(n) > 1)
+        raise RecipeError(f"two recipes are named '{dup}': their output folders would collide")
+    _export_many(recipes, [(out or Path("out")) / n for n in names], jobs, no_cache, json_output)
+
+
+def _export_one(recipe: Any, out_dir: Path, no_cache: bool, json_output: bool) -> None:
+    import sys
+
+    from mobilegen import cache
+    from mobilegen.errors import GateFailedError
+    from mobilegen.pipeline import run_export
+
+    key = cache.export_key(recipe)
+    entry = None if no_cache else cache.lookup(key)
+    if entry is not None:
+        report = cache.restore(entry, out_dir)
+        _show(report, out_dir, json_output, cached=key)
+        if report["status"] == "gate_failed":
+            raise GateFailedError("; ".join(report["gates"]["failures"]) + " (cached result)")
+        return
     try:
-        result = run_export(r, out_dir, progress_printer(), argv=sys.argv)
+        with distill_progress() as train_progress:
+            result = run_export(recipe, out_dir, progress_printer(), argv=sys.argv,
+                                train_progress=train_progress)
         report, final = result.report, result.out_dir
     except GateFailedError:
         import json
 
-        final = out_dir
+        cache.store(key, out_dir)
         report = json.loads((out_dir / "report.json").read_text())
-        _show(report, final, json_output)
+        _show(report, out_dir, json_output)
         raise
+    cache.store(key, final)
     _show(report, final, json_output)
 
 
-def _show(report: dict, out_dir: Path, json_output: bool) -> None:
-    from mobilegen.report import rich_table
+def _export_many(recipes: list[Path], outs: list[Path], jobs: int, no_cache: bool,
+                 json_output: bool) -> None:
+    from mobilegen.batch import run_batch, worst_exit_code
+
+    results = run_batch(list(zip(recipes, outs, strict=True)), jobs, no_cache)
+    code = worst_exit_code(results)
+    if json_output:
+        print_json({"exit_code": code, "results": [
+            {"recipe": str(r.recipe), "out_dir": str(r.out_dir), "exit_code": r.exit_code,
+             "error": r.error, "report": r.report} for r in results]})
+    else:
+        from mobilegen.report import batch_table
+
+        stdout_console().print(batch_table(results))
+    if code != 0:
+        raise typer.Exit(code)
+
+
+def _show(report: dict, out_dir: Path, json_output: bool, cached: str | None = None) -> None:
+    from mobilegen.report import passes_table, rich_table
 
     if json_output:
-        print_json({"out_dir": str(out_dir), **report})
+        print_json({"out_dir": str(out_dir), "cache": {"hit": cached is not None, "key": cached},
+                    **report})
         return
     console = stdout_console()
     console.print(rich_table(report))
-    console.print(f"wrote {out_dir}/ (manifest.json, report.json, report.md)", highlight=False)
+    if (table := passes_table(report)) is not None:
+        console.print(table)
+    note = f" (cached result {cached}; --no-cache to redo)" if cached else ""
+    console.print(f"wrote {out_dir}/ (manifest.json, report.json, report.md){note}",
+                  highlight=False)

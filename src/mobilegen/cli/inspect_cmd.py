@@ -8,11 +8,12 @@ import typer
 from mobilegen.cli.common import DebugOpt, JsonOpt, handle_errors, print_json, stdout_console
 
 
-def inspect_checkpoint(path: Path, image_size: int | None) -> dict[str, Any]:
+def inspect_checkpoint(path: Path, image_size: int | None,
+                       component: str | None = None) -> dict[str, Any]:
     from mobilegen.checkpoints import load_checkpoint
     from mobilegen.measure import count_macs, count_params, group_costs
 
-    loaded = load_checkpoint(path)
+    loaded = load_checkpoint(path, component=component)
     model, cfg = loaded.model, loaded.config
     size = image_size or cfg.image_size
     macs, table = count_macs(model, model.example_inputs(1, image_size=size))
@@ -30,11 +31,14 @@ def inspect_checkpoint(path: Path, image_size: int | None) -> dict[str, Any]:
 
 @handle_errors
 def inspect(
-    checkpoint: Annotated[Path, typer.Argument(help="safetensors / .pt / .ckpt checkpoint.")],
+    checkpoint: Annotated[Path, typer.Argument(
+        help="safetensors / .pt / .ckpt checkpoint, or a diffusers folder.")],
     recipe: Annotated[
         Path | None, typer.Option(help="Take the resolution from this recipe.")
     ] = None,
     image_size: Annotated[int | None, typer.Option(help="Resolution for the MAC count.")] = None,
+    component: Annotated[str | None, typer.Option(
+        help="Of a diffusers pipeline root: 'unet' (default) or 'vae'.")] = None,
     json_output: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -43,7 +47,7 @@ def inspect(
         from mobilegen.recipe import load_recipe
 
         image_size = load_recipe(recipe).image_size
-    info = inspect_checkpoint(checkpoint, image_size)
+    info = inspect_checkpoint(checkpoint, image_size, component)
     if json_output:
         print_json(info)
         return

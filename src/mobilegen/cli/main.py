@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import signal
+import warnings
 from types import FrameType
 
 import typer
 
-from mobilegen.cli import export_cmd, inspect_cmd, recipes_cmd, sample_cmd
+from mobilegen.cli import (
+    bench_cmd,
+    distill_cmd,
+    export_cmd,
+    inspect_cmd,
+    prune_cmd,
+    recipes_cmd,
+    report_cmd,
+    sample_cmd,
+    targets_cmd,
+)
 
 app = typer.Typer(
     name="mobilegen",
     help="Trained efficient diffusion checkpoints -> validated mobile artifacts "
-    "(ONNX Runtime mobile).",
+    "(ONNX Runtime mobile, TFLite/LiteRT, Core ML).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -21,6 +32,11 @@ app.command("export")(export_cmd.export)
 app.command("inspect")(inspect_cmd.inspect)
 app.command("recipes")(recipes_cmd.recipes)
 app.command("sample")(sample_cmd.sample)
+app.command("targets")(targets_cmd.targets)
+app.command("prune")(prune_cmd.prune)
+app.command("distill-decoder")(distill_cmd.distill_decoder)
+app.command("report")(report_cmd.report)
+app.command("bench")(bench_cmd.bench)
 
 
 def _sigterm(signum: int, frame: FrameType | None) -> None:
@@ -28,5 +44,9 @@ def _sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def main() -> None:
+    # torch.export's own deprecation noise (not actionable by users) would bury the summary.
+    warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*", category=FutureWarning)
     signal.signal(signal.SIGTERM, _sigterm)
+    # Ctrl-C must unwind the staging folder even when a parent shell started us with SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     app()

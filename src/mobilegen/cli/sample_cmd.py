@@ -24,6 +24,7 @@ def sample(
 ) -> None:
     """Generate images from the exported artifacts alone (numpy + the runtime, no PyTorch)."""
     import numpy as np
+
     from mobilegen.errors import MobilegenError
     from mobilegen.generate import generate, save_grid
     from mobilegen.targets import runtime_module
@@ -37,10 +38,13 @@ def sample(
         have = sorted({f["format"] for f in manifest["files"] if f["format"] != "companion"})
         raise MobilegenError(f"{outdir}: no '{target}' artifact (have: {', '.join(have)})")
     component = manifest["components"][0]
+    if "sampler" not in component:  # e.g. a VAE decoder export: it decodes, it does not sample
+        raise MobilegenError(f"{manifest_path}: component '{component['name']}' "
+                             f"({component['family']}) has no sampler to run")
     runner = runtime_module(files[0]["runtime"]).load(outdir / files[0]["path"], threads)
     images = generate(runner, component, seed=seed, steps=steps)
     save_grid(png, images, component["conditioning"].get("labels"))
-    result = {"artifact": files[0]["path"], "png": str(png), "images": int(len(images)),
+    result = {"artifact": files[0]["path"], "png": str(png), "images": len(images),
               "seed": component["sampler"]["seed"] if seed is None else seed,
               "steps": steps or component["sampler"]["steps"],
               "finite": bool(np.isfinite(images).all())}

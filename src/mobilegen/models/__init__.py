@@ -31,12 +31,21 @@ class Family:
     def io_spec(self, config: Any, image_size: int | None = None) -> Any:
         return importlib.import_module(self.module).io_spec(config, image_size)
 
+    def component_entry(self, config: Any, recipe: Any, image_size: int) -> dict[str, Any]:
+        """The family's part of the manifest's component entry (see pipeline._component_entry)."""
+        return importlib.import_module(self.module).component_entry(config, recipe, image_size)
+
     def variants(self) -> dict[str, Any]:
         return getattr(importlib.import_module(self.module), "VARIANTS", {})
 
 
 FAMILIES: dict[str, Family] = {
     "stoic": Family("stoic", "mobilegen.models.stoic", "StoicConfig", "Stoic"),
+    # SD-family UNet with per-stage block counts (SD-1.5, SnapFusion) and SD's VAE decoder;
+    # the names match what diffusers_format maps UNet2DConditionModel / AutoencoderKL to.
+    "unet": Family("unet", "mobilegen.models.unet", "UNetConfig", "EfficientUNet"),
+    "vae-decoder": Family("vae-decoder", "mobilegen.models.vae_decoder", "VAEDecoderConfig",
+                          "VAEDecoder"),
 }
 
 

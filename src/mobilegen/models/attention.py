@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 
-class AttentionKernel(str, enum.Enum):
+class AttentionKernel(enum.StrEnum):
     SOFTMAX = "softmax"  # standard scaled dot-product attention
     RELU = "relu"  # out_i = sum_j (scale / L_k) * relu(q_i . k_j / sqrt(d)) v_j  (arXiv 2309.08586)
 

@@ -53,7 +53,9 @@ class StoicConfig:
         if self.stride not in (1, 2):
             problems.append(f"stride must be 1 or 2, found {self.stride}")
         if self.image_size % self.stride:
-            problems.append(f"image_size {self.image_size} is not divisible by stride {self.stride}")
+            problems.append(
+                f"image_size {self.image_size} is not divisible by stride {self.stride}"
+            )
         if self.width % self.heads:
             problems.append(f"width {self.width} is not divisible by heads {self.heads}")
         if self.decoder == "slicing" and self.stride**2 * self.in_channels > self.width:
@@ -228,10 +230,8 @@ class Stoic(nn.Module):
         for block in self.blocks:
             tokens = block(tokens, temb, context)  # (B, T, L)
         tokens = self.norm_out(tokens)
-        if cfg.decoder == "slicing":
-            tokens = tokens[..., : S * S * c]  # (B, T, S^2 C): keep the first channels
-        else:
-            tokens = self.decoder_proj(tokens)  # (B, T, S^2 C)
+        # (B, T, S^2 C): "slicing" keeps the first channels, "linear" projects
+        tokens = tokens[..., : S * S * c] if cfg.decoder == "slicing" else self.decoder_proj(tokens)
         grid = tokens.transpose(1, 2).reshape(b, S * S * c, h // S, w // S)
         return self.conv_out(F.pixel_shuffle(grid, S))  # (B, C, H, W)
 
@@ -301,3 +301,22 @@ def io_spec(cfg: StoicConfig, image_size: int | None = None) -> ModelIO:
         )
     outputs = [TensorSpec("eps", image, "float32", "predicted noise epsilon, NCHW")]
     return ModelIO(tuple(inputs), tuple(outputs))
+
+
+def component_entry(cfg: StoicConfig, recipe: Any, image_size: int) -> dict[str, Any]:
+    """STOIC's part of the manifest entry: conditioning as the sampler feeds it, image layout."""
+    s = recipe.sampler
+    if cfg.conditioning == "class":
+        labels = s.labels if s.labels is not None else list(range(cfg.num_classes))
+        cond = {"kind": "class", "labels": labels, "null_label": cfg.num_classes}
+    elif cfg.conditioning == "context":
+        cond = {"kind": "context", "shape": [cfg.context_len, cfg.context_dim], "seed": s.seed,
+                "note": "seeded Gaussian stand-in for text embeddings; zeros are the null context"}
+    else:
+        cond = {"kind": "none"}
+    return {
+        "name": "denoiser",
+        "sample_shape": [cfg.in_channels, image_size, image_size],
+        "output_normalization": "images in [-1, 1]: pixel = round((x + 1) * 127.5), clipped",
+        "conditioning": cond,
+    }

@@ -68,6 +68,7 @@ class UNetConfig:
     freq_shift: float = 0.0
     sample_size: int = 64  # latent h = w for example inputs and export
     context_len: int = 77
+    latent_scaling_factor: float = 0.18215  # of the VAE it pairs with (SD-1.x); manifest only
 
     def __post_init__(self) -> None:
         for name in ("block_out_channels", *_STAGE_FIELDS, "attention_head_dim"):
@@ -98,6 +99,10 @@ class UNetConfig:
             problems.append(f"sample_size {self.sample_size} not divisible by 2^{n - 1}")
         if problems:
             raise ConfigError("invalid UNet config: " + "; ".join(problems))
+
+    @property
+    def image_size(self) -> int:  # the name the pipeline uses for the default resolution
+        return self.sample_size
 
     @property
     def num_stages(self) -> int:
@@ -458,3 +463,23 @@ def io_spec(cfg: UNetConfig, image_size: int | None = None) -> ModelIO:
         outputs=(TensorSpec("noise_pred", ("batch", cfg.out_channels, size, size), "float32",
                             "predicted noise epsilon, NCHW"),),
     )
+
+
+def component_entry(cfg: UNetConfig, recipe: Any, image_size: int) -> dict[str, Any]:
+    """The UNet's part of the manifest entry. With no text encoder shipped, end-to-end sampling
+    uses the seeded Gaussian context stand-in (generate.conditions)."""
+    return {
+        "name": "unet",
+        "sample_shape": [cfg.in_channels, image_size, image_size],
+        "layouts": {"sample": "NCHW", "encoder_hidden_states": "(batch, tokens, channels)",
+                    "noise_pred": "NCHW"},
+        "latent_scaling_factor": cfg.latent_scaling_factor,
+        "output_normalization": (f"latents: divide by latent_scaling_factor "
+                                 f"{cfg.latent_scaling_factor} and feed the VAE decoder"),
+        "value_ranges": {"timestep": [0.0, 1000.0], "sample": "~N(0, 1) at t=999",
+                         "encoder_hidden_states": "CLIP ViT-L/14 last hidden state"},
+        "conditioning": {"kind": "context", "shape": [cfg.context_len, cfg.cross_attention_dim],
+                         "seed": recipe.sampler.seed,
+                         "note": "seeded Gaussian stand-in for text embeddings; zeros are the "
+                                 "null context (real apps feed the text encoder's states)"},
+    }

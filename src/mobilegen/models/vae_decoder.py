@@ -134,6 +134,10 @@ class VAEDecoderConfig:
                                   f"width {width}")
 
     @property
+    def image_size(self) -> int:  # the name the pipeline uses for the default (latent) size
+        return self.latent_size
+
+    @property
     def final_channels(self) -> int:
         last = self.up_resnets[-1][-1].out_channels
         return self.upsample_channels[-1] or last
@@ -220,7 +224,15 @@ class VAEDecoderConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> VAEDecoderConfig:
-        """Accepts exactly a recipe's [model.config] table (or `to_dict()` output)."""
+        """Accepts a recipe's [model.config] table or `to_dict()` output. A table with
+        `block_out_channels` (and optionally `layers_per_block`, `norm_num_groups`) is diffusers'
+        uniform shape, the short form recipes use; every other key is a config field."""
+        if "block_out_channels" in d:
+            d = dict(d)
+            shape = {k: d.pop(k) for k in ("block_out_channels", "layers_per_block",
+                                           "norm_num_groups") if k in d}
+            shape["block_out_channels"] = tuple(shape["block_out_channels"])
+            return cls.from_dict(cls.uniform(**shape).to_dict() | d)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -377,3 +389,21 @@ def io_spec(cfg: VAEDecoderConfig, image_size: int | None = None) -> ModelIO:
         outputs=(TensorSpec("image", ("batch", cfg.out_channels, size * scale, size * scale),
                             "float32", "decoded image, roughly [-1, 1]; (x + 1) / 2 for [0, 1]"),),
     )
+
+
+def component_entry(cfg: VAEDecoderConfig, recipe: Any, image_size: int) -> dict[str, Any]:
+    """The decoder's part of the manifest entry; no conditioning, so no sampler is attached."""
+    scale = 2 ** sum(1 for u in cfg.upsample_channels if u)
+    return {
+        "name": "vae_decoder",
+        "sample_shape": [cfg.latent_channels, image_size, image_size],
+        "image_shape": [cfg.out_channels, image_size * scale, image_size * scale],
+        "layouts": {"latent": "NCHW", "image": "NCHW, RGB"},
+        "latent_scaling_factor": cfg.latent_scaling_factor,
+        "latent_shift_factor": cfg.latent_shift_factor,
+        "input_normalization": (f"latent = denoised_latents / {cfg.latent_scaling_factor} + "
+                                f"{cfg.latent_shift_factor}"),
+        "output_normalization": "image roughly in [-1, 1]: pixel = round((x + 1) * 127.5), "
+                                "clipped",
+        "value_ranges": {"image": [-1.0, 1.0]},
+    }

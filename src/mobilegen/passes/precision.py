@@ -4,7 +4,8 @@ them exposes
 
     supports(spec: PrecisionSpec) -> str | None      # None, or why this target cannot do it
     export_precision(program, io, example, profile, workdir, stem, param_bytes,
-                     spec: PrecisionSpec, calibration: list[dict[str, np.ndarray]]) -> list[Artifact]
+                     spec: PrecisionSpec,
+                     calibration: list[dict[str, np.ndarray]]) -> list[Artifact]
 
 `calibration` holds input feeds collected from the model's own sampling trajectories, stratified
 over timesteps (used by static int8; ignored otherwise).

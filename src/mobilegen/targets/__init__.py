@@ -19,6 +19,8 @@ Runner = Callable[[dict[str, np.ndarray]], np.ndarray]
 RUNTIMES: dict[str, tuple[str, str, str]] = {
     # runtime -> (module, the import it needs, the pip extra that provides it)
     "onnxruntime": ("mobilegen.targets.onnx", "onnxruntime", "onnx"),
+    "litert": ("mobilegen.targets.tflite", "litert_torch", "tflite"),
+    "coreml": ("mobilegen.targets.coreml", "coremltools", "coreml"),
 }
 
 

@@ -1,0 +1,106 @@
+"""`mobilegen bench A B ...`: recipes or output folders side by side, ratios against the first."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from mobilegen.cli.common import (
+    DebugOpt,
+    JsonOpt,
+    handle_errors,
+    print_json,
+    progress_printer,
+    stdout_console,
+)
+
+
+def _resolve(item: Path, work: Path) -> tuple[Path, dict[str, Any]]:
+    """An output folder is read as is; a recipe (.toml) is exported into `work` first."""
+    from mobilegen.cli.report_cmd import load_report
+    from mobilegen.errors import RecipeError
+
+    if item.is_dir():
+        return item, load_report(item)
+    if item.suffix != ".toml" or not item.is_file():
+        raise RecipeError(f"{item}: expected a recipe (.toml) or an output folder with "
+                          "report.json")
+    from mobilegen.pipeline import run_export
+    from mobilegen.recipe import load_recipe
+
+    recipe = load_recipe(item)
+    out = work / f"{len(list(work.iterdir())):02d}-{recipe.name}"
+    result = run_export(recipe, out, progress_printer())
+    return out, result.report
+
+
+def bench_rows(entries: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per artifact (entry, artifact, precision, latency, size, GMAC, parity), with
+    ratios against the matching row of the first entry."""
+    rows: list[dict[str, Any]] = []
+    for label, report in entries:
+        gmac = report["model"].get("gmac")
+        for a in report["artifacts"]:
+            lat = (a.get("latency") or {}).get("median_ms")
+            rows.append({
+                "entry": label, "artifact": a["artifact"], "target": a["target"],
+                "precision": a["precision"], "latency_ms": lat, "bytes": a.get("bytes"),
+                "gmac": gmac, "params": report["model"].get("params"),
+                "psnr_db": (a.get("parity") or {}).get("psnr_db"),
+                "max_abs_error": (a.get("parity") or {}).get("max_abs_error"),
+            })
+    first = [r for r in rows if r["entry"] == entries[0][0]]
+    for r in rows:
+        # The baseline row: the same artifact, else the same target and precision, else the
+        # first entry's first timed artifact.
+        same = ([f for f in first if f["artifact"] == r["artifact"]]
+                or [f for f in first if (f["target"], f["precision"]) == (r["target"],
+                                                                         r["precision"])])
+        base = (same or [f for f in first if f["latency_ms"]] or first or [r])[0]
+        for key in ("latency_ms", "bytes", "gmac"):
+            num, den = r[key], base[key]
+            r[f"{key}_ratio"] = num / den if num and den else None
+    return rows
+
+
+@handle_errors
+def bench(
+    items: Annotated[list[Path], typer.Argument(
+        help="Recipes (.toml; exported first) or output folders; the first is the baseline.")],
+    keep: Annotated[Path | None, typer.Option(
+        help="Export recipes under this folder (kept) instead of a temporary one.")] = None,
+    json_output: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Compare latency, size, GMAC and parity side by side, with ratios against the first."""
+    with tempfile.TemporaryDirectory(prefix="mobilegen-bench-") as tmp:
+        work = keep or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        entries = []
+        for item in items:
+            _, report = _resolve(item, work)
+            entries.append((item.name, report))
+        rows = bench_rows(entries)
+    if json_output:
+        print_json({"baseline": entries[0][0], "rows": rows})
+        return
+    from rich.table import Table
+
+    def ratio(v: float | None) -> str:
+        return f" ({v:.2f}x)" if v is not None else ""
+
+    table = Table(title=f"side by side (ratios against {entries[0][0]})")
+    for col in ("entry", "artifact", "precision", "median ms", "size MB", "GMAC", "PSNR dB"):
+        table.add_column(col, justify="left" if col in ("entry", "artifact") else "right")
+    for r in rows:
+        table.add_row(
+            r["entry"], r["artifact"], r["precision"],
+            (f"{r['latency_ms']:.3f}" if r["latency_ms"] else "-") + ratio(r["latency_ms_ratio"]),
+            (f"{r['bytes'] / 1e6:.2f}" if r["bytes"] else "-") + ratio(r["bytes_ratio"]),
+            (f"{r['gmac']:.3f}" if r["gmac"] is not None else "-") + ratio(r["gmac_ratio"]),
+            f"{r['psnr_db']:.1f}" if r["psnr_db"] is not None else "-",
+        )
+    stdout_console().print(table)

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mobilegen.cli.common import (
+    DebugOpt,
+    JsonOpt,
+    distill_progress,
+    handle_errors,
+    print_json,
+    stdout_console,
+)
+
+
+@handle_errors
+def distill_decoder(
+    teacher: Annotated[Path, typer.Argument(help="The original decoder (checkpoint or folder).")],
+    student: Annotated[Path, typer.Argument(help="The pruned decoder (from `mobilegen prune`).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Recovered .safetensors to write.")],
+    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = 200,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-4,
+    batch: Annotated[int, typer.Option(min=1, help="Random latents per step.")] = 2,
+    latent_size: Annotated[int | None, typer.Option(help="Latent size to train at.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for latents.")] = 0,
+    json_output: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Recover a pruned decoder: MSE to the original decoder's images on random latents."""
+    from mobilegen.prune import run_distill_decoder
+
+    with distill_progress() as progress:
+        info = run_distill_decoder(teacher, student, out, steps, lr, batch, latent_size,
+                                   seed=seed, progress=progress)
+    if json_output:
+        print_json(info)
+        return
+    stdout_console().print(
+        f"distilled {steps} steps in {info['wall_s']:.1f} s -> {out}\n"
+        f"PSNR vs original: {info['psnr_db_before']:.2f} dB -> {info['psnr_db_after']:.2f} dB "
+        f"(loss {info['loss_first']:.4g} -> {info['loss_last']:.4g})", highlight=False)

@@ -1,0 +1,1 @@
+"""Target-specific model rewrites applied before capture (chosen by a target profile)."""

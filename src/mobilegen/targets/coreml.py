@@ -1,0 +1,295 @@
+"""Core ML target: an ML program `.mlpackage` through coremltools, lowered from the captured
+ExportedProgram (dynamic batch kept as a shape range).
+
+Core ML prediction needs macOS. Elsewhere the package is reloaded without compiling it and its
+program is inspected (operations, inputs/outputs, weight precision, size); the artifact is marked
+not runnable with that reason, so no parity number is ever reported for it. On macOS `load()`
+predicts and the pipeline checks parity as for any other target.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mobilegen.errors import ExportError
+from mobilegen.passes.precision import PrecisionSpec
+from mobilegen.recipe import TargetProfile
+from mobilegen.signature import ModelIO
+from mobilegen.targets import Artifact, Runner
+
+NOT_RUN = ("Core ML prediction needs macOS (this host: {system}); no parity was measured: the "
+           "package was reloaded and its program, I/O and weights were checked instead")
+
+
+def can_predict() -> bool:
+    return platform.system() == "Darwin"
+
+
+def export(
+    program: Any, io: ModelIO, example: tuple[Any, ...], profile: TargetProfile,
+    workdir: Path, stem: str, param_bytes: int,
+) -> list[Artifact]:
+    """{stem}.mlpackage at the profile's compute precision and deployment target."""
+    out = workdir / f"{stem}.mlpackage"
+    model = _convert(program, io, profile, profile.precision, stem, example)
+    _save(model, out)
+    details = {"method": f"coremltools.convert (mlprogram, {profile.precision} compute)"}
+    return [_artifact(out, workdir, io, profile, profile.precision, details)]
+
+
+def supports(spec: PrecisionSpec) -> str | None:
+    """None if this target can produce `spec`, else why not (shown in the report row)."""
+    if spec.kind == "int8" and spec.mode != "weight_only":
+        return (f"int8 {spec.mode}: Core ML quantizes activations only by calibrating with "
+                "prediction, which needs macOS; use int8 weight_only (linear_quantize_weights)")
+    if spec.kind == "palettize" and not 1 <= spec.bits <= 8:
+        return f"palettize: bits must be 1..8 (found {spec.bits})"
+    return None
+
+
+def export_precision(
+    program: Any, io: ModelIO, example: tuple[Any, ...], profile: TargetProfile,
+    workdir: Path, stem: str, param_bytes: int, spec: PrecisionSpec,
+    calibration: list[dict[str, np.ndarray]],
+) -> list[Artifact]:
+    """fp16: FLOAT16 compute precision. int8: linear (symmetric, per-channel) int8 weights.
+    palettize: k-means look-up tables of `bits` bits per tensor. Weight compression starts from
+    the base package (converted here if `export` has not written it)."""
+    reason = supports(spec)
+    if reason:
+        raise ExportError(f"{profile.name}: {reason}")
+    import coremltools as ct
+    import coremltools.optimize.coreml as cto
+
+    out = workdir / f"{stem}.{spec.tag}.mlpackage"
+    if spec.kind == "fp16" and profile.precision == "fp16":
+        # same convention as the pipeline's unsupported-pass rows: no file, format "none"
+        return [Artifact(f"{stem}.{spec.tag}", "none", profile.name, "coreml", spec.tag,
+                         runnable=False,
+                         details={"skipped": f"the base {stem}.mlpackage already computes in "
+                                             "fp16 (profile precision); no second copy"})]
+    if spec.kind == "fp16":
+        _save(_convert(program, io, profile, "fp16", stem, example), out)
+        details = {"method": "coremltools.convert (mlprogram, fp16 compute)"}
+        return [_artifact(out, workdir, io, profile, spec.tag, details)]
+    base_path = workdir / f"{stem}.mlpackage"
+    if base_path.is_dir():
+        base = ct.models.MLModel(str(base_path), skip_model_load=True)
+    else:
+        base = _convert(program, io, profile, profile.precision, stem, example)
+    if spec.kind == "int8":
+        op = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8",
+                                         granularity="per_channel")
+        method = ("coremltools linear_quantize_weights: int8 symmetric per-channel weights "
+                  f"({profile.precision} compute)")
+        compress = cto.linear_quantize_weights
+    else:
+        op = cto.OpPalettizerConfig(mode="kmeans", nbits=spec.bits, granularity="per_tensor")
+        method = (f"coremltools palettize_weights: k-means, {spec.bits}-bit look-up table per "
+                  f"weight tensor ({profile.precision} compute)")
+        compress = cto.palettize_weights
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            compressed = compress(base, cto.OptimizationConfig(global_config=op))
+    except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ExportError(f"{spec.tag} compression failed for {stem}: {first}") from e
+    _save(compressed, out)
+    return [_artifact(out, workdir, io, profile, spec.tag, {"method": method})]
+
+
+# ---------------------------------------------------------------- conversion
+
+
+def _convert(program: Any, io: ModelIO, profile: TargetProfile, precision: str, stem: str,
+             example: tuple[Any, ...]) -> Any:
+    """Convert the captured program (dynamic batch). Where coremltools cannot lower a symbolic
+    batch (the UNet's attention reshapes fail as "Cannot add const [is0, ...]"), re-export the
+    same program at the example's fixed shapes and convert that; the package then records it."""
+    import coremltools as ct
+    import torch
+
+    compute = ct.precision.FLOAT32
+    if precision == "fp16":
+        compute = ct.transform.FP16ComputePrecision(op_selector=_fp16_ok)
+
+    def convert(ep: Any) -> Any:
+        with contextlib.redirect_stdout(sys.stderr):
+            # coremltools reads ATen-level ops: decompose the captured program's higher-level ones
+            return ct.convert(
+                ep.run_decompositions({}), convert_to="mlprogram",
+                minimum_deployment_target=getattr(ct.target, profile.deployment_target),
+                compute_precision=compute,
+                # without explicit outputs the name is generated and the dtype follows compute
+                outputs=[ct.TensorType(name=n, dtype=np.float32) for n in io.output_names],
+            )
+
+    try:
+        model = convert(program)
+    except Exception as dynamic_error:
+        try:
+            model = convert(torch.export.export(program.module(), tuple(example)))
+        except Exception as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ExportError(f"coremltools.convert failed for {stem}: {first}") from e
+        reason = str(dynamic_error).splitlines()[0] if str(dynamic_error) else "unknown"
+        model.user_defined_metadata["mobilegen.fixed_batch_reason"] = reason[:200]
+    return _rename_inputs(model, io)
+
+
+def _fp16_ok(op: Any, depth: int = 3) -> bool:
+    """fp16 everywhere except the sinusoidal timestep path: t * freqs reaches ~1000, where fp16's
+    spacing (0.5) scrambles sin/cos. Ops that feed sin/cos within `depth` steps stay fp32."""
+    if op.op_type in ("sin", "cos"):
+        return False
+    if depth == 0:
+        return True
+    return all(_fp16_ok(child, depth - 1) for out in op.outputs for child in out.child_ops)
+
+
+def _rename_inputs(model: Any, io: ModelIO) -> Any:
+    """The converter names inputs after forward()'s arguments (x, t, cond); use the signature's."""
+    import coremltools as ct
+
+    spec = model.get_spec()
+    current = [i.name for i in spec.description.input]
+    if len(current) != len(io.inputs):
+        raise ExportError(f"Core ML program has inputs {current}, expected {io.input_names}")
+    if current == io.input_names:
+        return model
+    for old, new in zip(current, io.input_names, strict=True):
+        if old != new:
+            ct.utils.rename_feature(spec, old, new)
+    return ct.models.MLModel(spec, weights_dir=model.weights_dir, skip_model_load=True)
+
+
+def _save(model: Any, out: Path) -> None:
+    import shutil
+
+    if out.exists():
+        shutil.rmtree(out)
+    model.save(str(out))
+
+
+# ---------------------------------------------------------------- inspection
+
+
+def inspect_package(path: Path) -> dict[str, Any]:
+    """Reload the package without compiling it and describe its program."""
+    import coremltools as ct
+    from coremltools.proto import MIL_pb2
+
+    spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
+    if not spec.HasField("mlProgram"):
+        raise ExportError(f"{path.name}: not an ML program (found {spec.WhichOneof('Type')})")
+    main = spec.mlProgram.functions["main"]
+    block = main.block_specializations[main.opset]
+    ops: Counter[str] = Counter()
+    consts: Counter[str] = Counter()  # const ops by dtype (weights, and shapes/flags)
+    for op in block.operations:
+        ops[op.type] += 1
+        if op.type.startswith("constexpr_"):  # compressed weights: int8 / palettized
+            consts[op.type] += 1
+        elif op.type == "const":
+            dtype = op.outputs[0].type.tensorType.dataType
+            consts[MIL_pb2.DataType.Name(dtype).lower()] += 1
+    fixed = spec.description.metadata.userDefined.get("mobilegen.fixed_batch_reason")
+    extra = {"fixed_batch": {"reason": f"coremltools could not keep a dynamic batch ({fixed})",
+                             "note": "the package takes the export batch; load() splits others"}
+             } if fixed else {}
+    return {
+        **extra,
+        "spec_version": spec.specificationVersion,
+        "opset": main.opset,
+        "operations": dict(sorted(ops.items())),
+        "constants": dict(sorted(consts.items())),
+        "fp32_ops": sorted({op.type for op in block.operations if op.type not in ("const", "cast")
+                            and _output_dtype(op) == "fp32"}),
+        "inputs": [_feature(f) for f in spec.description.input],
+        "outputs": [_feature(f) for f in spec.description.output],
+    }
+
+
+def _output_dtype(op: Any) -> str:
+    from coremltools.proto import MIL_pb2
+
+    dtypes = {MIL_pb2.DataType.FLOAT16: "fp16", MIL_pb2.DataType.FLOAT32: "fp32"}
+    return dtypes.get(op.outputs[0].type.tensorType.dataType, "other") if op.outputs else "none"
+
+
+def _feature(f: Any) -> dict[str, Any]:
+    from coremltools.proto import FeatureTypes_pb2
+
+    arr = f.type.multiArrayType
+    dtype = FeatureTypes_pb2.ArrayFeatureType.ArrayDataType.Name(arr.dataType).lower()
+    ranges = [[r.lowerBound, r.upperBound] for r in arr.shapeRange.sizeRanges]
+    return {"name": f.name, "dtype": dtype,
+            "shape": list(arr.shape), **({"shape_range": ranges} if ranges else {})}
+
+
+def _package_files(path: Path, workdir: Path) -> list[str]:
+    return sorted(str(p.relative_to(workdir)) for p in path.rglob("*") if p.is_file())
+
+
+def _artifact(out: Path, workdir: Path, io: ModelIO, profile: TargetProfile, precision: str,
+              details: dict[str, Any]) -> Artifact:
+    info = inspect_package(out)
+    names = ([i["name"] for i in info["inputs"]], [o["name"] for o in info["outputs"]])
+    if names != (io.input_names, io.output_names):
+        raise ExportError(f"{out.name}: I/O names {names} differ from the signature "
+                          f"{(io.input_names, io.output_names)}")
+    files = _package_files(out, workdir)
+    details = {**details, **info, "layout": profile.layout,
+               "deployment_target": profile.deployment_target,
+               "compute_units": profile.compute_units,
+               "package_bytes": sum((workdir / f).stat().st_size for f in files)}
+    runnable = can_predict()
+    if not runnable:
+        details["not_run"] = NOT_RUN.format(system=platform.system())
+    return Artifact(out.name, "mlpackage", profile.name, "coreml", precision, files,
+                    runnable=runnable, details=details)
+
+
+# ---------------------------------------------------------------- running (macOS only)
+
+
+def load(path: Path, threads: int) -> Runner:
+    """Core ML prediction (macOS only). `threads` does not apply: Core ML schedules itself."""
+    if not can_predict():
+        raise ExportError(f"{Path(path).name}: " + NOT_RUN.format(system=platform.system()))
+    import coremltools as ct
+
+    model = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit.CPU_ONLY)
+    spec = model.get_spec()
+    features = [_feature(f) for f in spec.description.input]
+    int_inputs = {f["name"] for f in features if f["dtype"] == "int32"}
+    # a package converted at a fixed batch (no shape range) takes exactly that batch
+    fixed = None if "shape_range" in features[0] else int(features[0]["shape"][0])
+    output = spec.description.output[0].name
+
+    def predict(feeds: dict[str, np.ndarray]) -> np.ndarray:
+        cast = {k: v.astype(np.int32) if k in int_inputs else v for k, v in feeds.items()}
+        return np.asarray(model.predict(cast)[output], dtype=np.float32)
+
+    def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
+        n = len(next(iter(feeds.values())))
+        if fixed is None or n == fixed:
+            return predict(feeds)
+        outs = []
+        for start in range(0, n, fixed):
+            part = {}
+            for k, v in feeds.items():
+                piece = v[start:start + fixed]
+                pad = fixed - len(piece)  # pad the last call by repeating its final sample
+                part[k] = np.concatenate([piece, np.repeat(piece[-1:], pad, 0)]) if pad else piece
+            outs.append(predict(part)[: min(fixed, n - start)])
+        return np.concatenate(outs, axis=0)
+
+    return run

@@ -1,0 +1,264 @@
+"""TFLite / LiteRT target: .tflite through litert-torch, run by the LiteRT interpreter (XNNPACK).
+
+litert-torch 0.10 cannot keep a dynamic batch axis (its JAX lowering of `unsqueeze` on the
+symbolic batch fails), so the file is converted at the validation batch and `load()`'s runner
+splits other batch sizes into calls of that size, padding the last call by repeating its last
+sample (samples are independent in every family, so the padding never changes a real output).
+Precision variants (fp16 weights; int8 weight-only, dynamic, static) are made from the fp32 file
+by ai-edge-quantizer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mobilegen.errors import ExportError
+from mobilegen.passes.precision import PrecisionSpec
+from mobilegen.recipe import TargetProfile
+from mobilegen.signature import ModelIO
+from mobilegen.targets import Artifact, Runner
+
+SIGNATURE = "serving_default"  # litert-torch's default signature; inputs args_0..N, output_0
+FLATBUFFER_LIMIT_BYTES = 2 * 1024**3  # a .tflite flatbuffer holds at most 2 GiB
+
+
+def export(
+    program: Any, io: ModelIO, example: tuple[Any, ...], profile: TargetProfile,
+    workdir: Path, stem: str, param_bytes: int,
+) -> list[Artifact]:
+    """The profile's base artifact: fp32, or fp16 weights where the profile asks for fp16."""
+    if profile.precision == "fp32":
+        out = workdir / f"{stem}.tflite"
+        _convert(program, example, out, param_bytes, stem)
+        return [_artifact(out, io, example, profile, "fp32",
+                          {"method": "litert_torch.convert (fp32)"})]
+    with tempfile.TemporaryDirectory(prefix="mobilegen-tflite-") as tmp:
+        fp32 = Path(tmp) / f"{stem}.tflite"
+        _convert(program, example, fp32, param_bytes, stem)
+        out = workdir / f"{stem}.{profile.precision}.tflite"
+        details = _quantize(fp32, out, PrecisionSpec(kind="fp16"), [], io, example)
+    return [_artifact(out, io, example, profile, profile.precision, details)]
+
+
+def supports(spec: PrecisionSpec) -> str | None:
+    """None if this target can produce `spec`, else why not (shown in the report row)."""
+    if spec.kind in ("fp16", "int8"):
+        return None
+    return (f"{spec.kind} is a Core ML weight compression; LiteRT has no palettized weight "
+            "format (use int8 weight_only for a smaller .tflite)")
+
+
+def export_precision(
+    program: Any, io: ModelIO, example: tuple[Any, ...], profile: TargetProfile,
+    workdir: Path, stem: str, param_bytes: int, spec: PrecisionSpec,
+    calibration: list[dict[str, np.ndarray]],
+) -> list[Artifact]:
+    """{stem}.{tag}.tflite from the fp32 .tflite (converted here when `export` did not leave
+    one, e.g. for an fp16 profile); inputs and outputs stay float32."""
+    reason = supports(spec)
+    if reason:
+        raise ExportError(f"{profile.name}: {reason}")
+    if spec.kind == "int8" and spec.mode == "static" and not calibration:
+        raise ExportError(f"int8 static for {stem}: no calibration feeds were collected")
+    out = workdir / f"{stem}.{spec.tag}.tflite"
+    if spec.kind == "fp16" and profile.precision == "fp16":
+        # same convention as the pipeline's unsupported-pass rows: no file, format "none"
+        return [Artifact(f"{stem}.{spec.tag}", "none", profile.name, "litert", spec.tag,
+                         runnable=False,
+                         details={"skipped": f"the base {stem}.fp16.tflite already has fp16 "
+                                             "weights (profile precision); no second copy"})]
+    fp32 = workdir / f"{stem}.tflite"
+    if profile.precision == "fp32" and fp32.is_file():
+        details = _quantize(fp32, out, spec, calibration, io, example)
+    else:
+        with tempfile.TemporaryDirectory(prefix="mobilegen-tflite-") as tmp:
+            fp32 = Path(tmp) / f"{stem}.tflite"
+            _convert(program, example, fp32, param_bytes, stem)
+            details = _quantize(fp32, out, spec, calibration, io, example)
+    return [_artifact(out, io, example, profile, spec.tag, details)]
+
+
+# ---------------------------------------------------------------- conversion
+
+
+def _convert(program: Any, example: tuple[Any, ...], out: Path, param_bytes: int,
+             stem: str) -> None:
+    """Lower the captured program at the example's (fixed) shapes."""
+    if param_bytes > FLATBUFFER_LIMIT_BYTES:
+        raise ExportError(
+            f"{stem}: {param_bytes / 1024**3:.2f} GiB of fp32 weights exceed the 2 GiB .tflite "
+            "flatbuffer limit; export the fp16 or int8 variant from a smaller model")
+    import litert_torch
+
+    module = program.module()  # the same capture every target lowers from
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        module.eval()  # litert-torch warns about (and keeps) training mode otherwise
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # the converter prints progress on stdout
+            edge = litert_torch.convert(module, tuple(example))
+            edge.export(str(out))
+    except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ExportError(f"litert_torch.convert failed for {stem}: {first}") from e
+
+
+def _quantize(src: Path, dst: Path, spec: PrecisionSpec, calibration: list[dict[str, np.ndarray]],
+              io: ModelIO, example: tuple[Any, ...]) -> dict[str, Any]:
+    from ai_edge_quantizer import quantizer, recipe
+    from ai_edge_quantizer.recipe import AlgorithmName, TFLOperationName
+
+    qt = quantizer.Quantizer(str(src))
+    calib_result = None
+    if spec.kind == "fp16":
+        qt.add_weight_only_config(regex=".*", operation_name=TFLOperationName.ALL_SUPPORTED,
+                                  num_bits=16, algorithm_key=AlgorithmName.FLOAT_CASTING)
+        method = "ai-edge-quantizer float casting: fp16 weights, fp32 compute and I/O"
+    elif spec.mode == "weight_only":
+        qt.load_quantization_recipe(recipe.weight_only_wi8_afp32())
+        method = "ai-edge-quantizer weight_only_wi8_afp32: int8 per-channel weights, fp32 compute"
+    elif spec.mode == "dynamic":
+        qt.load_quantization_recipe(recipe.dynamic_wi8_afp32())
+        method = ("ai-edge-quantizer dynamic_wi8_afp32: int8 per-channel weights, activations "
+                  "quantized per call")
+    else:
+        # Only ops inside submodules (tensor names "Model/Sub..."): the root's own ops, the raw
+        # timestep and its sinusoid (t * freqs up to ~1000), stay float. Quantizing them too gave
+        # a max error of ~100 on a tiny STOIC whose outputs are ~0.1; scoped, ~5e-3.
+        qt.add_static_config(regex=".*/.*", operation_name=TFLOperationName.ALL_SUPPORTED,
+                             activation_num_bits=8, weight_num_bits=8)
+        batch = int(example[0].shape[0])
+        feeds = [_signature_feeds(chunk, io, src)
+                 for feed in calibration for chunk in _chunks(feed, io, batch)]
+        calib_result = qt.calibrate({SIGNATURE: feeds}, num_threads=2)
+        method = ("ai-edge-quantizer static W8A8 on every op inside a submodule (root-level "
+                  f"timestep ops stay float); activation ranges from {len(feeds)} calibration "
+                  "calls")
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            qt.quantize(calib_result).export_model(str(dst), overwrite=True)
+    except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ExportError(f"{spec.tag} quantization failed for {src.name}: {first}") from e
+    return {"method": method}
+
+
+# ---------------------------------------------------------------- inspection
+
+
+def operators(path: Path) -> tuple[dict[str, int], list[str]]:
+    """Operator use counts in the flatbuffer, and the ops outside the TFLite builtin set
+    (custom ops by their custom code, unknown builtin codes by number)."""
+    from ai_edge_litert import schema_py_generated as fb
+
+    buf = path.read_bytes()
+    model = fb.Model.GetRootAs(buf, 0)
+    code_names = {v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")}
+    names: list[str] = []
+    custom: list[str] = []
+    for i in range(model.OperatorCodesLength()):
+        oc = model.OperatorCodes(i)
+        code = max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())  # schema v3a keeps both fields
+        name = code_names.get(code, f"UNKNOWN_BUILTIN_{code}")
+        if name == "CUSTOM":
+            name = f"CUSTOM:{(oc.CustomCode() or b'?').decode()}"
+        if name.startswith(("CUSTOM:", "UNKNOWN_BUILTIN_")):
+            custom.append(name)
+        names.append(name)
+    counts: Counter[str] = Counter()
+    for s in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(s)
+        for j in range(graph.OperatorsLength()):
+            counts[names[graph.Operators(j).OpcodeIndex()]] += 1
+    return dict(sorted(counts.items())), sorted(set(custom))
+
+
+def _artifact(out: Path, io: ModelIO, example: tuple[Any, ...], profile: TargetProfile,
+              precision: str, details: dict[str, Any]) -> Artifact:
+    ops, custom = operators(out)
+    batch = int(example[0].shape[0])
+    details = {
+        **details,
+        "operators": ops,
+        "custom_ops": custom,
+        "fixed_shapes": {spec.name: list(t.shape) for spec, t in zip(io.inputs, example,
+                                                                      strict=True)},
+        "batch_note": (f"litert-torch cannot keep a dynamic batch: the file takes batch {batch}; "
+                       "the host runner splits or pads other batches into calls of that size"),
+        "input_order": [f"args_{i} = {n}" for i, n in enumerate(io.input_names)],
+        "host_delegate": "XNNPACK (CPU)",
+        "app_delegate": profile.delegate,
+    }
+    return Artifact(out.name, "tflite", profile.name, "litert", precision, details=details)
+
+
+# ---------------------------------------------------------------- running
+
+
+def _chunks(feeds: dict[str, np.ndarray], io: ModelIO, batch: int) -> list[dict[str, np.ndarray]]:
+    """Split feeds along the batch axis into pieces of exactly `batch` (the last one padded by
+    repeating its final sample)."""
+    n = len(feeds[io.input_names[0]])
+    out = []
+    for start in range(0, n, batch):
+        piece = {}
+        for name in io.input_names:
+            part = feeds[name][start:start + batch]
+            if len(part) < batch:
+                pad = np.repeat(part[-1:], batch - len(part), axis=0)
+                part = np.concatenate([part, pad], axis=0)
+            piece[name] = part
+        out.append(piece)
+    return out
+
+
+def _signature_feeds(feeds: dict[str, np.ndarray], io: ModelIO, path: Path,
+                     dtypes: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+    """Our names -> args_i, cast to the file's input dtypes (int64 labels become int32)."""
+    if dtypes is None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        runner = Interpreter(model_path=str(path)).get_signature_runner(SIGNATURE)
+        dtypes = {k: v["dtype"] for k, v in runner.get_input_details().items()}
+    return {f"args_{i}": np.ascontiguousarray(feeds[n]).astype(dtypes[f"args_{i}"], copy=False)
+            for i, n in enumerate(io.input_names)}
+
+
+def load(path: Path, threads: int) -> Runner:
+    """A LiteRT interpreter (XNNPACK) taking our named feeds at any batch size."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"{path}: artifact not found")
+    interpreter = Interpreter(model_path=str(path), num_threads=threads)
+    runner = interpreter.get_signature_runner(SIGNATURE)
+    inputs = runner.get_input_details()
+    dtypes = {k: v["dtype"] for k, v in inputs.items()}
+    names = [f"args_{i}" for i in range(len(inputs))]
+    batch = int(inputs["args_0"]["shape"][0])
+    output = next(iter(runner.get_output_details()))
+
+    def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
+        ordered = list(feeds)  # callers pass inputs in signature order (x, t, [y | context])
+        if len(ordered) != len(names):
+            raise ExportError(f"{path.name}: expects {len(names)} inputs, got {ordered}")
+        n = len(feeds[ordered[0]])
+        outs = []
+        for start in range(0, n, batch):
+            call = {}
+            for arg, key in zip(names, ordered, strict=True):
+                part = feeds[key][start:start + batch]
+                if len(part) < batch:
+                    part = np.concatenate([part, np.repeat(part[-1:], batch - len(part), 0)])
+                call[arg] = np.ascontiguousarray(part).astype(dtypes[arg], copy=False)
+            outs.append(runner(**call)[output][: min(batch, n - start)])
+        return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=0)
+
+    return run

@@ -1,0 +1,106 @@
+"""Core ML target on a tiny STOIC: the .mlpackage is produced, reloaded and its program inspected.
+Prediction needs macOS: off macOS the artifact must say so and carry no parity number."""
+
+from __future__ import annotations
+
+import platform
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_config
+from mobilegen.checkpoints import build_random
+from mobilegen.errors import ExportError
+from mobilegen.models import get_family
+from mobilegen.passes.precision import PrecisionSpec
+from mobilegen.pipeline import _feeds, capture
+from mobilegen.recipe import TargetProfile, load_target
+
+pytest.importorskip("coremltools")
+from mobilegen.targets import coreml
+
+ON_MAC = platform.system() == "Darwin"
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    cfg = tiny_config(conditioning="class", num_classes=3)
+    model = build_random("stoic", cfg, seed=0).model.eval()
+    io = get_family("stoic").io_spec(cfg)
+    example = model.example_inputs(2)
+    program = capture(model, example)
+    profile = load_target("ios-gpu")
+    workdir = tmp_path_factory.mktemp("coreml")
+    (art,) = coreml.export(program, io, example, profile, workdir, "denoiser", 0)
+    variants = {}
+    for spec in (PrecisionSpec("int8"), PrecisionSpec("palettize", bits=4)):
+        (v,) = coreml.export_precision(program, io, example, profile, workdir, "denoiser", 0,
+                                       spec, [])
+        variants[spec.tag] = v
+    return model, io, program, example, workdir, art, variants
+
+
+def test_package_is_an_fp16_ml_program_with_the_signature(exported):
+    *_, workdir, art, _ = exported
+    d = art.details
+    assert (workdir / art.file).is_dir() and art.format == "mlpackage"
+    assert all((workdir / f).is_file() for f in art.companions)
+    assert any(f.endswith("weight.bin") for f in art.companions)
+    assert d["package_bytes"] == sum((workdir / f).stat().st_size for f in art.companions)
+    assert [i["name"] for i in d["inputs"]] == ["x", "t", "y"]
+    assert d["inputs"][0]["shape_range"][0] == [1, 4096]  # the dynamic batch survived
+    assert d["inputs"][2]["dtype"] == "int32"  # int64 labels become int32 in Core ML
+    assert d["outputs"] == [{"name": "eps", "dtype": "float32", "shape": []}]
+    assert {"linear", "softmax", "layer_norm", "conv"} <= set(d["operations"])
+    assert d["constants"]["float16"] > 10  # weights stored in fp16
+    # the sinusoidal timestep path stays fp32 (t * freqs reaches ~1000)
+    assert {"sin", "cos", "mul"} <= set(d["fp32_ops"]) and "linear" not in d["fp32_ops"]
+    assert d["deployment_target"] == "iOS17" and d["compute_units"] == "CPU_AND_GPU"
+
+
+@pytest.mark.skipif(ON_MAC, reason="off macOS only: prediction is impossible there")
+def test_off_macos_parity_is_not_run_and_says_why(exported):
+    *_, workdir, art, _ = exported
+    assert art.runnable is False
+    assert "macOS" in art.details["not_run"] and "no parity" in art.details["not_run"]
+    assert "parity" not in art.details
+    with pytest.raises(ExportError, match="macOS"):
+        coreml.load(workdir / art.file, 2)
+
+
+@pytest.mark.skipif(not ON_MAC, reason="Core ML prediction needs macOS")
+def test_on_macos_prediction_matches_pytorch(exported):
+    model, io, *_, workdir, art, _ = exported
+    inputs = model.example_inputs(3, seed=3)
+    with torch.no_grad():
+        ref = model(*inputs).numpy()
+    got = coreml.load(workdir / art.file, 2)(_feeds(inputs, io))
+    assert np.abs(got - ref).max() < 1e-2 * max(1.0, float(np.abs(ref).max()))
+
+
+@pytest.mark.parametrize(("tag", "op"), [("int8-weight_only", "constexpr_affine_dequantize"),
+                                         ("palettize4", "constexpr_lut_to_dense")])
+def test_weight_compression_variants(exported, tag, op):
+    *_, art, variants = exported
+    v = variants[tag]
+    assert v.file == f"denoiser.{tag}.mlpackage" and v.precision == tag
+    assert v.details["constants"].get(op, 0) > 0
+    assert v.details["package_bytes"] < art.details["package_bytes"]
+    assert [i["name"] for i in v.details["inputs"]] == ["x", "t", "y"]
+
+
+def test_fp32_profile_keeps_fp32_weights(exported, tmp_path):
+    _, io, program, example, *_ = exported
+    profile = TargetProfile(name="mac-fp32", runtime="coreml", precision="fp32",
+                            deployment_target="macOS14")
+    (art,) = coreml.export(program, io, example, profile, tmp_path, "denoiser", 0)
+    assert art.details["constants"].get("float16", 0) == 0
+    assert art.details["constants"]["float32"] > 10
+
+
+def test_activation_quantization_is_refused_with_a_reason():
+    assert "macOS" in coreml.supports(PrecisionSpec("int8", "static"))
+    assert coreml.supports(PrecisionSpec("int8", "dynamic")) is not None
+    assert coreml.supports(PrecisionSpec("palettize", bits=9)) is not None
+    assert coreml.supports(PrecisionSpec("fp16")) is None

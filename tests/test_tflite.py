@@ -1,0 +1,125 @@
+"""TFLite / LiteRT target on a tiny STOIC: one conversion shared by the module, run in the real
+LiteRT interpreter (XNNPACK); precision variants made by ai-edge-quantizer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_config
+from mobilegen.checkpoints import build_random
+from mobilegen.errors import ExportError
+from mobilegen.models import get_family
+from mobilegen.passes.precision import PrecisionSpec
+from mobilegen.pipeline import _feeds, capture
+from mobilegen.recipe import load_target
+
+pytest.importorskip("litert_torch")
+from mobilegen.targets import tflite
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    cfg = tiny_config(conditioning="class", num_classes=3)
+    model = build_random("stoic", cfg, seed=0).model.eval()
+    io = get_family("stoic").io_spec(cfg)
+    example = model.example_inputs(2)
+    program = capture(model, example)
+    profile = load_target("android-cpu")
+    workdir = tmp_path_factory.mktemp("tflite")
+    (art,) = tflite.export(program, io, example, profile, workdir, "denoiser", 0)
+    variants = {}
+    for spec in (PrecisionSpec("fp16"), PrecisionSpec("int8"), PrecisionSpec("int8", "dynamic")):
+        (v,) = tflite.export_precision(program, io, example, profile, workdir, "denoiser", 0,
+                                       spec, [])
+        variants[spec.tag] = v
+    return model, io, program, example, profile, workdir, art, variants
+
+
+def _run(model, io, path, batch, seed=3, t=500.0):
+    inputs = model.example_inputs(batch, seed=seed, t=t)
+    with torch.no_grad():
+        ref = model(*inputs).numpy()
+    got = tflite.load(path, 2)(_feeds(inputs, io))
+    return ref, got
+
+
+@pytest.mark.parametrize("batch", [1, 2, 5])
+def test_fp32_matches_pytorch_at_any_batch(exported, batch):
+    model, io, _, _, _, workdir, art, _ = exported
+    ref, got = _run(model, io, workdir / art.file, batch)
+    assert got.shape == ref.shape
+    assert np.abs(ref).max() > 1e-3  # a model whose output is ~0 would prove nothing
+    assert np.abs(got - ref).max() <= 1e-5
+
+
+def test_report_lists_operators_and_fixed_shapes(exported):
+    *_, art, _ = exported
+    d = art.details
+    assert art.format == "tflite" and art.runtime == "litert" and art.precision == "fp32"
+    assert {"FULLY_CONNECTED", "SOFTMAX", "BATCH_MATMUL"} <= set(d["operators"])
+    assert all(isinstance(n, int) and n > 0 for n in d["operators"].values())
+    assert d["custom_ops"] == []
+    assert d["fixed_shapes"] == {"x": [2, 1, 8, 8], "t": [2], "y": [2]}
+    assert d["input_order"] == ["args_0 = x", "args_1 = t", "args_2 = y"]
+
+
+@pytest.mark.parametrize(("tag", "tol"), [("fp16", 1e-3), ("int8-weight_only", 2e-2),
+                                          ("int8-dynamic", 5e-2)])
+def test_precision_variants_are_smaller_and_close(exported, tag, tol):
+    model, io, *_, workdir, art, variants = exported
+    v = variants[tag]
+    assert v.file == f"denoiser.{tag}.tflite" and v.precision == tag
+    assert (workdir / v.file).stat().st_size < 0.8 * (workdir / art.file).stat().st_size
+    ref, got = _run(model, io, workdir / v.file, 3)
+    err = np.abs(got - ref).max()
+    assert 0 < err <= tol * np.abs(ref).max() * 10  # changed, but still the same function
+    assert "DEQUANTIZE" in v.details["operators"] or tag == "int8-dynamic"
+
+
+def test_static_int8_uses_calibration_and_keeps_timestep_float(exported):
+    model, io, program, example, profile, workdir, *_ = exported
+    calib = [_feeds(model.example_inputs(2, seed=s, t=t), io)
+             for s, t in enumerate((999.0, 750.0, 500.0, 250.0, 1.0))]
+    (v,) = tflite.export_precision(program, io, example, profile, workdir, "denoiser", 0,
+                                   PrecisionSpec("int8", "static"), calib)
+    assert "5 calibration calls" in v.details["method"]
+    assert "QUANTIZE" in v.details["operators"]
+    for t in (999.0, 1.0):
+        ref, got = _run(model, io, workdir / v.file, 2, seed=7, t=t)
+        assert np.abs(got - ref).max() < 0.25 * np.abs(ref).max()
+    with pytest.raises(ExportError, match="no calibration feeds"):
+        tflite.export_precision(program, io, example, profile, workdir, "denoiser", 0,
+                                PrecisionSpec("int8", "static"), [])
+
+
+def test_palettization_is_refused_with_a_reason():
+    why = tflite.supports(PrecisionSpec("palettize", bits=4))
+    assert why is not None and "Core ML" in why
+    assert tflite.supports(PrecisionSpec("fp16")) is None
+
+
+def test_fp16_profile_base_artifact_is_fp16(exported, tmp_path):
+    model, io, program, example, *_ = exported
+    (art,) = tflite.export(program, io, example, load_target("android-gpu"), tmp_path,
+                           "denoiser", 0)
+    assert art.file == "denoiser.fp16.tflite" and art.precision == "fp16"
+    assert art.details["app_delegate"] == "gpu"
+    assert not (tmp_path / "denoiser.tflite").exists()  # the fp32 source stayed in a temp dir
+    ref, got = _run(model, io, tmp_path / art.file, 2)
+    assert np.abs(got - ref).max() <= 1e-3 * np.abs(ref).max() * 10
+
+
+def test_weights_over_the_flatbuffer_limit_are_refused_up_front(exported, tmp_path):
+    _, io, program, example, profile, *_ = exported
+    with pytest.raises(ExportError, match="2 GiB"):
+        tflite.export(program, io, example, profile, tmp_path, "denoiser", 3 * 1024**3)
+
+
+def test_fp16_pass_on_an_fp16_profile_makes_no_second_copy(exported, tmp_path):
+    _, io, program, example, *_ = exported
+    (row,) = tflite.export_precision(program, io, example, load_target("android-gpu"), tmp_path,
+                                     "denoiser", 0, PrecisionSpec("fp16"), [])
+    assert not row.runnable and "already has fp16 weights" in row.details["skipped"]
+    assert list(tmp_path.iterdir()) == []
