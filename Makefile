@@ -5,12 +5,14 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: setup demo test bench lint clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# the CPU build of torch first, pinned: an unpinned torch would pull gigabytes of CUDA
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[all,dev]"
+	# constraints.txt: the versions the suite passed with; without it pip backtracks through
+	# litert-torch's wide dependency tree and can land on sdists that no longer build
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[all,dev]"
 	touch $(STAMP)
 
 setup: $(STAMP)

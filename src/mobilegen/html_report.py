@@ -215,29 +215,19 @@ def write_html(report: dict[str, Any], out_dir: Path) -> Path:
     return path
 
 
-def latency_markdown(blocks: dict[str, Any], estimates: dict[str, Any] | None,
+def latency_markdown(blocks: dict[str, Any] | None, estimates: dict[str, Any] | None,
                      header: str = "## Per-block latency") -> str:
-    """The `blocks` and `estimates` sections as Markdown (for report.md and the benchmarks)."""
-    lines = [header, "", "| block | kind | count | input shapes | GMAC | params | median ms | "
-             "x count ms |", "|---|---|---|---|---|---|---|---|"]
-    for r in blocks["rows"]:
+    """The `blocks` and `estimates` sections as Markdown (for report.md and the benchmarks);
+    either may be None (a recipe can ask for one without the other)."""
+    lines = [] if blocks is None else [
+        header, "", "| block | kind | count | input shapes | GMAC | params | median ms | "
+        "x count ms |", "|---|---|---|---|---|---|---|---|"]
+    for r in (blocks or {}).get("rows", []):
         lines.append(f"| {r['block']} | {r['kind']} | {r['count']} | {r['input_shapes']} | "
                      f"{r['macs'] / 1e9:.3f} | {r['params']:,} | {r['latency_ms']:.2f} | "
                      f"{r['total_ms']:.2f} |")
-    lines += ["", f"Sum of table (raw {blocks['raw_sum_ms']:.2f} ms, less "
-              f"{blocks['call_overhead_ms']:.3f} ms per extra session call): "
-              f"{blocks['sum_ms']:.2f} ms; whole model measured {blocks['whole_ms']:.2f} ms; "
-              f"error {blocks['error_pct']:+.1f}% on medians, {blocks['error_min_pct']:+.1f}% "
-              "on per-run minima.", ""]
-    prof = blocks.get("op_profile")
-    if prof:
-        lines += [f"onnxruntime profiler (whole model, {prof['runs']} runs): attention "
-                  f"{100 * prof['attention_share']:.1f}% of kernel time (core "
-                  f"{100 * prof['attention_core_share']:.1f}%, q/k/v/out projections "
-                  f"{100 * prof['attention_proj_share']:.1f}%).", "", "| op | ms | share |",
-                  "|---|---|---|"]
-        lines += [f"| {o['op']} | {o['ms']:.3f} | {100 * o['share']:.1f}% |"
-                  for o in prof["top_ops"]]
+    if blocks is not None:
+        lines += _block_summary(blocks)
     if not estimates:
         return "\n".join(lines) + "\n"
     lines += ["", f"## Device estimates: {estimates['label']}", "",
@@ -256,3 +246,21 @@ def latency_markdown(blocks: dict[str, Any], estimates: dict[str, Any] | None,
         f"{k}: peak {d['peak_gmacs']:.0f} GMAC/s, bandwidth {d['bandwidth_gbs']} GB/s (nominal), "
         f"overhead {d['overhead_us']:.0f} us/op" for k, d in cal["devices"].items())]
     return "\n".join(lines) + "\n"
+
+
+def _block_summary(blocks: dict[str, Any]) -> list[str]:
+    lines = ["", f"Sum of table (raw {blocks['raw_sum_ms']:.2f} ms, less "
+              f"{blocks['call_overhead_ms']:.3f} ms per extra session call): "
+              f"{blocks['sum_ms']:.2f} ms; whole model measured {blocks['whole_ms']:.2f} ms; "
+              f"error {blocks['error_pct']:+.1f}% on medians, {blocks['error_min_pct']:+.1f}% "
+              "on per-run minima.", ""]
+    prof = blocks.get("op_profile")
+    if prof:
+        lines += [f"onnxruntime profiler (whole model, {prof['runs']} runs): attention "
+                  f"{100 * prof['attention_share']:.1f}% of kernel time (core "
+                  f"{100 * prof['attention_core_share']:.1f}%, q/k/v/out projections "
+                  f"{100 * prof['attention_proj_share']:.1f}%).", "", "| op | ms | share |",
+                  "|---|---|---|"]
+        lines += [f"| {o['op']} | {o['ms']:.3f} | {100 * o['share']:.1f}% |"
+                  for o in prof["top_ops"]]
+    return lines

@@ -215,6 +215,7 @@ def run_export(
                     save_grid(out.path(grid), images, labels)
                     row["end_to_end"] = {**compare(torch_images, images, 2.0).to_dict(),
                                          "grid": grid}
+        extra = _report_sections(recipe, model, size, timer)
         failures = evaluate_gates(recipe, rows) + pass_gate_failures(recipe, pass_reports)
         for row in rows:
             row["gates"] = [f for f in failures if f.startswith(row["artifact"] + ":")]
@@ -235,15 +236,18 @@ def run_export(
             "passes": [r.to_dict() for r in pass_reports] + plan.summary(),
             "gates": {"config": recipe.gates.model_dump(), "failures": failures},
             "sample_grids": {"pytorch": "samples-pytorch.png"} if torch_images is not None else {},
+            **extra,
             "timings_s": timer.times,
             "host": host_info(),
         }
         manifest = build_manifest(recipe, loaded, component, artifacts, out.staging, argv)
         out.write_json("manifest.json", manifest)
         out.write_json("report.json", _json_safe(report))
+        from mobilegen.html_report import write_html
         from mobilegen.report import render_markdown
 
         out.path("report.md").write_text(render_markdown(report))
+        write_html(_json_safe(report), out.staging)
         final = out.commit()
     if failures:
         raise GateFailedError(f"{len(failures)} gate(s) failed: " + "; ".join(failures))
@@ -357,6 +361,27 @@ def evaluate_gates(recipe: Recipe, rows: list[dict[str, Any]]) -> list[str]:
         if "end_to_end" in row:
             e2e = row["end_to_end"]["psnr_db"]
             check(art, "min_psnr_db", math.inf if e2e is None else e2e, lim["min_psnr_db"], True)
+    return out
+
+
+def _report_sections(recipe: Recipe, model: Any, size: int, timer: StepTimer) -> dict[str, Any]:
+    """The recipe's optional [report] sections, measured on the model as exported (after module
+    passes): `blocks` (per-block latency table + operator profile) and `estimates`."""
+    out: dict[str, Any] = {}
+    example = model.example_inputs(recipe.latency.batch, seed=0, image_size=size)
+    if recipe.report.blocks:
+        from mobilegen import blocks
+
+        threads = load_target(recipe.targets[0]).threads
+        with timer.step("blocks"):
+            out["blocks"] = blocks.report_section(model, example, threads=threads,
+                                                  warmup=recipe.latency.warmup,
+                                                  runs=recipe.latency.runs)
+    if recipe.report.estimates:
+        from mobilegen import estimate
+
+        with timer.step("estimates"):
+            out["estimates"] = estimate.report_section(model, example)
     return out
 
 

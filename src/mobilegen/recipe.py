@@ -62,6 +62,17 @@ class LatencySpec(_Strict):
     batch: int = Field(1, ge=1)
 
 
+class ReportSpec(_Strict):
+    """Optional report sections. Both cost export time, so recipes opt in."""
+
+    # Export and time each distinct block alone, plus onnxruntime's operator profile of the whole
+    # model (seconds for STOIC, minutes for an SD-size UNet with many distinct blocks).
+    blocks: bool = False
+    # Device latency ESTIMATES for target profiles with a calibrated device (estimate.py); about
+    # ten seconds to calibrate, and always printed apart from measured figures.
+    estimates: bool = False
+
+
 class Gates(_Strict):
     """Quality and latency gates; a failed gate exits 3. Defaults keep parity honest."""
 
@@ -107,6 +118,7 @@ class Recipe(_Strict):
     sampler: SamplerSpec = SamplerSpec()
     validation: ValidateSpec = Field(ValidateSpec(), alias="validate")  # TOML key: validate
     latency: LatencySpec = LatencySpec()
+    report: ReportSpec = ReportSpec()
     gates: Gates = Gates()
     path: Path | None = Field(None, exclude=True)  # where it was loaded from
 

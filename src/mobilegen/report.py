@@ -205,6 +205,10 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines.append(f"Not produced: {a['details']['skipped']}")
     if report.get("sample_grids", {}).get("pytorch"):
         lines += ["", "## PyTorch reference samples", "", "![pytorch](samples-pytorch.png)"]
+    if report.get("blocks") or report.get("estimates"):
+        from mobilegen.html_report import latency_markdown
+
+        lines += ["", latency_markdown(report.get("blocks"), report.get("estimates"))]
     lines += ["", "## Step timings (s)", ""]
     lines += [f"- {k}: {v:.2f}" for k, v in report["timings_s"].items()]
     lines += ["", "## Largest modules", "", "| module | params | GMAC |", "|---|---|---|"]

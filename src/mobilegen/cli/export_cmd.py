@@ -105,6 +105,25 @@ def _show(report: dict, out_dir: Path, json_output: bool, cached: str | None = N
     console.print(rich_table(report))
     if (table := passes_table(report)) is not None:
         console.print(table)
+    for line in latency_lines(report):
+        console.print(line, highlight=False)
     note = f" (cached result {cached}; --no-cache to redo)" if cached else ""
-    console.print(f"wrote {out_dir}/ (manifest.json, report.json, report.md){note}",
+    console.print(f"wrote {out_dir}/ (manifest.json, report.json, report.md, report.html){note}",
                   highlight=False)
+
+
+def latency_lines(report: dict) -> list[str]:
+    """One line each for the optional per-block table and device estimates; estimates are
+    labelled as such and never share a line with a measured figure."""
+    lines = []
+    if b := report.get("blocks"):
+        prof = b.get("op_profile") or {}
+        share = (f"; attention {100 * prof['attention_share']:.1f}% of kernel time"
+                 if "attention_share" in prof else "")
+        lines.append(f"per-block table: {len(b['rows'])} distinct blocks, sum {b['sum_ms']:.2f} ms "
+                     f"vs whole model {b['whole_ms']:.2f} ms ({b['error_pct']:+.1f}%){share}")
+    for r in (report.get("estimates") or {}).get("rows", []):
+        lines.append(f"ESTIMATE {r['profile']} ({r['device']}): ~{r['latency_ms']:.1f} ms, "
+                     f"calibration error ±{r['calibration_error_pct']:.0f}% on held-out "
+                     "published points (not measured)")
+    return lines
