@@ -23,8 +23,9 @@ demo: setup
 test: setup
 	$(VENV)/bin/pytest -q
 
+# every benchmark script in turn (the SD-size ones take tens of minutes); results/ + SUMMARY.md
 bench: setup
-	$(PY) benchmarks/bench_stoic_latency.py
+	$(PY) benchmarks/run_all.py
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks scripts

@@ -19,6 +19,7 @@ import json
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -72,7 +73,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--targets", nargs="+", default=DEFAULT_TARGETS)
     ap.add_argument("--recipe", type=Path, default=Path("recipes/unet-sd15.toml"))
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/large-export"))
+    # artifacts are GBs: a scratch folder outside the repo; only the summary lands in results/
+    ap.add_argument("--out", type=Path,
+                    default=Path(tempfile.gettempdir()) / "mobilegen-large-export")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -98,6 +101,9 @@ def main() -> None:
         print(json.dumps(row), file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(rows, indent=2))
+    results = Path(__file__).resolve().parent / "results"
+    results.mkdir(exist_ok=True)
+    (results / "large_export.json").write_text(json.dumps(rows, indent=2) + "\n")
     print(f"{'target':16} {'status':10} {'wall s':>7} {'capture s':>9} {'export s':>8} "
           f"{'peak RSS GB':>11} {'bytes GB':>8}  artifacts / error")
     for r in rows:

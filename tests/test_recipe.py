@@ -6,13 +6,19 @@ from hypothesis import strategies as st
 
 from conftest import write_recipe
 from mobilegen.errors import RecipeError
-from mobilegen.recipe import list_recipes, list_target_names, load_recipe, load_target
+from mobilegen.recipe import (
+    list_recipes,
+    list_target_names,
+    load_any_recipe,
+    load_recipe,
+    load_target,
+)
 
 
 def test_shipped_recipes_and_targets_validate():
     assert list_recipes(), "no shipped recipes"
     for path in list_recipes():
-        load_recipe(path)
+        load_any_recipe(path)  # pipeline recipes load their component recipes too
     for name in list_target_names():
         load_target(name)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 
-from conftest import write_recipe
 from typer.testing import CliRunner
 
+from conftest import write_recipe
 from mobilegen.cli.main import app
 
 

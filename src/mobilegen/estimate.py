@@ -52,16 +52,31 @@ class PublishedPoint:
     calibrate: bool  # True: used to fit; False: held out and scored
 
 
-# Nominal memory bandwidth: LPDDR5 6400 x 64-bit (A16), LPDDR4X 4266 x 64-bit (A14/A15).
-# Core ML on the ANE runs fp16 weights and activations.
-DEVICES: dict[str, Device] = {
-    "iphone-14-pro": Device("iphone-14-pro", "ios-ane", 51.2, 2, 2),
+# Calibration-only devices: older iPhones with published figures but no target profile of their
+# own. Nominal memory bandwidth: LPDDR4X 4266 x 64-bit (A14/A15); Core ML on the ANE runs fp16
+# weights and activations. Devices that a target profile names come from its [device] table.
+CALIBRATION_DEVICES: dict[str, Device] = {
     "iphone-13-pro-max": Device("iphone-13-pro-max", "ios-ane", 34.1, 2, 2),
     "iphone-12-pro-max": Device("iphone-12-pro-max", "ios-ane", 34.1, 2, 2),
 }
-# Which calibrated device stands for a target profile. Profiles without published figures on this
-# list (ort-mobile-cpu, android-cpu, android-gpu, ios-gpu) get no estimate rather than a guess.
-PROFILE_DEVICE: dict[str, str] = {"ios-ane": "iphone-14-pro"}
+
+
+def profile_devices() -> dict[str, Device]:
+    """Device name -> Device for every target profile with a [device] table (export_targets/).
+    Profiles without one (no published figures to calibrate on) get no estimate, not a guess."""
+    from mobilegen.recipe import list_target_names, load_target
+
+    out: dict[str, Device] = {}
+    for name in list_target_names():
+        spec = load_target(name).device
+        if spec is not None:
+            out[spec.name] = Device(spec.name, name, spec.bandwidth_gbs, spec.weight_bytes,
+                                    spec.act_bytes)
+    return out
+
+
+def all_devices() -> dict[str, Device]:
+    return {**CALIBRATION_DEVICES, **profile_devices()}
 
 PUBLISHED: tuple[PublishedPoint, ...] = (
     # SnapFusion, iPhone 14 Pro: fit on the efficient UNet and the full decoder; hold out the
@@ -220,9 +235,13 @@ def calibrate(points: tuple[PublishedPoint, ...] = PUBLISHED) -> Calibration:
     """Fit peak (and, for the first device listed, the per-op overhead) by least squares in log
     latency on the calibration points; score the held-out points with the fitted constants."""
     devices: dict[str, Device] = {}
+    known = all_devices()
     shared_overhead: float | None = None
     for name in dict.fromkeys(p.device for p in points):
-        dev = DEVICES[name]
+        if name not in known:
+            raise ConfigError(f"published point for device '{name}': no target profile [device] "
+                              f"or calibration device of that name (known: {', '.join(known)})")
+        dev = known[name]
         fit = [p for p in points if p.device == name and p.calibrate]
         if not fit:
             raise ConfigError(f"device '{name}' has no calibration point")
@@ -273,9 +292,10 @@ def estimate_model(model: Any, inputs: tuple[Any, ...], calibration: Calibration
     """Estimates for every profile that has a calibrated device, grouped per block
     (module path prefix, e.g. 'blocks.3')."""
     out = []
-    for profile, name in PROFILE_DEVICE.items():
+    for name, spec in profile_devices().items():
+        profile = spec.profile
         dev = calibration.devices.get(name)
-        if dev is None:
+        if dev is None:  # a profile device with no published point to calibrate on
             continue
         ops = op_costs(model, inputs, dev.weight_bytes, dev.act_bytes)
         per_block: dict[str, float] = {}

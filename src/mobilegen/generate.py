@@ -81,3 +81,22 @@ def save_grid(path: Any, images: np.ndarray, labels: list[int] | None = None) ->
     img = Image.fromarray(grid.squeeze(-1) if grid.shape[-1] == 1 else grid)
     scale = max(1, 256 // max(grid.shape[:2]))
     img.resize((img.width * scale, img.height * scale), Image.NEAREST).save(path)
+
+
+def decode_latents(runner: Runner, decoder: dict[str, Any], latents: np.ndarray,
+                   scaling_factor: float, shift_factor: float = 0.0) -> np.ndarray:
+    """The VAE decoder step of a pipeline: latents / scaling + shift -> images (N, 3, H, W)."""
+    name = decoder["inputs"][0]["name"]
+    z = (np.asarray(latents, dtype=np.float64) / scaling_factor + shift_factor).astype(np.float32)
+    return np.asarray(runner({name: z}), dtype=np.float32)
+
+
+def generate_chain(
+    unet_runner: Runner, decoder_runner: Runner, unet: dict[str, Any], decoder: dict[str, Any],
+    chain: dict[str, Any], seed: int | None = None, steps: int | None = None,
+) -> np.ndarray:
+    """A pipeline manifest's chain: sample latents with the UNet, then decode them to images."""
+    latents = generate(unet_runner, unet, seed=seed, steps=steps)
+    lat = chain["latent"]
+    return decode_latents(decoder_runner, decoder, latents, lat["scaling_factor"],
+                          lat["shift_factor"])

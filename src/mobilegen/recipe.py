@@ -138,6 +138,17 @@ RUNTIME_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 
+class DeviceSpec(_Strict):
+    """The phone a profile stands for, as latency ESTIMATES need it (estimate.py): nominal figures
+    from vendor specs, not measurements. Peak throughput and per-op overhead are not set here:
+    they are fitted to published latencies of this device (estimate.PUBLISHED)."""
+
+    name: str  # must match the device of published calibration points, e.g. "iphone-14-pro"
+    bandwidth_gbs: float = Field(gt=0)  # DRAM bandwidth
+    weight_bytes: float = Field(2, gt=0)  # bytes per weight at the precision it runs
+    act_bytes: float = Field(2, gt=0)  # bytes per activation element
+
+
 class TargetProfile(_Strict):
     name: str
     description: str = ""
@@ -157,6 +168,7 @@ class TargetProfile(_Strict):
     # coreml
     deployment_target: Literal["iOS16", "iOS17", "iOS18", "macOS13", "macOS14", "macOS15"] = "iOS17"
     compute_units: Literal["ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY"] = "ALL"
+    device: DeviceSpec | None = None  # for estimates; a profile without one gets none
     path: Path | None = Field(None, exclude=True)
 
     @model_validator(mode="after")
@@ -262,3 +274,108 @@ def load_target(name: str) -> TargetProfile:
 
 def list_recipes() -> list[Path]:
     return sorted(RECIPES_DIR.glob("*.toml"))
+
+
+# ------------------------------------------------------------------ pipeline recipes (UNet + VAE)
+# A pipeline recipe names two component recipes (relative to itself) and says nothing about how
+# to export them: each component keeps its own targets, passes, gates and sampler. The UNet's
+# [sampler] drives the chain.
+PIPELINE_SLOTS: dict[str, str] = {"unet": "unet", "decoder": "vae-decoder"}  # slot -> family
+
+
+class PipelineSlots(_Strict):
+    unet: str
+    decoder: str
+
+
+class PipelineGates(_Strict):
+    min_psnr_db: float | None = 30.0  # chain image PSNR, artifacts vs PyTorch, same seed
+
+
+class PipelineFile(_Strict):
+    """What a pipeline recipe's TOML may hold."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    description: str = ""
+    pipeline: PipelineSlots
+    gates: PipelineGates = PipelineGates()
+
+
+class PipelineRecipe(BaseModel):
+    """A validated pipeline recipe with its component recipes loaded."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    name: str
+    description: str
+    path: Path
+    unet: Recipe
+    decoder: Recipe
+    gates: PipelineGates
+
+
+def load_pipeline_recipe(path: str | Path) -> PipelineRecipe:
+    path = Path(path)
+    try:
+        spec = PipelineFile.model_validate(_read_toml(path))
+    except ValidationError as e:
+        raise RecipeError(_format_error(path, e)) from None
+    parts: dict[str, Recipe] = {}
+    for slot, family in PIPELINE_SLOTS.items():
+        rel = Path(getattr(spec.pipeline, slot)).expanduser()
+        comp = rel if rel.is_absolute() else (path.resolve().parent / rel)
+        if not comp.is_file():
+            raise RecipeError(f"{path}: key 'pipeline.{slot}': component recipe not found: {comp}")
+        raw = _read_toml(comp)
+        if "pipeline" in raw:
+            raise RecipeError(f"{path}: key 'pipeline.{slot}': {comp.name} is itself a pipeline "
+                              "recipe (expected a single-component recipe)")
+        parts[slot] = load_recipe(comp)
+        found = parts[slot].model.family
+        if found != family:
+            raise RecipeError(f"{path}: key 'pipeline.{slot}': expected a '{family}' recipe, "
+                              f"{comp.name} has model.family '{found}'")
+    unet_cfg, dec_cfg = _static_config(parts["unet"]), _static_config(parts["decoder"])
+    if unet_cfg is not None and dec_cfg is not None:  # checkpoint configs: checked at export
+        check_chain(path, parts["unet"], unet_cfg, parts["decoder"], dec_cfg)
+    return PipelineRecipe(name=spec.name, description=spec.description, path=path.resolve(),
+                          unet=parts["unet"], decoder=parts["decoder"], gates=spec.gates)
+
+
+def _static_config(recipe: Recipe) -> Any | None:
+    """The component's architecture when the recipe alone fixes it (random init, or an explicit
+    [model.config]); None when only the checkpoint knows."""
+    from mobilegen.errors import ConfigError
+    from mobilegen.models import get_family
+
+    family, spec = get_family(recipe.model.family), recipe.model
+    try:
+        if spec.config is not None:
+            return family.config_from_dict(dict(spec.config))
+        if spec.init == "random":
+            return family.variants().get(spec.variant)
+    except (ConfigError, TypeError, ValueError) as e:
+        raise RecipeError(f"{recipe.path}: key 'model.config': {e}") from None
+    return None
+
+
+def check_chain(path: Path, unet: Recipe, unet_cfg: Any, decoder: Recipe, dec_cfg: Any) -> None:
+    """The UNet's output latents must be what the decoder reads: same channels, same size."""
+    if unet_cfg.out_channels != dec_cfg.latent_channels:
+        raise RecipeError(
+            f"{path}: key 'pipeline': latent channels differ: UNet out_channels is "
+            f"{unet_cfg.out_channels}, decoder latent_channels is {dec_cfg.latent_channels}")
+    u_size = unet.image_size or unet_cfg.image_size
+    d_size = decoder.image_size or dec_cfg.image_size
+    if u_size != d_size:
+        raise RecipeError(
+            f"{path}: key 'pipeline': latent size differs: UNet samples {u_size}x{u_size}, "
+            f"decoder reads {d_size}x{d_size}")
+
+
+def load_any_recipe(path: str | Path) -> Recipe | PipelineRecipe:
+    """A pipeline recipe when the file has a [pipeline] table, else a single-component recipe."""
+    path = Path(path)
+    if "pipeline" in _read_toml(path):
+        return load_pipeline_recipe(path)
+    return load_recipe(path)

@@ -29,10 +29,18 @@ def export(
     json_output: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Export recipes: load, capture, lower to each target, validate, time, report."""
-    from mobilegen.recipe import load_recipe
+    """Export recipes: load, capture, lower to each target, validate, time, report.
 
-    loaded = [load_recipe(r) for r in recipes]  # every recipe validates before any work starts
+    A pipeline recipe ([pipeline]: a UNet and a VAE decoder) is exported on its own, always
+    afresh: it bypasses the cache (--no-cache and -j do not apply)."""
+    from mobilegen.recipe import PipelineRecipe, load_any_recipe
+
+    loaded = [load_any_recipe(r) for r in recipes]  # every recipe validates before work starts
+    if any(isinstance(r, PipelineRecipe) for r in loaded):
+        from mobilegen.cli.pipeline_cmd import export_pipeline
+
+        export_pipeline(loaded, out, json_output)
+        return
     if len(loaded) == 1:
         _export_one(loaded[0], out or Path("out") / loaded[0].name, no_cache, json_output)
         return

@@ -6,12 +6,22 @@ from mobilegen.cli.common import DebugOpt, JsonOpt, handle_errors, print_json, s
 @handle_errors
 def recipes(json_output: JsonOpt = False, debug: DebugOpt = False) -> None:
     """List the shipped recipes."""
-    from mobilegen.recipe import RECIPES_DIR, list_recipes, load_recipe
+    from mobilegen.recipe import RECIPES_DIR, PipelineRecipe, list_recipes, load_any_recipe
 
     rows = []
     for path in list_recipes():
-        r = load_recipe(path)
-        rows.append({"name": r.name, "path": str(path.relative_to(RECIPES_DIR.parent)),
+        r = load_any_recipe(path)
+        rel = str(path.relative_to(RECIPES_DIR.parent))
+        if isinstance(r, PipelineRecipe):  # a UNet + decoder chain: show what it is made of
+            parts = (r.unet, r.decoder)
+            rows.append({"name": r.name, "path": rel,
+                         "family": "pipeline: " + " + ".join(p.model.family for p in parts),
+                         "init": "/".join(dict.fromkeys(p.model.init for p in parts)),
+                         "targets": list(dict.fromkeys(t for p in parts for t in p.targets)),
+                         "description": r.description,
+                         "components": {"unet": r.unet.name, "decoder": r.decoder.name}})
+            continue
+        rows.append({"name": r.name, "path": rel,
                      "family": r.model.family, "init": r.model.init, "targets": r.targets,
                      "description": r.description})
     if json_output:

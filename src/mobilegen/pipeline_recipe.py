@@ -1,0 +1,272 @@
+"""A pipeline export: a UNet and a VAE decoder exported together, and how an app chains them.
+
+Each component goes through `pipeline.run_export` into its own folder (OUT/unet, OUT/decoder) with
+its own report and manifest. Above them sit one manifest whose `chain` section says how to feed
+the decoder from the sampler, and one report whose end-to-end row runs that chain through PyTorch
+and through the artifacts. The whole OUT is staged and replaces the old one only when complete.
+
+Pipeline exports bypass the export cache: a cache entry is one component's folder, and a chain
+result is cheap next to the component exports it sits on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mobilegen import __version__
+from mobilegen.errors import GateFailedError
+from mobilegen.outputs import StagedOutput, sha256_file
+from mobilegen.recipe import PipelineRecipe, Recipe, check_chain
+
+SCHEMA = 1
+SLOTS = ("unet", "decoder")  # also the component folders under OUT
+
+
+@dataclass
+class PipelineResult:
+    out_dir: Path
+    report: dict[str, Any]
+    gate_failures: list[str] = field(default_factory=list)
+
+
+def run_pipeline_export(
+    prec: PipelineRecipe, out_dir: Path, progress: Any = lambda s: None,
+    argv: list[str] | None = None,
+) -> PipelineResult:
+    from mobilegen.pipeline import StepTimer, host_info, library_versions, run_export
+
+    timer = StepTimer(progress)
+    recipes = {"unet": prec.unet, "decoder": prec.decoder}
+    with timer.step("check-chain"):
+        _check_checkpoint_chain(prec)
+    failures: list[str] = []
+    reports: dict[str, dict[str, Any]] = {}
+    manifests: dict[str, dict[str, Any]] = {}
+    with StagedOutput(out_dir) as out:
+        for slot in SLOTS:
+            # a component's failed gate is reported below (its complete report is on disk);
+            # any other error ends the export and the staging folder goes with it
+            with timer.step(f"export:{slot}"), contextlib.suppress(GateFailedError):
+                run_export(recipes[slot], out.staging / slot, progress, argv=argv)
+            reports[slot] = json.loads((out.staging / slot / "report.json").read_text())
+            manifests[slot] = json.loads((out.staging / slot / "manifest.json").read_text())
+            failures += [f"{slot}/{f}" for f in reports[slot]["gates"]["failures"]]
+        unet_c, dec_c = manifests["unet"]["components"][0], manifests["decoder"]["components"][0]
+        chain = chain_entry(unet_c, dec_c)
+        with timer.step("chain"):
+            chain_report = _run_chain(prec, recipes, reports, unet_c, dec_c, chain, out)
+        g = prec.gates.min_psnr_db
+        for row in chain_report["rows"]:
+            psnr = math.inf if row["psnr_db"] is None else row["psnr_db"]
+            if g is not None and (psnr < g or math.isnan(psnr)):
+                failures.append(f"chain:{row['format']}/{row['precision']}: min_psnr_db "
+                                f"{psnr:.4g} (needs >= {g:g}, off by {abs(psnr - g):.4g})")
+        manifest = {
+            "schema_version": SCHEMA,
+            "kind": "pipeline",
+            "recipe": prec.name,
+            "components": [{**manifests[s]["components"][0], "slot": s, "dir": s,
+                            "manifest": f"{s}/manifest.json"} for s in SLOTS],
+            "chain": chain,
+            "files": [{**f, "path": f"{s}/{f['path']}", "component": s}
+                      for s in SLOTS for f in manifests[s]["files"]],
+            "provenance": {
+                "pipeline_recipe_sha256": sha256_file(prec.path),
+                "components": {s: manifests[s]["provenance"] for s in SLOTS},
+                "command": shlex.join(argv if argv is not None else sys.argv),
+                "versions": library_versions(),
+            },
+        }
+        report = {
+            "schema_version": SCHEMA,
+            "kind": "pipeline",
+            "tool": {"name": "mobilegen", "version": __version__},
+            "recipe": {"name": prec.name, "path": str(prec.path)},
+            "status": "gate_failed" if failures else "ok",
+            "components": {s: _component_summary(s, reports[s]) for s in SLOTS},
+            "chain": chain_report,
+            "gates": {"config": prec.gates.model_dump(), "failures": failures},
+            "notes": _notes(recipes, unet_c, dec_c),
+            "timings_s": timer.times,
+            "host": host_info(),
+        }
+        report = _json_safe(report)
+        out.write_json("manifest.json", manifest)
+        out.write_json("report.json", report)
+        out.path("report.md").write_text(render_markdown(report))
+        final = out.commit()
+    if failures:
+        raise GateFailedError(f"{len(failures)} gate(s) failed: " + "; ".join(failures))
+    return PipelineResult(final, report, failures)
+
+
+def _check_checkpoint_chain(prec: PipelineRecipe) -> None:
+    """Recipes whose architecture only the checkpoint knows were not checked at load time: load
+    the config now (this reads the weights once more), before any export work."""
+    from mobilegen.recipe import _static_config
+
+    cfgs = {s: _static_config(r) for s, r in (("unet", prec.unet), ("decoder", prec.decoder))}
+    if all(c is not None for c in cfgs.values()):
+        return  # checked by load_pipeline_recipe
+    from mobilegen.pipeline import load_model
+
+    for slot, recipe in (("unet", prec.unet), ("decoder", prec.decoder)):
+        if cfgs[slot] is None:
+            cfgs[slot] = load_model(recipe).config
+    check_chain(prec.path, prec.unet, cfgs["unet"], prec.decoder, cfgs["decoder"])
+
+
+def chain_entry(unet: dict[str, Any], decoder: dict[str, Any]) -> dict[str, Any]:
+    """What an app needs to chain the two artifacts. The decoder's scaling factor wins: it belongs
+    to the VAE (the UNet's copy is informational)."""
+    sampler = unet["sampler"]
+    guided = unet["conditioning"]["kind"] != "none" and sampler["guidance_scale"] != 1.0
+    scale, shift = decoder["latent_scaling_factor"], decoder["latent_shift_factor"]
+    return {
+        "order": ["unet", "decoder"],
+        "latent": {"shape": unet["sample_shape"], "layout": "NCHW",
+                   "scaling_factor": scale, "shift_factor": shift,
+                   "decoder_input": f"latents / {scale} + {shift}"},
+        "scheduler": sampler,
+        "guidance": {
+            "scale": sampler["guidance_scale"],
+            "batch": ("2N: [conditional; null] concatenated, one UNet call per step" if guided
+                      else "N: one UNet call per step, no guidance"),
+            "combine": "eps = eps_null + scale * (eps_cond - eps_null)" if guided else "eps",
+        },
+        "conditioning": unet["conditioning"],
+        "decoder_batch": "N: all final latents in one decoder call",
+        "image": {"shape": decoder["image_shape"], "layout": "NCHW, RGB", "range": [-1.0, 1.0],
+                  "to_pixels": "uint8 = clip(round((x + 1) / 2 * 255), 0, 255)"},
+    }
+
+
+def _runnable(report: dict[str, Any]) -> dict[tuple[str, str], str]:
+    """(format, precision) -> artifact path of a component's runnable artifacts."""
+    out: dict[tuple[str, str], str] = {}
+    for row in report["artifacts"]:
+        if row["runnable"]:
+            out.setdefault((row["format"], row["precision"]), row["artifact"])
+    return out
+
+
+def _run_chain(
+    prec: PipelineRecipe, recipes: dict[str, Recipe], reports: dict[str, dict[str, Any]],
+    unet_c: dict[str, Any], dec_c: dict[str, Any], chain: dict[str, Any], out: StagedOutput,
+) -> dict[str, Any]:
+    """The chain through PyTorch (the loaded weights) and through each (format, precision) pair
+    that both components produced and the host can run; image PSNR of each against PyTorch."""
+    from mobilegen.generate import generate_chain, save_grid
+    from mobilegen.models import get_family
+    from mobilegen.pipeline import load_model, torch_runner
+    from mobilegen.recipe import load_target
+    from mobilegen.targets import runtime_module
+    from mobilegen.validate import compare
+
+    torch_runners = {}
+    for slot, recipe in recipes.items():
+        loaded = load_model(recipe)
+        size = reports[slot]["model"]["image_size"]
+        io = get_family(loaded.family).io_spec(loaded.config, size)
+        torch_runners[slot] = torch_runner(loaded.model, io)
+    reference = generate_chain(torch_runners["unet"], torch_runners["decoder"], unet_c, dec_c,
+                               chain)
+    save_grid(out.path("chain-pytorch.png"), reference)
+    runtimes = {row["artifact"]: (row["target"]) for s in SLOTS for row in reports[s]["artifacts"]}
+    u_arts, d_arts = _runnable(reports["unet"]), _runnable(reports["decoder"])
+    rows = []
+    for key in [k for k in u_arts if k in d_arts]:
+        runners = {}
+        for slot, art in (("unet", u_arts[key]), ("decoder", d_arts[key])):
+            profile = load_target(runtimes[art])
+            runners[slot] = runtime_module(profile.runtime).load(out.staging / slot / art,
+                                                                 profile.threads)
+        images = generate_chain(runners["unet"], runners["decoder"], unet_c, dec_c, chain)
+        grid = f"chain-{key[0]}-{key[1]}.png"
+        save_grid(out.path(grid), images)
+        rows.append({"format": key[0], "precision": key[1],
+                     "unet_artifact": f"unet/{u_arts[key]}",
+                     "decoder_artifact": f"decoder/{d_arts[key]}",
+                     **compare(reference, images, 2.0).to_dict(), "grid": grid,
+                     "finite": bool(np.isfinite(images).all())})
+    skipped = sorted(f"{f}/{p}" for f, p in set(u_arts) ^ set(d_arts))
+    out_doc = {"reference": "PyTorch, the loaded weights (before any module passes)",
+               "images": int(reference.shape[0]), "image_shape": list(reference.shape[1:]),
+               "pytorch_grid": "chain-pytorch.png", "rows": rows,
+               "unpaired_artifacts": skipped}
+    if not rows:  # e.g. Core ML only, off macOS: say so rather than pass a gate on nothing
+        out_doc["note"] = ("no artifact format that both components produced runs on this host: "
+                           "the chain ran through PyTorch only")
+    return out_doc
+
+
+def _component_summary(slot: str, report: dict[str, Any]) -> dict[str, Any]:
+    m = report["model"]
+    return {"dir": slot, "report": f"{slot}/report.json", "status": report["status"],
+            "family": m["family"], "init": m["init"], "params": m["params"], "gmac": m["gmac"],
+            "image_size": m["image_size"],
+            "artifacts": [{"artifact": f"{slot}/{r['artifact']}", "format": r["format"],
+                           "precision": r["precision"], "runnable": r["runnable"],
+                           "median_ms": (r.get("latency") or {}).get("median_ms"),
+                           "step_psnr_db": (r.get("parity") or {}).get("psnr_db")}
+                          for r in report["artifacts"]],
+            "gate_failures": report["gates"]["failures"]}
+
+
+def _notes(recipes: dict[str, Recipe], unet_c: dict[str, Any], dec_c: dict[str, Any]) -> list[str]:
+    notes = [f"{s}: weights are RANDOM (init = \"random\"): chain images are meaningless, "
+             "parity and latency are real" for s, r in recipes.items() if r.model.init == "random"]
+    if unet_c.get("latent_scaling_factor") != dec_c["latent_scaling_factor"]:
+        notes.append(f"the UNet config says latent_scaling_factor "
+                     f"{unet_c.get('latent_scaling_factor')}, the decoder "
+                     f"{dec_c['latent_scaling_factor']}: the chain uses the decoder's")
+    if any(r.passes for r in recipes.values()):
+        notes.append("component recipes have passes: the chain's PyTorch reference is the model "
+                     "before them, so chain PSNR includes their effect")
+    notes.append("conditioning is a seeded Gaussian stand-in for text-encoder states "
+                 "(no text encoder ships with the pipeline)")
+    return notes
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    lines = [f"# Pipeline export: {report['recipe']['name']}", "",
+             f"Status: **{report['status']}**", "", "## Components", "",
+             "| slot | family | init | params | GMAC | status |", "|---|---|---|---|---|---|"]
+    for slot, c in report["components"].items():
+        lines.append(f"| [{slot}]({c['report']}) | {c['family']} | {c['init']} | "
+                     f"{c['params']:,} | {c['gmac']:.3f} | {c['status']} |")
+    ch = report["chain"]
+    lines += ["", "## Chain (UNet sampler -> latents / scaling -> decoder)", "",
+              f"Reference: {ch['reference']}; {ch['images']} images of shape "
+              f"{tuple(ch['image_shape'])}; grid [{ch['pytorch_grid']}]({ch['pytorch_grid']}).",
+              "", "| format | precision | image PSNR dB | max abs err | grid |",
+              "|---|---|---|---|---|"]
+    for r in ch["rows"]:
+        psnr = "inf" if r["psnr_db"] is None else f"{r['psnr_db']:.2f}"
+        lines.append(f"| {r['format']} | {r['precision']} | {psnr} | "
+                     f"{r['max_abs_error']:.3g} | [{r['grid']}]({r['grid']}) |")
+    if report["gates"]["failures"]:
+        lines += ["", "## Gate failures", ""] + [f"- {f}" for f in report["gates"]["failures"]]
+    lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
