@@ -6,6 +6,7 @@ when complete. A failed gate still writes the (complete) report, then raises Gat
 
 from __future__ import annotations
 
+import contextlib
 import math
 import platform
 import shlex
@@ -29,6 +30,7 @@ from mobilegen.outputs import StagedOutput, sha256_file
 from mobilegen.recipe import Recipe, load_target
 from mobilegen.signature import ModelIO
 from mobilegen.targets import Artifact, runtime_module
+from mobilegen.toolchain_output import toolchain_output
 from mobilegen.validate import Parity, compare
 
 REPORT_SCHEMA = 1
@@ -162,17 +164,19 @@ def run_export(
             with timer.step("calibrate"):
                 calibration = calibration_feeds(torch_runner(model, io), component,
                                                 plan.calibration_feeds)
+        log = out.path("logs/toolchain.log")  # what converters print (toolchain_output.py)
         for target_name in recipe.targets:
             profile = load_target(target_name)
-            runtime = runtime_module(profile.runtime)
+            with toolchain_output(log):
+                runtime = runtime_module(profile.runtime)
             # a profile with its own layout (ios-ane) gets its own capture, once per layout
             target_program = _program_for(profile.layout, programs, model, example, timer)
-            with timer.step(f"export:{target_name}"):
+            with timer.step(f"export:{target_name}"), toolchain_output(log):
                 produced = runtime.export(target_program, io, example, profile,
                                           out.dir(target_name), component["name"], param_bytes)
             produced += _precision_artifacts(plan, runtime, target_program, io, example, profile,
                                              out.dir(target_name), param_bytes, calibration, timer,
-                                             component["name"])
+                                             component["name"], log)
             for art in produced:
                 art.file = f"{target_name}/{art.file}"
                 art.companions = [f"{target_name}/{c}" for c in art.companions]
@@ -185,7 +189,8 @@ def run_export(
                 rows.append(row)
                 if not art.runnable:
                     continue
-                runner = runtime.load(out.staging / art.file, profile.threads)
+                with toolchain_output(log):
+                    runner = runtime.load(out.staging / art.file, profile.threads)
                 with timer.step(f"validate:{art.file}"):
                     per_t = []
                     for t in val.timesteps:
@@ -388,7 +393,7 @@ def _report_sections(recipe: Recipe, model: Any, size: int, timer: StepTimer) ->
 def _precision_artifacts(
     plan: Any, runtime: Any, program: Any, io: ModelIO, example: tuple[Any, ...], profile: Any,
     workdir: Path, param_bytes: int, calibration: list[dict[str, np.ndarray]], timer: StepTimer,
-    name: str = "denoiser",
+    name: str = "denoiser", log: Path | None = None,
 ) -> list[Artifact]:
     """The recipe's precision passes for one target, after its fp32 artifacts. A target that
     cannot do a pass gets a non-runnable row saying why, not an error."""
@@ -401,7 +406,8 @@ def _precision_artifacts(
                                 spec.tag, runnable=False,
                                 details={"skipped": f"pass {pass_name} not supported: {why}"}))
             continue
-        with timer.step(f"export:{profile.name}:{spec.tag}"):
+        quiet = toolchain_output(log) if log else contextlib.nullcontext()
+        with timer.step(f"export:{profile.name}:{spec.tag}"), quiet:
             out += runtime.export_precision(program, io, example, profile, workdir, name,
                                             param_bytes, spec, calibration)
     return out

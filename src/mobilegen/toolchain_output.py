@@ -1,0 +1,53 @@
+"""Keep what converters print out of the user's terminal.
+
+litert-torch, TensorFlow's native code and coremltools write progress bars, banners and warnings
+straight to file descriptors 1 and 2, from Python and from C++. On stdout that would corrupt
+`--json`; on stderr it buries our own progress and the summary. While a target exports or loads,
+both descriptors point at the output folder's `logs/toolchain.log`; when the step fails, the log's
+last lines are replayed on stderr so the cause is not hidden.
+
+MOBILEGEN_TOOLCHAIN_OUTPUT=show turns this off (everything goes to the terminal as it happens).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+REPLAY_LINES = 20
+
+
+@contextlib.contextmanager
+def toolchain_output(log: Path) -> Iterator[None]:
+    if os.environ.get("MOBILEGEN_TOOLCHAIN_OUTPUT") == "show":
+        yield
+        return
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    failed = False
+    with open(log, "a", encoding="utf-8", errors="replace") as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        try:
+            # Python-level writers too (they may hold replaced sys.stdout objects, e.g. in tests)
+            with contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+                yield
+        except Exception:
+            failed = True
+            raise
+        finally:
+            f.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+            if failed:
+                tail = log.read_text(encoding="utf-8", errors="replace").splitlines()
+                if tail[-REPLAY_LINES:]:
+                    sys.stderr.write(f"last lines of {log.name}:\n"
+                                     + "\n".join(tail[-REPLAY_LINES:]) + "\n")
