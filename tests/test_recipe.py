@@ -86,3 +86,8 @@ def test_sampler_values_validate_or_fail_precisely(tmp_path_factory, steps, scal
     else:
         with pytest.raises(RecipeError, match=r"key 'sampler\.(steps|guidance_scale|kind)'"):
             load_recipe(path)
+
+
+def test_single_model_commands_name_a_pipeline_recipe_for_what_it_is():
+    with pytest.raises(RecipeError, match=r"a pipeline recipe \(\[pipeline\]\)"):
+        load_recipe(next(p for p in list_recipes() if p.name == "sd-tiny-pipeline.toml"))

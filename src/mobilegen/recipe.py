@@ -218,8 +218,12 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
+    data = _read_toml(path)
+    if "pipeline" in data:  # bench, inspect --recipe and passes take one model
+        raise RecipeError(f"{path}: a pipeline recipe ([pipeline]); this command takes a "
+                          "single-model recipe (export and sample take pipelines)")
     try:
-        recipe = Recipe.model_validate({**_read_toml(path), "path": path.resolve()})
+        recipe = Recipe.model_validate({**data, "path": path.resolve()})
     except ValidationError as e:
         raise RecipeError(_format_error(path, e)) from None
     from mobilegen.models import FAMILIES
