@@ -247,12 +247,12 @@ def run_export(
         }
         manifest = build_manifest(recipe, loaded, component, artifacts, out.staging, argv)
         out.write_json("manifest.json", manifest)
-        out.write_json("report.json", _json_safe(report))
+        out.write_json("report.json", json_safe(report))
         from mobilegen.html_report import write_html
         from mobilegen.report import render_markdown
 
         out.path("report.md").write_text(render_markdown(report))
-        write_html(_json_safe(report), out.staging)
+        write_html(json_safe(report), out.staging)
         final = out.commit()
     if failures:
         raise GateFailedError(f"{len(failures)} gate(s) failed: " + "; ".join(failures))
@@ -431,13 +431,14 @@ def _artifact_bytes(root: Path, art: Artifact) -> int:
                if (root / f).is_file())
 
 
-def _json_safe(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
+    """NaN/inf -> null and numpy scalars -> Python, so report.json is strict JSON."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if isinstance(obj, np.generic):
         return obj.item()
     return obj

@@ -42,7 +42,13 @@ def run_pipeline_export(
     prec: PipelineRecipe, out_dir: Path, progress: Any = lambda s: None,
     argv: list[str] | None = None,
 ) -> PipelineResult:
-    from mobilegen.pipeline import StepTimer, host_info, library_versions, run_export
+    from mobilegen.pipeline import (
+        StepTimer,
+        host_info,
+        json_safe,
+        library_versions,
+        run_export,
+    )
 
     timer = StepTimer(progress)
     recipes = {"unet": prec.unet, "decoder": prec.decoder}
@@ -99,7 +105,7 @@ def run_pipeline_export(
             "timings_s": timer.times,
             "host": host_info(),
         }
-        report = _json_safe(report)
+        report = json_safe(report)
         out.write_json("manifest.json", manifest)
         out.write_json("report.json", report)
         out.path("report.md").write_text(render_markdown(report))
@@ -258,15 +264,3 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", "## Gate failures", ""] + [f"- {f}" for f in report["gates"]["failures"]]
     lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
     return "\n".join(lines) + "\n"
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
