@@ -111,10 +111,14 @@ def test_fp16_profile_base_artifact_is_fp16(exported, tmp_path):
     assert np.abs(got - ref).max() <= 1e-3 * np.abs(ref).max() * 10
 
 
-def test_weights_over_the_flatbuffer_limit_are_refused_up_front(exported, tmp_path):
-    _, io, program, example, profile, *_ = exported
-    with pytest.raises(ExportError, match="2 GiB"):
-        tflite.export(program, io, example, profile, tmp_path, "denoiser", 3 * 1024**3)
+def test_files_past_the_flatbuffer_limit_are_described_not_refused(exported):
+    # A >2 GiB conversion takes minutes (benchmarks/bench_large_export.py does the SD-1.5 UNet);
+    # here: small files carry no note, large ones say what the app's runtime must support.
+    art = exported[6]
+    assert "large_model_layout" not in art.details
+    assert tflite.large_model_note(tflite.FLATBUFFER_LIMIT_BYTES) is None
+    note = tflite.large_model_note(3 * 1024**3)
+    assert note is not None and "3.00 GiB" in note and "buffer offsets" in note
 
 
 def test_fp16_pass_on_an_fp16_profile_makes_no_second_copy(exported, tmp_path):
