@@ -82,3 +82,21 @@ def test_batch_recipes_with_one_name_are_refused(tmp_path, tiny_ckpt):
     assert result.exit_code == 2 and "two recipes are named 'tiny'" in result.stderr
     assert not (tmp_path / "o").exists()
     assert os.environ["MOBILEGEN_CACHE_DIR"]
+
+
+def test_edited_mobilegen_source_is_a_different_key(tmp_path, tiny_ckpt, monkeypatch):
+    from mobilegen import cache
+    from mobilegen.recipe import load_recipe
+
+    recipe = load_recipe(write_recipe(tmp_path / "r.toml", tiny_ckpt))
+    before = cache.export_key(recipe)
+    assert cache.export_key(recipe) == before  # stable
+    monkeypatch.setattr(cache, "_source_digest", lambda: "an edited checkout")
+    assert cache.export_key(recipe) != before
+    # the digest itself follows file contents
+    (tmp_path / "src").mkdir()
+    f = tmp_path / "src" / "m.py"
+    f.write_text("a = 1\n")
+    d1 = cache._path_digest_of([f], tmp_path)
+    f.write_text("a = 2\n")
+    assert cache._path_digest_of([f], tmp_path) != d1

@@ -42,6 +42,8 @@ def test_export_prints_one_json_document(exported):
     assert doc["schema_version"] == 1
     assert doc["model"]["family"] == "stoic" and doc["model"]["params"] > 0
     assert doc["model"]["gmac"] > 0
+    # [report] sections are opt-in; report.html is always written
+    assert "blocks" not in doc and "estimates" not in doc and (out / "report.html").is_file()
 
 
 def test_every_artifact_is_validated_and_timed(exported):

@@ -31,13 +31,3 @@ def test_export_writes_block_table_estimates_and_html(tmp_path, tiny_ckpt):
     assert "## Per-block latency" in md and "## Device estimates: ESTIMATE" in md
     html = (out / "report.html").read_text()
     assert "http://" not in html and "https://" not in html and "data:image/png;base64," in html
-
-
-def test_report_sections_are_opt_in(tmp_path, tiny_ckpt):
-    recipe = write_recipe(tmp_path / "r.toml", tiny_ckpt)
-    out = tmp_path / "out"
-    res = CliRunner().invoke(app, ["export", str(recipe), "--out", str(out), "--no-cache"])
-    assert res.exit_code == 0, res.output
-    report = json.loads((out / "report.json").read_text())
-    assert "blocks" not in report and "estimates" not in report
-    assert (out / "report.html").is_file() and "per-block table" not in res.output

@@ -1,7 +1,8 @@
 """A content-addressed export cache: same inputs, same outputs, no work.
 
 The key hashes everything an export's result depends on: the recipe file, the checkpoint's bytes
-(every file of a diffusers folder), each target profile named by the recipe, mobilegen's and the
+(every file of a diffusers folder), each target profile named by the recipe, mobilegen's own
+source files (an edited checkout must not be served results of the code before the edit), the
 libraries' versions, and the host (latency figures belong to the machine that measured them). An
 entry is a complete output folder; it is verified against its own manifest's sha256 list before it
 is reused, and copied into place through the same staging-and-swap as a fresh export.
@@ -31,11 +32,20 @@ def cache_dir() -> Path:
 
 def _path_digest(path: Path) -> str:
     if path.is_dir():  # a diffusers folder: every file, by relative name
-        h = hashlib.sha256()
-        for p in sorted(q for q in path.rglob("*") if q.is_file()):
-            h.update(str(p.relative_to(path)).encode() + sha256_file(p).encode())
-        return h.hexdigest()
+        return _path_digest_of(sorted(q for q in path.rglob("*") if q.is_file()), path)
     return sha256_file(path)
+
+
+def _source_digest() -> str:
+    package = Path(__file__).resolve().parent
+    return _path_digest_of(sorted(package.rglob("*.py")), package)
+
+
+def _path_digest_of(files: list[Path], root: Path) -> str:
+    h = hashlib.sha256()
+    for p in files:
+        h.update(str(p.relative_to(root)).encode() + sha256_file(p).encode())
+    return h.hexdigest()
 
 
 def export_key(recipe: Recipe) -> str:
@@ -46,6 +56,7 @@ def export_key(recipe: Recipe) -> str:
         "recipe": sha256_file(recipe.path) if recipe.path else recipe.model_dump_json(),
         "targets": {t: sha256_file(TARGETS_DIR / f"{t}.toml") for t in recipe.targets},
         "versions": library_versions(),
+        "source": _source_digest(),
         "host": host_info(),
     }
     ckpt = recipe.checkpoint_path()
