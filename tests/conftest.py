@@ -23,6 +23,19 @@ def write_tiny_checkpoint(path: Path, seed: int = 0, **overrides) -> Path:
     return save_checkpoint(path, "stoic", loaded.model)
 
 
+def tiny_capture(batch: int = 2):
+    """A tiny class-conditional STOIC, its IO spec, an example batch and the torch.export
+    capture every target lowers from: what the target-module tests start from."""
+    from mobilegen.checkpoints import build_random
+    from mobilegen.models import get_family
+    from mobilegen.pipeline import capture
+
+    cfg = tiny_config(conditioning="class", num_classes=3)
+    model = build_random("stoic", cfg, seed=0).model.eval()
+    example = model.example_inputs(batch)
+    return model, get_family("stoic").io_spec(cfg), example, capture(model, example)
+
+
 def write_recipe(path: Path, checkpoint: Path, extra: str = "", gates: str = "") -> Path:
     path.write_text(
         textwrap.dedent(

@@ -7,12 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_config
-from mobilegen.checkpoints import build_random
+from conftest import tiny_capture
 from mobilegen.errors import ExportError
-from mobilegen.models import get_family
 from mobilegen.passes.precision import PrecisionSpec
-from mobilegen.pipeline import _feeds, capture
+from mobilegen.pipeline import _feeds
 from mobilegen.recipe import load_target
 
 pytest.importorskip("litert_torch")
@@ -21,11 +19,7 @@ from mobilegen.targets import tflite
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    cfg = tiny_config(conditioning="class", num_classes=3)
-    model = build_random("stoic", cfg, seed=0).model.eval()
-    io = get_family("stoic").io_spec(cfg)
-    example = model.example_inputs(2)
-    program = capture(model, example)
+    model, io, example, program = tiny_capture()
     profile = load_target("android-cpu")
     workdir = tmp_path_factory.mktemp("tflite")
     (art,) = tflite.export(program, io, example, profile, workdir, "denoiser", 0)

@@ -39,6 +39,14 @@ class Artifact:
         return asdict(self)
 
 
+def base_is_already(stem: str, tag: str, profile: Any, base_file: str, what: str) -> Artifact:
+    """The row for a precision pass the profile's base artifact already has (fp16 on an fp16
+    profile): no second copy, and the pipeline's convention for rows without a file."""
+    return Artifact(f"{stem}.{tag}", "none", profile.name, profile.runtime, tag, runnable=False,
+                    details={"skipped": f"the base {base_file} already {what} (profile "
+                                        "precision); no second copy"})
+
+
 def runtime_module(runtime: str) -> ModuleType:
     module, needs, extra = RUNTIMES[runtime]
     try:

@@ -22,7 +22,7 @@ from mobilegen.errors import ExportError
 from mobilegen.passes.precision import PrecisionSpec
 from mobilegen.recipe import TargetProfile
 from mobilegen.signature import ModelIO
-from mobilegen.targets import Artifact, Runner
+from mobilegen.targets import Artifact, Runner, base_is_already
 
 NOT_RUN = ("Core ML prediction needs macOS (this host: {system}); no parity was measured: the "
            "package was reloaded and its program, I/O and weights were checked instead")
@@ -70,11 +70,8 @@ def export_precision(
 
     out = workdir / f"{stem}.{spec.tag}.mlpackage"
     if spec.kind == "fp16" and profile.precision == "fp16":
-        # same convention as the pipeline's unsupported-pass rows: no file, format "none"
-        return [Artifact(f"{stem}.{spec.tag}", "none", profile.name, "coreml", spec.tag,
-                         runnable=False,
-                         details={"skipped": f"the base {stem}.mlpackage already computes in "
-                                             "fp16 (profile precision); no second copy"})]
+        return [base_is_already(stem, spec.tag, profile, f"{stem}.mlpackage",
+                                "computes in fp16")]
     if spec.kind == "fp16":
         _save(_convert(program, io, profile, "fp16", stem, example), out)
         details = {"method": "coremltools.convert (mlprogram, fp16 compute)"}

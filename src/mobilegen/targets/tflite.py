@@ -23,7 +23,7 @@ from mobilegen.errors import ExportError
 from mobilegen.passes.precision import PrecisionSpec
 from mobilegen.recipe import TargetProfile
 from mobilegen.signature import ModelIO
-from mobilegen.targets import Artifact, Runner
+from mobilegen.targets import Artifact, Runner, base_is_already
 
 SIGNATURE = "serving_default"  # litert-torch's default signature; inputs args_0..N, output_0
 # A flatbuffer addresses at most 2 GiB. Past that, litert-torch 0.10 stores the weight buffers after
@@ -81,11 +81,8 @@ def export_precision(
         raise ExportError(f"int8 static for {stem}: no calibration feeds were collected")
     out = workdir / f"{stem}.{spec.tag}.tflite"
     if spec.kind == "fp16" and profile.precision == "fp16":
-        # same convention as the pipeline's unsupported-pass rows: no file, format "none"
-        return [Artifact(f"{stem}.{spec.tag}", "none", profile.name, "litert", spec.tag,
-                         runnable=False,
-                         details={"skipped": f"the base {stem}.fp16.tflite already has fp16 "
-                                             "weights (profile precision); no second copy"})]
+        return [base_is_already(stem, spec.tag, profile, f"{stem}.fp16.tflite",
+                                "has fp16 weights")]
     fp32 = workdir / f"{stem}.tflite"
     if profile.precision == "fp32" and fp32.is_file():
         details = _quantize(fp32, out, spec, calibration, io, example)
