@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from mobilegen.blocks import block_table, op_profile
-from mobilegen.estimate import ESTIMATE_LABEL, calibrate, estimate_model
-from mobilegen.html_report import latency_markdown
+from mobilegen.measure.blocks import block_table, op_profile
+from mobilegen.measure.estimate import ESTIMATE_LABEL, calibrate, estimate_model
 from mobilegen.models.stoic import VARIANTS, Stoic
+from mobilegen.report.html import latency_markdown
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -28,10 +28,12 @@ DEFAULT_TARGETS = ["ort-mobile-cpu", "android-cpu", "android-gpu", "ios-gpu"]
 
 def worker(target: str, out: Path, recipe_path: Path) -> dict:
     """One target, in this process: build, capture, export; report times and peak RSS."""
+    from mobilegen.export.run import capture, load_model
     from mobilegen.models import get_family
-    from mobilegen.pipeline import capture, load_model
-    from mobilegen.recipe import load_recipe, load_target
+    from mobilegen.recipe import load_recipe
     from mobilegen.targets import runtime_module
+    from mobilegen.targets.base import ExportRequest
+    from mobilegen.targets.profile import load_target
 
     times: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -55,8 +57,8 @@ def worker(target: str, out: Path, recipe_path: Path) -> dict:
     result: dict = {"target": target, "model": recipe.name, "params": params,
                     "param_bytes": param_bytes}
     try:
-        arts = runtime_module(profile.runtime).export(program, io, example, profile, workdir,
-                                                      "model", param_bytes)
+        req = ExportRequest(program, io, example, profile, workdir, "model", param_bytes)
+        arts = runtime_module(profile.runtime).export(req)
         files = [p for p in workdir.rglob("*") if p.is_file()]
         result.update(status="ok", artifacts=[a.file for a in arts],
                       runnable=[a.runnable for a in arts],

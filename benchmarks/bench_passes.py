@@ -23,18 +23,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from mobilegen.checkpoints import build_random, load_checkpoint
-from mobilegen.generate import generate
-from mobilegen.measure import time_fn
+from mobilegen.checkpoints.loader import build_random, load_checkpoint
+from mobilegen.export.manifest import component_entry
+from mobilegen.export.run import capture
+from mobilegen.measure.costs import time_fn
+from mobilegen.measure.parity import Parity, compare
 from mobilegen.models.stoic import VARIANTS, io_spec
 from mobilegen.passes import gelu_to_silu, relu_attention
 from mobilegen.passes.base import RewriteContext
 from mobilegen.passes.calibration import calibration_feeds, noised_batches
 from mobilegen.passes.precision import PrecisionSpec
-from mobilegen.pipeline import _component_entry, capture, torch_runner
-from mobilegen.recipe import REPO_ROOT, Recipe, load_recipe, load_target
+from mobilegen.recipe import Recipe, load_recipe
+from mobilegen.sampling.generate import generate
+from mobilegen.sampling.runner import torch_runner
 from mobilegen.targets import onnx as onnx_target
-from mobilegen.validate import Parity, compare
+from mobilegen.targets.base import ExportRequest
+from mobilegen.targets.profile import load_target
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 TIMESTEPS = (999.0, 500.0, 1.0)
 
@@ -46,7 +52,7 @@ class Case:
         self.name, self.recipe, self.loaded, self.size = name, recipe, loaded, size
         self.model = loaded.model.eval()
         self.io = io_spec(loaded.config, size)
-        self.component = _component_entry(recipe, loaded, self.io, size)
+        self.component = component_entry(recipe, loaded, self.io, size)
         self.inputs = {t: self.model.example_inputs(2, seed=1, t=t, image_size=size)
                        for t in TIMESTEPS}
         with torch.inference_mode():
@@ -72,7 +78,7 @@ def export_fp32(model: Any, case: Case, work: Path, stem: str) -> tuple[Any, Any
     example = model.example_inputs(2, seed=0, image_size=case.size)
     program = capture(model, example)
     profile = load_target("ort-mobile-cpu").model_copy(update={"ort_format": False})
-    onnx_target.export(program, case.io, example, profile, work, stem, param_bytes=0)
+    onnx_target.export(ExportRequest(program, case.io, example, profile, work, stem, 0))
     return program, example, work / f"{stem}.onnx"
 
 
@@ -91,8 +97,9 @@ def bench_case(case: Case, threads: int, runs: int, recover_steps: int) -> list[
                             ("int8 dynamic", PrecisionSpec("int8", "dynamic")),
                             ("int8 static (W8A8)", PrecisionSpec("int8", "static"))]:
             t0 = time.perf_counter()
-            arts = onnx_target.export_precision(program, case.io, example, profile, work, "base",
-                                                0, spec, calib)
+            arts = onnx_target.export_precision(ExportRequest(
+                program, case.io, example, profile, work, "base", 0, calibration=tuple(calib)),
+                spec)
             rows.append({"variant": label, "build_s": time.perf_counter() - t0,
                          **measure(case, work / arts[0].file, threads, runs)})
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from mobilegen.blocks import export_onnx, time_interleaved
-from mobilegen.measure import count_macs, count_params
+from mobilegen.measure.blocks import export_onnx, time_interleaved
+from mobilegen.measure.costs import count_macs, count_params
 from mobilegen.models.stoic import VARIANTS, Stoic
 
 RESULTS = Path(__file__).parent / "results"

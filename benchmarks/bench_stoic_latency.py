@@ -17,12 +17,16 @@ from pathlib import Path
 
 import torch
 
-from mobilegen.checkpoints import build_random, load_checkpoint
-from mobilegen.measure import count_macs, time_fn, time_torch
+from mobilegen.checkpoints.loader import build_random, load_checkpoint
+from mobilegen.export.run import capture
+from mobilegen.measure.costs import count_macs, time_fn, time_torch
 from mobilegen.models.stoic import VARIANTS, io_spec
-from mobilegen.pipeline import capture
-from mobilegen.recipe import REPO_ROOT, load_recipe, load_target
+from mobilegen.recipe import load_recipe
 from mobilegen.targets import onnx as onnx_target
+from mobilegen.targets.base import ExportRequest
+from mobilegen.targets.profile import load_target
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def matmul_ceiling_gmacs(threads: int, n: int = 2048, runs: int = 10) -> float:
@@ -40,8 +44,9 @@ def bench(name: str, model, cfg, size: int, threads: int, runs: int, ceiling: fl
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         program = capture(model, model.example_inputs(2, seed=0, image_size=size))
-        arts = onnx_target.export(program, io, model.example_inputs(2, seed=0, image_size=size),
-                                  load_target("ort-mobile-cpu"), Path(tmp), "m", param_bytes=0)
+        arts = onnx_target.export(ExportRequest(
+            program, io, model.example_inputs(2, seed=0, image_size=size),
+            load_target("ort-mobile-cpu"), Path(tmp), "m", 0))
         export_s = time.perf_counter() - t0
         run = onnx_target.load(Path(tmp) / arts[0].file, threads)
         feeds = {s.name: t.numpy() for s, t in zip(io.inputs, inputs, strict=True)}

@@ -30,17 +30,21 @@ def _peak_rss_gb() -> float:
 def _job(kind: str, name: str, latent: int, threads: int, runs: int, queue: Any) -> None:
     import torch
 
-    from mobilegen.checkpoints import build_random
-    from mobilegen.measure import count_macs, count_params, time_fn, time_torch
+    from mobilegen.checkpoints.loader import build_random
+    from mobilegen.export.run import capture
+    from mobilegen.measure.costs import count_macs, count_params, time_fn, time_torch
     from mobilegen.models import get_family
-    from mobilegen.pipeline import capture
-    from mobilegen.recipe import REPO_ROOT, load_recipe, load_target
+    from mobilegen.recipe import load_recipe
+    from mobilegen.targets.profile import load_target
+
+    REPO_ROOT = Path(__file__).resolve().parents[1]
     from mobilegen.targets import onnx as onnx_target
+    from mobilegen.targets.base import ExportRequest
 
     torch.set_num_threads(threads)
     if kind == "decoder":
         from mobilegen.models.vae_decoder import VAEDecoderConfig
-        from mobilegen.prune import pruned_config
+        from mobilegen.passes.prune import pruned_config
 
         cfg = VAEDecoderConfig.uniform()
         cfg = pruned_config(cfg, 0.5) if name.endswith("pruned-50%") else cfg
@@ -60,7 +64,8 @@ def _job(kind: str, name: str, latent: int, threads: int, runs: int, queue: Any)
         t0 = time.perf_counter()
         example = model.example_inputs(2, seed=0, image_size=latent)  # batch 2 keeps it dynamic
         program = capture(model, example)
-        arts = onnx_target.export(program, io, example, profile, Path(tmp), "m", param_bytes)
+        arts = onnx_target.export(ExportRequest(
+            program, io, example, profile, Path(tmp), "m", param_bytes))
         export_s = time.perf_counter() - t0
         rss_export = _peak_rss_gb()
         del program

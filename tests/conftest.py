@@ -17,7 +17,7 @@ def tiny_config(**overrides):
 
 
 def write_tiny_checkpoint(path: Path, seed: int = 0, **overrides) -> Path:
-    from mobilegen.checkpoints import build_random, save_checkpoint
+    from mobilegen.checkpoints.loader import build_random, save_checkpoint
 
     loaded = build_random("stoic", tiny_config(**overrides), seed=seed)
     return save_checkpoint(path, "stoic", loaded.model)
@@ -26,9 +26,9 @@ def write_tiny_checkpoint(path: Path, seed: int = 0, **overrides) -> Path:
 def tiny_capture(batch: int = 2):
     """A tiny class-conditional STOIC, its IO spec, an example batch and the torch.export
     capture every target lowers from: what the target-module tests start from."""
-    from mobilegen.checkpoints import build_random
+    from mobilegen.checkpoints.loader import build_random
+    from mobilegen.export.run import capture
     from mobilegen.models import get_family
-    from mobilegen.pipeline import capture
 
     cfg = tiny_config(conditioning="class", num_classes=3)
     model = build_random("stoic", cfg, seed=0).model.eval()

@@ -1,6 +1,6 @@
 """Run by tests/test_distill.py under `python -m torch.distributed.run --nproc_per_node 2`:
-each rank builds a differently initialised student, distills it with mobilegen.distill unchanged,
-and saves its final weights and losses for the test to compare across ranks."""
+each rank builds a differently initialised student, distills it with mobilegen.passes.distill
+unchanged, and saves its final weights and losses for the test to compare across ranks."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mobilegen.distill import distill
+from mobilegen.passes.distill import distill
 
 
 def main(out_dir: str) -> None:

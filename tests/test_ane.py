@@ -7,9 +7,9 @@ import torch
 import torch.nn as nn
 
 from conftest import tiny_config
-from mobilegen.checkpoints import build_random
+from mobilegen.checkpoints.loader import build_random
 from mobilegen.models.attention import AttentionKernel
-from mobilegen.rewrites.ane import (
+from mobilegen.targets.ane import (
     AneAttention,
     AneSpatialAttention,
     apply_ane_layout,
@@ -78,7 +78,7 @@ def test_unet_attention_matches_original():
 
 
 def test_captured_program_uses_conv_projections():
-    from mobilegen.pipeline import capture
+    from mobilegen.export.run import capture
 
     model = build_random("stoic", tiny_config(), seed=0).model.eval()
     ane, _ = apply_layout(model, "ane")

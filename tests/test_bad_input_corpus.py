@@ -12,10 +12,10 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from conftest import tiny_config, write_recipe, write_tiny_checkpoint
-from mobilegen.checkpoints import build_random, save_checkpoint
+from mobilegen.checkpoints.loader import build_random, save_checkpoint
 from mobilegen.cli.main import app
 from mobilegen.errors import OutputError
-from mobilegen.outputs import StagedOutput
+from mobilegen.export.staging import StagedOutput
 
 runner = CliRunner()
 

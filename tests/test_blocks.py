@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mobilegen.blocks import attribute, block_table, capture_blocks, op_profile
 from mobilegen.errors import ConfigError
-from mobilegen.measure import count_macs, count_params
+from mobilegen.measure.blocks import attribute, block_table, capture_blocks, op_profile
+from mobilegen.measure.costs import count_macs, count_params
 from mobilegen.models.stoic import Stoic, StoicBlock, StoicConfig
 
 # Big enough that kernels, not Python call overhead, dominate each part; small enough to export

@@ -85,7 +85,7 @@ def test_batch_recipes_with_one_name_are_refused(tmp_path, tiny_ckpt):
 
 
 def test_edited_mobilegen_source_is_a_different_key(tmp_path, tiny_ckpt, monkeypatch):
-    from mobilegen import cache
+    from mobilegen.export import cache
     from mobilegen.recipe import load_recipe
 
     recipe = load_recipe(write_recipe(tmp_path / "r.toml", tiny_ckpt))

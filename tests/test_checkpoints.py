@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import tiny_config, write_tiny_checkpoint
-from mobilegen.checkpoints import load_checkpoint, save_checkpoint
+from mobilegen.checkpoints.loader import load_checkpoint, save_checkpoint
 from mobilegen.errors import CheckpointError
 
 
@@ -78,7 +78,7 @@ def test_mismatched_tensors_are_named(tmp_path):
 
 
 def test_non_finite_weights_are_refused(tmp_path):
-    from mobilegen.checkpoints import build_random
+    from mobilegen.checkpoints.loader import build_random
 
     model = build_random("stoic", tiny_config()).model
     with torch.no_grad():
@@ -89,7 +89,7 @@ def test_non_finite_weights_are_refused(tmp_path):
 
 
 def test_half_precision_checkpoint_loads_as_float32(tmp_path):
-    from mobilegen.checkpoints import build_random
+    from mobilegen.checkpoints.loader import build_random
 
     model = build_random("stoic", tiny_config()).model.half()
     model.config = tiny_config()

@@ -12,8 +12,8 @@ import torch
 from conftest import tiny_capture
 from mobilegen.errors import ExportError
 from mobilegen.passes.precision import PrecisionSpec
-from mobilegen.pipeline import _feeds
-from mobilegen.recipe import TargetProfile, load_target
+from mobilegen.targets.base import ExportRequest
+from mobilegen.targets.profile import TargetProfile, load_target
 
 pytest.importorskip("coremltools")
 from mobilegen.targets import coreml
@@ -26,11 +26,11 @@ def exported(tmp_path_factory):
     model, io, example, program = tiny_capture()
     profile = load_target("ios-gpu")
     workdir = tmp_path_factory.mktemp("coreml")
-    (art,) = coreml.export(program, io, example, profile, workdir, "denoiser", 0)
+    (art,) = coreml.export(ExportRequest(program, io, example, profile, workdir, "denoiser", 0))
     variants = {}
     for spec in (PrecisionSpec("int8"), PrecisionSpec("palettize", bits=4)):
-        (v,) = coreml.export_precision(program, io, example, profile, workdir, "denoiser", 0,
-                                       spec, [])
+        (v,) = coreml.export_precision(ExportRequest(
+            program, io, example, profile, workdir, "denoiser", 0), spec)
         variants[spec.tag] = v
     return model, io, program, example, workdir, art, variants
 
@@ -69,7 +69,7 @@ def test_on_macos_prediction_matches_pytorch(exported):
     inputs = model.example_inputs(3, seed=3)
     with torch.no_grad():
         ref = model(*inputs).numpy()
-    got = coreml.load(workdir / art.file, 2)(_feeds(inputs, io))
+    got = coreml.load(workdir / art.file, 2)(io.feeds(inputs))
     assert np.abs(got - ref).max() < 1e-2 * max(1.0, float(np.abs(ref).max()))
 
 
@@ -88,7 +88,7 @@ def test_fp32_profile_keeps_fp32_weights(exported, tmp_path):
     _, io, program, example, *_ = exported
     profile = TargetProfile(name="mac-fp32", runtime="coreml", precision="fp32",
                             deployment_target="macOS14")
-    (art,) = coreml.export(program, io, example, profile, tmp_path, "denoiser", 0)
+    (art,) = coreml.export(ExportRequest(program, io, example, profile, tmp_path, "denoiser", 0))
     assert art.details["constants"].get("float16", 0) == 0
     assert art.details["constants"]["float32"] > 10
 

@@ -1,4 +1,4 @@
-"""mobilegen.distill: the generic distillation loop, in one process and under torchrun (gloo)."""
+"""mobilegen.passes.distill: the generic distillation loop, in one process and under torchrun."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 
 from torch import nn  # noqa: E402
 
-from mobilegen.distill import DistillResult, distill  # noqa: E402
+from mobilegen.passes.distill import DistillResult, distill  # noqa: E402
 
 
 def _pair(seed: int = 0) -> tuple[nn.Module, nn.Module]:

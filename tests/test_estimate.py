@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from mobilegen.errors import ConfigError
-from mobilegen.estimate import (
+from mobilegen.measure.costs import count_macs
+from mobilegen.measure.estimate import (
     ESTIMATE_LABEL,
     PUBLISHED,
     all_devices,
@@ -17,7 +18,6 @@ from mobilegen.estimate import (
     op_costs,
     published_model,
 )
-from mobilegen.measure import count_macs
 from mobilegen.models.stoic import VARIANTS, Stoic
 
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from conftest import write_recipe, write_tiny_checkpoint
 from mobilegen.cli.main import app
-from mobilegen.outputs import sha256_file
+from mobilegen.export.staging import sha256_file
 
 runner = CliRunner()
 

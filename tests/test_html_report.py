@@ -12,7 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mobilegen.cli.main import app
-from mobilegen.html_report import Bars, latency_markdown, render_html
+from mobilegen.report.html import Bars, latency_markdown, render_html
 
 
 def make_output_dir(root: Path, name: str, latency_ms: float, bytes_: int = 284_284) -> Path:

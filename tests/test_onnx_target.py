@@ -14,11 +14,12 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from mobilegen.checkpoints import build_random  # noqa: E402
+from mobilegen.checkpoints.loader import build_random  # noqa: E402
+from mobilegen.export.run import capture  # noqa: E402
 from mobilegen.models.stoic import io_spec  # noqa: E402
-from mobilegen.pipeline import capture  # noqa: E402
-from mobilegen.recipe import load_target  # noqa: E402
 from mobilegen.targets import onnx as onnx_target  # noqa: E402
+from mobilegen.targets.base import ExportRequest  # noqa: E402
+from mobilegen.targets.profile import load_target  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +39,8 @@ def exported(tiny, tmp_path_factory):
     _, cfg, example, program = tiny
     io = io_spec(cfg)
     work = tmp_path_factory.mktemp("onnx")
-    arts = onnx_target.export(program, io, example, load_target("ort-mobile-cpu"), work, "den",
-                              param_bytes=1000)
+    arts = onnx_target.export(ExportRequest(
+        program, io, example, load_target("ort-mobile-cpu"), work, "den", 1000))
     return work, io, arts
 
 
@@ -87,8 +88,8 @@ def test_large_weights_go_to_external_data_and_skip_ort(tiny, tmp_path, monkeypa
     model, cfg, example, program = tiny
     io = io_spec(cfg)
     monkeypatch.setattr(onnx_target, "EXTERNAL_DATA_ABOVE_BYTES", 0)  # pretend the model is huge
-    arts = onnx_target.export(program, io, example, load_target("ort-mobile-cpu"), tmp_path, "big",
-                              param_bytes=10)
+    arts = onnx_target.export(ExportRequest(
+        program, io, example, load_target("ort-mobile-cpu"), tmp_path, "big", 10))
     assert arts[0].companions == ["big.onnx.data"] and (tmp_path / "big.onnx.data").exists()
     assert arts[1].runnable is False and "2 GiB" in arts[1].details["skipped"]
     assert not (tmp_path / "big.ort").exists()
@@ -105,7 +106,8 @@ def test_unexportable_model_is_a_one_line_export_error(tmp_path):
     cfg = tiny_config()
     io = io_spec(cfg)
     with pytest.raises(ExportError, match=r"torch\.onnx\.export failed for bad"):
-        onnx_target.export(object(), io, (), load_target("ort-mobile-cpu"), tmp_path, "bad", 1)
+        onnx_target.export(ExportRequest(
+            object(), io, (), load_target("ort-mobile-cpu"), tmp_path, "bad", 1))
 
 
 def test_missing_file_is_refused(tmp_path: Path):

@@ -15,8 +15,8 @@ torch = pytest.importorskip("torch")
 
 from torch import nn  # noqa: E402
 
-from mobilegen.checkpoints import build_random  # noqa: E402
-from mobilegen.errors import GateFailedError, RecipeError  # noqa: E402
+from mobilegen.checkpoints.loader import build_random  # noqa: E402
+from mobilegen.errors import RecipeError  # noqa: E402
 from mobilegen.models.attention import AttentionKernel  # noqa: E402
 from mobilegen.passes import PASSES, gelu_to_silu, relu_attention  # noqa: E402
 from mobilegen.passes.base import RewriteContext  # noqa: E402
@@ -180,7 +180,7 @@ def test_relu_attention_reports_deviation_and_recovery_lowers_it():
 
 
 def test_pipeline_with_passes_writes_pass_reports_and_gates_them(tmp_path):
-    from mobilegen.pipeline import run_export
+    from mobilegen.export.run import run_export
 
     ckpt = write_tiny_checkpoint(tmp_path / "t.safetensors", conditioning="class", num_classes=3)
     path = write_recipe(tmp_path / "r.toml", ckpt)
@@ -190,8 +190,10 @@ def test_pipeline_with_passes_writes_pass_reports_and_gates_them(tmp_path):
     path.write_text(f"passes = {passes}\n" + path.read_text())
     recipe = load_recipe(path)
     steps = []
-    with pytest.raises(GateFailedError, match="pass relu_attention: min_psnr_db"):
-        run_export(recipe, tmp_path / "out", train_progress=lambda s, n, loss: steps.append(s))
+    result = run_export(recipe, tmp_path / "out",
+                        train_progress=lambda s, n, loss: steps.append(s))
+    assert [f for f in result.failures if f.startswith("pass relu_attention: min_psnr_db")]
+    assert result.report.status == "gate_failed"
     assert steps == list(range(1, 9))
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     passes_out = {p["name"] if p["kind"] == "module" else p["tag"]: p for p in report["passes"]}
@@ -216,17 +218,22 @@ def test_pipeline_with_passes_writes_pass_reports_and_gates_them(tmp_path):
 def test_a_target_without_a_precision_pass_gets_a_row_saying_why(tmp_path):
     from types import SimpleNamespace
 
-    from mobilegen.passes.apply import PrecisionPlan
+    from mobilegen.export.run import StepTimer, _lower
+    from mobilegen.export.staging import StagedOutput
     from mobilegen.passes.fp16 import Options
-    from mobilegen.passes.precision import PrecisionSpec
-    from mobilegen.pipeline import StepTimer, _precision_artifacts
-    from mobilegen.recipe import load_target
+    from mobilegen.passes.precision import PrecisionPlan, PrecisionSpec
+    from mobilegen.targets.profile import load_target
 
     spec = PrecisionSpec("fp16")
-    plan = PrecisionPlan([("fp16", spec, Options())], {"fp16": Options().limits("fp16")})
-    # Stands in for a target module that implements no precision passes (no supports()).
-    runtime = SimpleNamespace(export=None)
-    arts = _precision_artifacts(plan, runtime, None, None, (), load_target("ort-mobile-cpu"),
-                                tmp_path, 0, [], StepTimer(lambda s: None))
+    precision = PrecisionPlan([("fp16", spec, Options())], {"fp16": Options().limits("fp16")})
+    plan = SimpleNamespace(precision=precision, programs={"default": None}, io=None, example=(),
+                           component={"name": "denoiser"}, param_bytes=0, calibration=())
+    # Stands in for a target that cannot do fp16: supports() says why.
+    target = SimpleNamespace(export=lambda req: [], supports=lambda s: "no fp16 here",
+                             export_precision=None)
+    with StagedOutput(tmp_path / "out") as out:
+        arts = _lower(plan, target, load_target("ort-mobile-cpu"), out,
+                      StepTimer(lambda s: None), out.path("logs/toolchain.log"))
     assert len(arts) == 1 and not arts[0].runnable and arts[0].precision == "fp16"
-    assert "not supported" in arts[0].details["skipped"]
+    assert arts[0].details["skipped"] == "pass fp16 not supported: no fp16 here"
+    assert arts[0].file == "ort-mobile-cpu/denoiser.fp16"

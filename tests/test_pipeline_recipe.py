@@ -12,7 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mobilegen.cli.main import app
-from mobilegen.outputs import sha256_file
+from mobilegen.export.staging import sha256_file
 from mobilegen.recipe import RECIPES_DIR, PipelineRecipe, load_any_recipe, load_recipe
 
 runner = CliRunner()

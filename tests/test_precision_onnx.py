@@ -14,15 +14,17 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from mobilegen.checkpoints import build_random  # noqa: E402
+from mobilegen.checkpoints.loader import build_random  # noqa: E402
 from mobilegen.errors import ExportError  # noqa: E402
+from mobilegen.export.run import capture  # noqa: E402
+from mobilegen.measure.parity import Parity, compare  # noqa: E402
 from mobilegen.models.stoic import io_spec  # noqa: E402
 from mobilegen.passes.calibration import calibration_feeds, feed_times  # noqa: E402
 from mobilegen.passes.precision import PrecisionSpec  # noqa: E402
-from mobilegen.pipeline import capture, torch_runner  # noqa: E402
-from mobilegen.recipe import load_target  # noqa: E402
+from mobilegen.sampling.runner import torch_runner  # noqa: E402
 from mobilegen.targets import onnx as onnx_target  # noqa: E402
-from mobilegen.validate import Parity, compare  # noqa: E402
+from mobilegen.targets.base import ExportRequest  # noqa: E402
+from mobilegen.targets.profile import load_target  # noqa: E402
 
 TIMESTEPS = (999.0, 500.0, 1.0)
 # Documented tolerances on this tiny model (worst step PSNR vs fp32 PyTorch, dB); measured
@@ -41,7 +43,7 @@ def setup(tmp_path_factory):
     work = tmp_path_factory.mktemp("precision")
     profile = load_target("ort-mobile-cpu").model_copy(update={"ort_format": False})
     program = capture(model, example)
-    onnx_target.export(program, io, example, profile, work, "den", param_bytes=1000)
+    onnx_target.export(ExportRequest(program, io, example, profile, work, "den", 1000))
     component = {
         "inputs": [t.to_dict() for t in io.inputs], "sample_shape": [1, 8, 8],
         "conditioning": {"kind": "class", "labels": [0, 1, 2], "null_label": 3},
@@ -55,8 +57,9 @@ def setup(tmp_path_factory):
 
 def _convert(setup, spec, calibration=()):
     _model, io, example, program, profile, work, _ = setup
-    arts = onnx_target.export_precision(program, io, example, profile, work, "den", 1000, spec,
-                                        list(calibration))
+    arts = onnx_target.export_precision(ExportRequest(
+        program, io, example, profile, work, "den", 1000, calibration=tuple(calibration)),
+        spec)
     assert [a.format for a in arts] == ["onnx"] and arts[0].precision == spec.tag
     return work / arts[0].file, arts[0]
 
@@ -153,8 +156,8 @@ def test_int8_static_needs_calibration_then_quantizes_activations(setup):
 
 def test_ort_format_of_a_quantized_model(setup):
     _model, io, example, program, profile, work, _ = setup
-    arts = onnx_target.export_precision(program, io, example, profile.model_copy(
-        update={"ort_format": True}), work, "den", 1000, PrecisionSpec("int8", "dynamic"), [])
+    arts = onnx_target.export_precision(ExportRequest(program, io, example, profile.model_copy(
+        update={"ort_format": True}), work, "den", 1000), PrecisionSpec("int8", "dynamic"))
     ort_art = arts[1]
     assert ort_art.format == "ort" and ort_art.runnable, ort_art.details
     assert ort_art.file == "den.int8-dynamic.ort" and (work / ort_art.file).is_file()

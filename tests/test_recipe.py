@@ -6,13 +6,8 @@ from hypothesis import strategies as st
 
 from conftest import write_recipe
 from mobilegen.errors import RecipeError
-from mobilegen.recipe import (
-    list_recipes,
-    list_target_names,
-    load_any_recipe,
-    load_recipe,
-    load_target,
-)
+from mobilegen.recipe import list_recipes, load_any_recipe, load_recipe
+from mobilegen.targets.profile import list_target_names, load_target
 
 
 def test_shipped_recipes_and_targets_validate():

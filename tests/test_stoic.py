@@ -3,7 +3,7 @@ import torch
 
 from conftest import tiny_config
 from mobilegen.errors import ConfigError
-from mobilegen.measure import count_macs, count_params, flop_counter_macs
+from mobilegen.measure.costs import count_macs, count_params, flop_counter_macs
 from mobilegen.models.stoic import VARIANTS, Stoic, StoicConfig, io_spec
 
 

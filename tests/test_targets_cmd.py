@@ -11,9 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import write_recipe
-from mobilegen import recipe as recipe_mod
 from mobilegen.cli.main import app
 from mobilegen.errors import RecipeError, TargetUnavailableError
+from mobilegen.targets import profile as profile_mod
 from mobilegen.targets import runtime_module
 
 runner = CliRunner()
@@ -48,9 +48,9 @@ def test_targets_table_for_people():
 ])
 def test_bad_profiles_are_one_line_errors_naming_the_key(tmp_path, monkeypatch, body, message):
     (tmp_path / "bad.toml").write_text(f'name = "bad"\n{body}\n')
-    monkeypatch.setattr(recipe_mod, "TARGETS_DIR", tmp_path)
+    monkeypatch.setattr(profile_mod, "PROFILES_DIR", tmp_path)
     with pytest.raises(RecipeError) as err:
-        recipe_mod.load_target("bad")
+        profile_mod.load_target("bad")
     assert message in str(err.value) and "bad.toml" in str(err.value)
     assert "\n" not in str(err.value)
 

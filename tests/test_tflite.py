@@ -10,8 +10,8 @@ import torch
 from conftest import tiny_capture
 from mobilegen.errors import ExportError
 from mobilegen.passes.precision import PrecisionSpec
-from mobilegen.pipeline import _feeds
-from mobilegen.recipe import load_target
+from mobilegen.targets.base import ExportRequest
+from mobilegen.targets.profile import load_target
 
 pytest.importorskip("litert_torch")
 from mobilegen.targets import tflite
@@ -22,11 +22,11 @@ def exported(tmp_path_factory):
     model, io, example, program = tiny_capture()
     profile = load_target("android-cpu")
     workdir = tmp_path_factory.mktemp("tflite")
-    (art,) = tflite.export(program, io, example, profile, workdir, "denoiser", 0)
+    (art,) = tflite.export(ExportRequest(program, io, example, profile, workdir, "denoiser", 0))
     variants = {}
     for spec in (PrecisionSpec("fp16"), PrecisionSpec("int8"), PrecisionSpec("int8", "dynamic")):
-        (v,) = tflite.export_precision(program, io, example, profile, workdir, "denoiser", 0,
-                                       spec, [])
+        (v,) = tflite.export_precision(ExportRequest(
+            program, io, example, profile, workdir, "denoiser", 0), spec)
         variants[spec.tag] = v
     return model, io, program, example, profile, workdir, art, variants
 
@@ -35,7 +35,7 @@ def _run(model, io, path, batch, seed=3, t=500.0):
     inputs = model.example_inputs(batch, seed=seed, t=t)
     with torch.no_grad():
         ref = model(*inputs).numpy()
-    got = tflite.load(path, 2)(_feeds(inputs, io))
+    got = tflite.load(path, 2)(io.feeds(inputs))
     return ref, got
 
 
@@ -74,18 +74,20 @@ def test_precision_variants_are_smaller_and_close(exported, tag, tol):
 
 def test_static_int8_uses_calibration_and_keeps_timestep_float(exported):
     model, io, program, example, profile, workdir, *_ = exported
-    calib = [_feeds(model.example_inputs(2, seed=s, t=t), io)
+    calib = [io.feeds(model.example_inputs(2, seed=s, t=t))
              for s, t in enumerate((999.0, 750.0, 500.0, 250.0, 1.0))]
-    (v,) = tflite.export_precision(program, io, example, profile, workdir, "denoiser", 0,
-                                   PrecisionSpec("int8", "static"), calib)
+    (v,) = tflite.export_precision(ExportRequest(
+        program, io, example, profile, workdir, "denoiser", 0, calibration=tuple(calib)),
+        PrecisionSpec("int8", "static"))
     assert "5 calibration calls" in v.details["method"]
     assert "QUANTIZE" in v.details["operators"]
     for t in (999.0, 1.0):
         ref, got = _run(model, io, workdir / v.file, 2, seed=7, t=t)
         assert np.abs(got - ref).max() < 0.25 * np.abs(ref).max()
     with pytest.raises(ExportError, match="no calibration feeds"):
-        tflite.export_precision(program, io, example, profile, workdir, "denoiser", 0,
-                                PrecisionSpec("int8", "static"), [])
+        tflite.export_precision(ExportRequest(
+            program, io, example, profile, workdir, "denoiser", 0), PrecisionSpec("int8",
+            "static"))
 
 
 def test_palettization_is_refused_with_a_reason():
@@ -96,8 +98,8 @@ def test_palettization_is_refused_with_a_reason():
 
 def test_fp16_profile_base_artifact_is_fp16(exported, tmp_path):
     model, io, program, example, *_ = exported
-    (art,) = tflite.export(program, io, example, load_target("android-gpu"), tmp_path,
-                           "denoiser", 0)
+    (art,) = tflite.export(ExportRequest(
+        program, io, example, load_target("android-gpu"), tmp_path, "denoiser", 0))
     assert art.file == "denoiser.fp16.tflite" and art.precision == "fp16"
     assert art.details["app_delegate"] == "gpu"
     assert not (tmp_path / "denoiser.tflite").exists()  # the fp32 source stayed in a temp dir
@@ -117,7 +119,8 @@ def test_files_past_the_flatbuffer_limit_are_described_not_refused(exported):
 
 def test_fp16_pass_on_an_fp16_profile_makes_no_second_copy(exported, tmp_path):
     _, io, program, example, *_ = exported
-    (row,) = tflite.export_precision(program, io, example, load_target("android-gpu"), tmp_path,
-                                     "denoiser", 0, PrecisionSpec("fp16"), [])
+    (row,) = tflite.export_precision(ExportRequest(
+        program, io, example, load_target("android-gpu"), tmp_path, "denoiser", 0),
+        PrecisionSpec("fp16"))
     assert not row.runnable and "already has fp16 weights" in row.details["skipped"]
     assert list(tmp_path.iterdir()) == []

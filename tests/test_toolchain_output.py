@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from mobilegen.toolchain_output import toolchain_output
+from mobilegen.export.toolchain_log import toolchain_output
 
 
 def test_native_and_python_output_go_to_the_log(tmp_path, capfd):

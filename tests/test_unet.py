@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mobilegen.diffusers_format import load_diffusers_model, unet_config_from_diffusers
+from mobilegen.checkpoints.diffusers import load_diffusers_model, unet_config_from_diffusers
 from mobilegen.errors import CheckpointError, ConfigError
 from mobilegen.models.unet import EfficientUNet, UNetConfig
 

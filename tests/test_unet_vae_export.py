@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from mobilegen.pipeline import run_export
+from mobilegen.export.run import run_export
 from mobilegen.recipe import RECIPES_DIR, load_recipe
 
 
 def test_unet_tiny_exports_with_parity_and_e2e(tmp_path: Path) -> None:
     result = run_export(load_recipe(RECIPES_DIR / "unet-tiny.toml"), tmp_path / "out")
-    report = result.report
+    report = result.report.to_dict()
     assert report["status"] == "ok" and report["model"]["family"] == "unet"
     assert any("RANDOM" in n for n in report["model"]["notes"])
     onnx_rows = [r for r in report["artifacts"] if r["format"] == "onnx"]
@@ -31,7 +31,7 @@ def test_unet_tiny_exports_with_parity_and_e2e(tmp_path: Path) -> None:
 
 def test_vae_decoder_tiny_exports_without_e2e(tmp_path: Path) -> None:
     result = run_export(load_recipe(RECIPES_DIR / "vae-decoder-tiny.toml"), tmp_path / "out")
-    report = result.report
+    report = result.report.to_dict()
     assert report["status"] == "ok" and report["model"]["family"] == "vae-decoder"
     assert any("end-to-end sampling parity skipped" in n for n in report["model"]["notes"])
     row = next(r for r in report["artifacts"] if r["format"] == "onnx")

@@ -10,12 +10,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from mobilegen.checkpoints import build_random, load_checkpoint, save_checkpoint
+from mobilegen.checkpoints.diffusers import load_diffusers_model, vae_decoder_part
+from mobilegen.checkpoints.loader import build_random, load_checkpoint, save_checkpoint
 from mobilegen.cli.main import app
-from mobilegen.diffusers_format import load_diffusers_model, vae_decoder_part
 from mobilegen.errors import CheckpointError
 from mobilegen.models.vae_decoder import VAEDecoder, VAEDecoderConfig
-from mobilegen.prune import decoder_costs, prune_decoder, pruned_config
+from mobilegen.passes.prune import decoder_costs, prune_decoder, pruned_config
 
 diffusers = pytest.importorskip("diffusers")
 

@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from mobilegen.validate import compare, cosine, psnr
+from mobilegen.measure.parity import compare, cosine, psnr
 
 finite = st.floats(-1e3, 1e3, allow_nan=False, width=32)
 

@@ -1,11 +1,16 @@
-"""One error hierarchy; the CLI maps each class to a one-line message and an exit code."""
+"""One error hierarchy; the CLI maps each class to a one-line message and an exit code. The exit
+codes live here and nowhere else."""
 
 from __future__ import annotations
 
 EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_GATE = 3
+EXIT_ERROR = 1  # the export (or command) could not produce its result
+EXIT_USAGE = 2  # a bad recipe, profile, option or config value
+EXIT_GATE = 3  # a quality or latency gate failed; the complete report was written
+EXIT_INTERRUPTED = 130  # SIGINT / SIGTERM; the previous output folder was left as it was
+# batch: the worst code wins, in this order (an export that produced nothing is worse than one
+# that missed a gate, although the numbers say otherwise)
+SEVERITY = (EXIT_INTERRUPTED, EXIT_ERROR, EXIT_USAGE, EXIT_GATE)
 
 
 class MobilegenError(Exception):

@@ -6,24 +6,22 @@ error naming the file and the key, found before any work starts.
 
 from __future__ import annotations
 
-import tomllib
+from importlib.resources import files
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mobilegen.errors import RecipeError
+from mobilegen.targets.profile import list_target_names
+from mobilegen.toml_schema import Strict, format_error, read_toml
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-RECIPES_DIR = REPO_ROOT / "recipes"
-TARGETS_DIR = REPO_ROOT / "export_targets"
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+RECIPES_DIR = Path(str(files("mobilegen") / "data" / "recipes"))  # shipped recipes
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+MAX_IMAGE_SIZE = 4096  # pixels (or latents) per side; 10^5 would allocate ~80 GB
 
 
-class ModelSpec(_Strict):
+class ModelSpec(Strict):
     family: str
     checkpoint: str | None = None  # relative to the recipe file
     init: Literal["checkpoint", "random"] = "checkpoint"
@@ -40,29 +38,33 @@ class ModelSpec(_Strict):
         return self
 
 
-class SamplerSpec(_Strict):
+class SamplerSpec(Strict):
     kind: Literal["dpm++2m", "ddim", "euler-maruyama"] = "dpm++2m"
     steps: int = Field(20, ge=1, le=1000)
-    guidance_scale: float = Field(1.0, ge=0.0)
+    guidance_scale: float = Field(1.0, ge=0.0, le=1000.0, allow_inf_nan=False)
     time_spacing: Literal["uniform", "logsnr"] = "logsnr"
     seed: int = 0
     num_images: int = Field(8, ge=1, le=256)
-    labels: list[int] | None = None  # class labels to sample (cycled); default 0..num_classes-1
+    # class labels to sample (cycled); default 0..num_classes-1; the upper bound is the model's
+    # (checked when the export reads them: manifest.component_entry)
+    labels: list[Annotated[int, Field(ge=0)]] | None = Field(None, min_length=1, max_length=256)
 
 
-class ValidateSpec(_Strict):
-    timesteps: list[float] = [999.0, 750.0, 500.0, 250.0, 50.0, 1.0]  # model-time inputs
-    batch: int = Field(2, ge=1)
+class ValidateSpec(Strict):
+    timesteps: list[Annotated[float, Field(ge=0.0, le=1000.0, allow_inf_nan=False)]] = Field(
+        default_factory=lambda: [999.0, 750.0, 500.0, 250.0, 50.0, 1.0],  # model-time inputs
+        min_length=1, max_length=64)
+    batch: int = Field(2, ge=1, le=64)
     end_to_end: bool = True
 
 
-class LatencySpec(_Strict):
-    warmup: int = Field(3, ge=0)
-    runs: int = Field(20, ge=1)
-    batch: int = Field(1, ge=1)
+class LatencySpec(Strict):
+    warmup: int = Field(3, ge=0, le=10_000)
+    runs: int = Field(20, ge=1, le=100_000)
+    batch: int = Field(1, ge=1, le=256)
 
 
-class ReportSpec(_Strict):
+class ReportSpec(Strict):
     """Optional report sections. Both cost export time, so recipes opt in."""
 
     # Export and time each distinct block alone, plus onnxruntime's operator profile of the whole
@@ -73,24 +75,25 @@ class ReportSpec(_Strict):
     estimates: bool = False
 
 
-class Gates(_Strict):
+class Gates(Strict):
     """Quality and latency gates; a failed gate exits 3. Defaults keep parity honest."""
 
-    min_psnr_db: float | None = 30.0  # end-to-end image PSNR vs PyTorch, same seed
-    min_step_psnr_db: float | None = 40.0  # worst single-step output PSNR over timesteps
-    min_cosine: float | None = 0.999  # worst single-step cosine similarity
-    max_abs_error: float | None = None  # worst single-step max abs error
-    max_latency_ms: float | None = None  # median host latency of each artifact
+    # NaN would make every comparison false (a gate that silently passes): values are finite
+    min_psnr_db: Finite | None = 30.0  # end-to-end image PSNR vs PyTorch, same seed
+    min_step_psnr_db: Finite | None = 40.0  # worst single-step output PSNR over timesteps
+    min_cosine: Finite | None = 0.999  # worst single-step cosine similarity
+    max_abs_error: Finite | None = None  # worst single-step max abs error
+    max_latency_ms: Finite | None = None  # median host latency of each artifact
 
 
-class PassSpec(_Strict):
+class PassSpec(Strict):
     """One entry of `passes`: a bare name ("fp16") or a table ({name = "int8", mode = "static"}).
 
     `options` holds the table's other keys; load_recipe checks them against the pass's own typed
     Options (mobilegen.passes) and `config()` returns that typed object."""
 
     name: str
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
@@ -108,19 +111,32 @@ class PassSpec(_Strict):
         return PASSES[self.name].options(self.options)
 
 
-class Recipe(_Strict):
+class Recipe(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     description: str = ""
     model: ModelSpec
-    targets: list[str] = ["ort-mobile-cpu"]
-    passes: list[PassSpec] = []  # in order; bare names or tables with options
-    image_size: int | None = None  # export/validation resolution; default: the model's own
+    targets: list[str] = Field(default_factory=lambda: ["ort-mobile-cpu"])
+    # in order; bare names or tables with options
+    passes: list[PassSpec] = Field(default_factory=list)
+    # export/validation resolution; default: the model's own. The family checks the rest (a
+    # multiple of the STOIC stride, of 2^(stages-1) for a UNet) in export_size.
+    image_size: int | None = Field(None, ge=1, le=MAX_IMAGE_SIZE)
     sampler: SamplerSpec = SamplerSpec()
     validation: ValidateSpec = Field(ValidateSpec(), alias="validate")  # TOML key: validate
     latency: LatencySpec = LatencySpec()
     report: ReportSpec = ReportSpec()
     gates: Gates = Gates()
     path: Path | None = Field(None, exclude=True)  # where it was loaded from
+
+    def export_size(self, cfg: Any) -> int:
+        """The resolution to export at: `image_size`, checked against the model's config
+        (`cfg.size_problem(size)`), or the model's own."""
+        if self.image_size is None:
+            return int(cfg.image_size)
+        problem = cfg.size_problem(self.image_size) if hasattr(cfg, "size_problem") else None
+        if problem:
+            raise RecipeError(f"{self.path}: key 'image_size': {problem}")
+        return self.image_size
 
     def checkpoint_path(self) -> Path | None:
         if not self.model.checkpoint:
@@ -130,102 +146,16 @@ class Recipe(_Strict):
         return p if p.is_absolute() else (base / p).resolve()
 
 
-# Keys that only mean something for one runtime; setting one for another runtime is an error.
-RUNTIME_KEYS: dict[str, tuple[str, ...]] = {
-    "onnxruntime": ("opset", "ort_format", "ort_optimization_style"),
-    "litert": ("delegate",),
-    "coreml": ("deployment_target", "compute_units"),
-}
-
-
-class DeviceSpec(_Strict):
-    """The phone a profile stands for, as latency ESTIMATES need it (estimate.py): nominal figures
-    from vendor specs, not measurements. Peak throughput and per-op overhead are not set here:
-    they are fitted to published latencies of this device (estimate.PUBLISHED)."""
-
-    name: str  # must match the device of published calibration points, e.g. "iphone-14-pro"
-    bandwidth_gbs: float = Field(gt=0)  # DRAM bandwidth
-    weight_bytes: float = Field(2, gt=0)  # bytes per weight at the precision it runs
-    act_bytes: float = Field(2, gt=0)  # bytes per activation element
-
-
-class TargetProfile(_Strict):
-    name: str
-    description: str = ""
-    runtime: Literal["onnxruntime", "litert", "coreml"]
-    # The base artifact's precision. ONNX: fp32 only (fp16/int8 come from precision passes);
-    # LiteRT: fp16 stores float16 weights; Core ML: the ML program's compute precision.
-    precision: Literal["fp32", "fp16"] = "fp32"
-    layout: Literal["default", "ane"] = "default"  # ane: channels-first attention (rewrites/ane.py)
-    threads: int = Field(2, ge=1)
-    rewrites: list[str] = []  # module passes this device prefers (advice shown by `targets`)
-    # onnxruntime
-    opset: int = Field(18, ge=18)  # opset 17 breaks diffusers-style GEGLU (Split num_outputs)
-    ort_format: bool = True  # also write the .ort flatbuffer for ORT mobile
-    ort_optimization_style: Literal["Fixed", "Runtime"] = "Fixed"
-    # litert: the delegate the app should use (the host always validates with XNNPACK on CPU)
-    delegate: Literal["xnnpack", "gpu"] = "xnnpack"
-    # coreml
-    deployment_target: Literal["iOS16", "iOS17", "iOS18", "macOS13", "macOS14", "macOS15"] = "iOS17"
-    compute_units: Literal["ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY"] = "ALL"
-    device: DeviceSpec | None = None  # for estimates; a profile without one gets none
-    path: Path | None = Field(None, exclude=True)
-
-    @model_validator(mode="after")
-    def _runtime_keys(self) -> TargetProfile:
-        for runtime, keys in RUNTIME_KEYS.items():
-            for key in keys:
-                if runtime != self.runtime and key in self.model_fields_set:
-                    raise ValueError(f"key '{key}' applies to runtime '{runtime}' only "
-                                     f"(this profile's runtime is '{self.runtime}')")
-        if self.runtime == "onnxruntime" and self.precision != "fp32":
-            raise ValueError("key 'precision': onnxruntime profiles export fp32 (found "
-                             f"'{self.precision}'); add the fp16 pass to the recipe instead")
-        if self.layout == "ane" and self.runtime != "coreml":
-            raise ValueError(f"key 'layout': 'ane' needs runtime 'coreml' (found '{self.runtime}')")
-        from mobilegen.passes import PASSES
-
-        module_passes = [n for n, e in PASSES.items() if e.kind == "module"]
-        for r in self.rewrites:
-            if r not in module_passes:
-                raise ValueError(f"key 'rewrites': unknown rewrite '{r}' "
-                                 f"(known: {', '.join(module_passes)})")
-        return self
-
-
-def _format_error(path: Path, err: ValidationError) -> str:
-    e = err.errors()[0]
-    key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-    if e["type"] == "extra_forbidden":
-        return f"{path}: unknown key '{key}'"
-    if e["type"] == "missing":
-        return f"{path}: missing key '{key}'"
-    if not e["loc"] and e["type"] == "value_error":  # a whole-model check; its message names keys
-        return f"{path}: {e['msg'].removeprefix('Value error, ')}"
-    found = e.get("input")
-    shown = "" if isinstance(found, dict) else f" (found {found!r})"
-    return f"{path}: key '{key}': {e['msg']}{shown}"
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise RecipeError(f"{path}: file not found")
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise RecipeError(f"{path}: not valid TOML ({e})") from e
-
-
 def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
-    data = _read_toml(path)
+    data = read_toml(path)
     if "pipeline" in data:  # bench, inspect --recipe and passes take one model
         raise RecipeError(f"{path}: a pipeline recipe ([pipeline]); this command takes a "
                           "single-model recipe (export and sample take pipelines)")
     try:
         recipe = Recipe.model_validate({**data, "path": path.resolve()})
     except ValidationError as e:
-        raise RecipeError(_format_error(path, e)) from None
+        raise RecipeError(format_error(path, e)) from None
     from mobilegen.models import FAMILIES
 
     if recipe.model.family not in FAMILIES:
@@ -255,25 +185,13 @@ def load_recipe(path: str | Path) -> Recipe:
             what = (f"unknown option '{key}'" if e0["type"] == "extra_forbidden"
                     else f"option '{key}': {e0['msg']} (found {e0.get('input')!r})")
             raise RecipeError(f"{path}: key 'passes[{i}]' ({p.name}): {what}") from None
-    from mobilegen.passes.apply import precision_plan
+    from mobilegen.passes.precision import precision_plan
 
     try:
         precision_plan(recipe)
     except ValueError as e:
         raise RecipeError(f"{path}: key 'passes': {e}") from None
     return recipe
-
-
-def list_target_names() -> list[str]:
-    return sorted(p.stem for p in TARGETS_DIR.glob("*.toml"))
-
-
-def load_target(name: str) -> TargetProfile:
-    path = TARGETS_DIR / f"{name}.toml"
-    try:
-        return TargetProfile.model_validate({**_read_toml(path), "path": path})
-    except ValidationError as e:
-        raise RecipeError(_format_error(path, e)) from None
 
 
 def list_recipes() -> list[Path]:
@@ -287,16 +205,16 @@ def list_recipes() -> list[Path]:
 PIPELINE_SLOTS: dict[str, str] = {"unet": "unet", "decoder": "vae-decoder"}  # slot -> family
 
 
-class PipelineSlots(_Strict):
+class PipelineSlots(Strict):
     unet: str
     decoder: str
 
 
-class PipelineGates(_Strict):
-    min_psnr_db: float | None = 30.0  # chain image PSNR, artifacts vs PyTorch, same seed
+class PipelineGates(Strict):
+    min_psnr_db: Finite | None = 30.0  # chain image PSNR, artifacts vs PyTorch, same seed
 
 
-class PipelineFile(_Strict):
+class PipelineFile(Strict):
     """What a pipeline recipe's TOML may hold."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -321,16 +239,16 @@ class PipelineRecipe(BaseModel):
 def load_pipeline_recipe(path: str | Path) -> PipelineRecipe:
     path = Path(path)
     try:
-        spec = PipelineFile.model_validate(_read_toml(path))
+        spec = PipelineFile.model_validate(read_toml(path))
     except ValidationError as e:
-        raise RecipeError(_format_error(path, e)) from None
+        raise RecipeError(format_error(path, e)) from None
     parts: dict[str, Recipe] = {}
     for slot, family in PIPELINE_SLOTS.items():
         rel = Path(getattr(spec.pipeline, slot)).expanduser()
         comp = rel if rel.is_absolute() else (path.resolve().parent / rel)
         if not comp.is_file():
             raise RecipeError(f"{path}: key 'pipeline.{slot}': component recipe not found: {comp}")
-        raw = _read_toml(comp)
+        raw = read_toml(comp)
         if "pipeline" in raw:
             raise RecipeError(f"{path}: key 'pipeline.{slot}': {comp.name} is itself a pipeline "
                               "recipe (expected a single-component recipe)")
@@ -380,6 +298,6 @@ def check_chain(path: Path, unet: Recipe, unet_cfg: Any, decoder: Recipe, dec_cf
 def load_any_recipe(path: str | Path) -> Recipe | PipelineRecipe:
     """A pipeline recipe when the file has a [pipeline] table, else a single-component recipe."""
     path = Path(path)
-    if "pipeline" in _read_toml(path):
+    if "pipeline" in read_toml(path):
         return load_pipeline_recipe(path)
     return load_recipe(path)

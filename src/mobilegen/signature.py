@@ -40,6 +40,10 @@ class ModelIO:
     def output_names(self) -> list[str]:
         return [t.name for t in self.outputs]
 
+    def feeds(self, tensors: tuple[Any, ...]) -> dict[str, Any]:
+        """Example tensors (in argument order) as the named numpy feeds a runtime takes."""
+        return {spec.name: t.numpy() for spec, t in zip(self.inputs, tensors, strict=True)}
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "inputs": [t.to_dict() for t in self.inputs],

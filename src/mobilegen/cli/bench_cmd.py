@@ -28,13 +28,13 @@ def _resolve(item: Path, work: Path) -> tuple[Path, dict[str, Any]]:
     if item.suffix != ".toml" or not item.is_file():
         raise RecipeError(f"{item}: expected a recipe (.toml) or an output folder with "
                           "report.json")
-    from mobilegen.pipeline import run_export
+    from mobilegen.export.run import run_export
     from mobilegen.recipe import load_recipe
 
     recipe = load_recipe(item)
     out = work / f"{len(list(work.iterdir())):02d}-{recipe.name}"
     result = run_export(recipe, out, progress_printer())
-    return out, result.report
+    return out, result.report.to_dict()
 
 
 def bench_rows(entries: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:

@@ -38,7 +38,9 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
 
     @wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        from mobilegen.errors import MobilegenError
+        from rich.markup import escape
+
+        from mobilegen.errors import EXIT_GATE, EXIT_INTERRUPTED, MobilegenError
 
         debug = bool(kwargs.get("debug"))
         try:
@@ -46,12 +48,14 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
         except MobilegenError as e:
             if debug:
                 raise
-            prefix = "gate failed" if e.exit_code == 3 else "error"
-            stderr_console().print(f"[bold red]{prefix}:[/] {e}", highlight=False, soft_wrap=True)
+            prefix = "gate failed" if e.exit_code == EXIT_GATE else "error"
+            # user text (paths, keys like [model.config]) is not Rich markup: escape it
+            stderr_console().print(f"[bold red]{prefix}:[/] {escape(str(e))}", highlight=False,
+                                   soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             stderr_console().print("interrupted: the output folder was left as it was")
-            raise typer.Exit(130) from None
+            raise typer.Exit(EXIT_INTERRUPTED) from None
 
     return wrapper
 

@@ -29,7 +29,7 @@ def distill_decoder(
     debug: DebugOpt = False,
 ) -> None:
     """Recover a pruned decoder: MSE to the original decoder's images on random latents."""
-    from mobilegen.prune import run_distill_decoder
+    from mobilegen.passes.prune import run_distill_decoder
 
     with distill_progress() as progress:
         info = run_distill_decoder(teacher, student, out, steps, lr, batch, latent_size,

@@ -8,12 +8,11 @@ import typer
 from mobilegen.cli.common import (
     DebugOpt,
     JsonOpt,
-    distill_progress,
     handle_errors,
     print_json,
-    progress_printer,
     stdout_console,
 )
+from mobilegen.cli.progress import export_progress, timing_line
 
 
 @handle_errors
@@ -26,6 +25,11 @@ def export(
                                       help="Recipes to export in parallel processes.")] = 1,
     no_cache: Annotated[bool, typer.Option(
         "--no-cache", help="Export even when a cached result matches.")] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="No progress: errors and the final summary only.")] = False,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Progress as plain lines, and what the converters print shown "
+        "live (instead of only in logs/toolchain.log).")] = False,
     json_output: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -35,6 +39,8 @@ def export(
     afresh: it bypasses the cache (--no-cache and -j do not apply)."""
     from mobilegen.recipe import PipelineRecipe, load_any_recipe
 
+    if quiet and verbose:
+        raise typer.BadParameter("--quiet and --verbose exclude each other")
     loaded = [load_any_recipe(r) for r in recipes]  # every recipe validates before work starts
     if any(isinstance(r, PipelineRecipe) for r in loaded):
         from mobilegen.cli.pipeline_cmd import export_pipeline
@@ -42,7 +48,8 @@ def export(
         export_pipeline(loaded, out, json_output)
         return
     if len(loaded) == 1:
-        _export_one(loaded[0], out or Path("out") / loaded[0].name, no_cache, json_output)
+        _export_one(loaded[0], out or Path("out") / loaded[0].name, no_cache, json_output,
+                    quiet, verbose)
         return
     names = [r.name for r in loaded]
     if len(set(names)) != len(names):
@@ -53,12 +60,13 @@ def export(
     _export_many(recipes, [(out or Path("out")) / n for n in names], jobs, no_cache, json_output)
 
 
-def _export_one(recipe: Any, out_dir: Path, no_cache: bool, json_output: bool) -> None:
+def _export_one(recipe: Any, out_dir: Path, no_cache: bool, json_output: bool,
+                quiet: bool = False, verbose: bool = False) -> None:
     import sys
 
-    from mobilegen import cache
     from mobilegen.errors import GateFailedError
-    from mobilegen.pipeline import run_export
+    from mobilegen.export import cache
+    from mobilegen.export.run import run_export
 
     key = cache.export_key(recipe)
     entry = None if no_cache else cache.lookup(key)
@@ -68,25 +76,18 @@ def _export_one(recipe: Any, out_dir: Path, no_cache: bool, json_output: bool) -
         if report["status"] == "gate_failed":
             raise GateFailedError("; ".join(report["gates"]["failures"]) + " (cached result)")
         return
-    try:
-        with distill_progress() as train_progress:
-            result = run_export(recipe, out_dir, progress_printer(), argv=sys.argv,
-                                train_progress=train_progress)
-        report, final = result.report, result.out_dir
-    except GateFailedError:
-        import json
-
-        cache.store(key, out_dir)
-        report = json.loads((out_dir / "report.json").read_text())
-        _show(report, out_dir, json_output)
-        raise
-    cache.store(key, final)
-    _show(report, final, json_output)
+    with export_progress(quiet, verbose) as progress:
+        result = run_export(recipe, out_dir, progress, argv=sys.argv)
+    cache.store(key, result.out_dir)
+    _show(result.report.to_dict(), result.out_dir, json_output)
+    if result.failures:
+        raise GateFailedError(f"{len(result.failures)} gate(s) failed: "
+                              + "; ".join(result.failures))
 
 
 def _export_many(recipes: list[Path], outs: list[Path], jobs: int, no_cache: bool,
                  json_output: bool) -> None:
-    from mobilegen.batch import run_batch, worst_exit_code
+    from mobilegen.export.batch import run_batch, worst_exit_code
 
     results = run_batch(list(zip(recipes, outs, strict=True)), jobs, no_cache)
     code = worst_exit_code(results)
@@ -95,7 +96,7 @@ def _export_many(recipes: list[Path], outs: list[Path], jobs: int, no_cache: boo
             {"recipe": str(r.recipe), "out_dir": str(r.out_dir), "exit_code": r.exit_code,
              "error": r.error, "report": r.report} for r in results]})
     else:
-        from mobilegen.report import batch_table
+        from mobilegen.report.markdown import batch_table
 
         stdout_console().print(batch_table(results))
     if code != 0:
@@ -103,7 +104,7 @@ def _export_many(recipes: list[Path], outs: list[Path], jobs: int, no_cache: boo
 
 
 def _show(report: dict, out_dir: Path, json_output: bool, cached: str | None = None) -> None:
-    from mobilegen.report import passes_table, rich_table
+    from mobilegen.report.markdown import passes_table, rich_table
 
     if json_output:
         print_json({"out_dir": str(out_dir), "cache": {"hit": cached is not None, "key": cached},
@@ -115,6 +116,8 @@ def _show(report: dict, out_dir: Path, json_output: bool, cached: str | None = N
         console.print(table)
     for line in latency_lines(report):
         console.print(line, highlight=False)
+    if timing := timing_line(report.get("timings_s") or {}, cached=cached is not None):
+        console.print(timing, highlight=False)
     note = f" (cached result {cached}; --no-cache to redo)" if cached else ""
     console.print(f"wrote {out_dir}/ (manifest.json, report.json, report.md, report.html){note}",
                   highlight=False)

@@ -10,8 +10,8 @@ from mobilegen.cli.common import DebugOpt, JsonOpt, handle_errors, print_json, s
 
 def inspect_checkpoint(path: Path, image_size: int | None,
                        component: str | None = None) -> dict[str, Any]:
-    from mobilegen.checkpoints import load_checkpoint
-    from mobilegen.measure import count_macs, count_params, group_costs
+    from mobilegen.checkpoints.loader import load_checkpoint
+    from mobilegen.measure.costs import count_macs, count_params, group_costs
 
     loaded = load_checkpoint(path, component=component)
     model, cfg = loaded.model, loaded.config

@@ -3,7 +3,6 @@ here so single-recipe exports stay as they are."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ def export_pipeline(loaded: list[Any], out: Path | None, json_output: bool) -> N
     import sys
 
     from mobilegen.errors import GateFailedError, RecipeError
-    from mobilegen.pipeline_recipe import run_pipeline_export
+    from mobilegen.export.chain import run_pipeline_export
     from mobilegen.recipe import PipelineRecipe
 
     if len(loaded) != 1:
@@ -23,14 +22,11 @@ def export_pipeline(loaded: list[Any], out: Path | None, json_output: bool) -> N
                           f"(found {len(loaded)} recipes on the command line)")
     prec = loaded[0]
     out_dir = out or Path("out") / prec.name
-    try:
-        result = run_pipeline_export(prec, out_dir, progress_printer(), argv=sys.argv)
-        report, final = result.report, result.out_dir
-    except GateFailedError:
-        if (out_dir / "report.json").is_file():
-            show(json.loads((out_dir / "report.json").read_text()), out_dir, json_output)
-        raise
-    show(report, final, json_output)
+    result = run_pipeline_export(prec, out_dir, progress_printer(), argv=sys.argv)
+    show(result.report, result.out_dir, json_output)
+    if result.failures:
+        raise GateFailedError(f"{len(result.failures)} gate(s) failed: "
+                              + "; ".join(result.failures))
 
 
 def show(report: dict[str, Any], out_dir: Path, json_output: bool) -> None:

@@ -19,7 +19,7 @@ def prune(
     debug: DebugOpt = False,
 ) -> None:
     """Structured L1 channel pruning of a VAE decoder; params and MACs before and after."""
-    from mobilegen.prune import run_prune
+    from mobilegen.passes.prune import run_prune
 
     info = run_prune(checkpoint, ratio, out, latent_size)
     if json_output:

@@ -29,8 +29,8 @@ def load_report(out_dir: Path) -> dict[str, Any]:
 
 def rerender(out_dir: Path) -> list[Path]:
     """Write report.md and report.html next to report.json; returns the written paths."""
-    from mobilegen.html_report import write_html
-    from mobilegen.report import render_markdown
+    from mobilegen.report.html import write_html
+    from mobilegen.report.markdown import render_markdown
 
     report = load_report(out_dir)
     md = out_dir / "report.md"

@@ -28,7 +28,7 @@ def sample(
     import numpy as np
 
     from mobilegen.errors import MobilegenError
-    from mobilegen.generate import generate, save_grid
+    from mobilegen.sampling.generate import generate, save_grid
     from mobilegen.targets import runtime_module
 
     manifest_path = outdir / "manifest.json"
@@ -73,7 +73,7 @@ def _sample_chain(outdir: Path, manifest: dict[str, Any], target: str, seed: int
     import numpy as np
 
     from mobilegen.errors import MobilegenError
-    from mobilegen.generate import generate_chain, save_grid
+    from mobilegen.sampling.generate import generate_chain, save_grid
     from mobilegen.targets import runtime_module
 
     comps = {c["slot"]: c for c in manifest["components"]}

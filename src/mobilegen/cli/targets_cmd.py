@@ -40,7 +40,7 @@ def describe(profile: Any) -> dict[str, Any]:
 @handle_errors
 def targets(json_output: JsonOpt = False, debug: DebugOpt = False) -> None:
     """List the export target profiles (export_targets/) and what each produces."""
-    from mobilegen.recipe import list_target_names, load_target
+    from mobilegen.targets.profile import list_target_names, load_target
 
     rows = [describe(load_target(name)) for name in list_target_names()]
     if json_output:

@@ -32,7 +32,7 @@ class Family:
         return importlib.import_module(self.module).io_spec(config, image_size)
 
     def component_entry(self, config: Any, recipe: Any, image_size: int) -> dict[str, Any]:
-        """The family's part of the manifest's component entry (see pipeline._component_entry)."""
+        """The family's part of the manifest's component entry (see export/manifest.py)."""
         return importlib.import_module(self.module).component_entry(config, recipe, image_size)
 
     def variants(self) -> dict[str, Any]:

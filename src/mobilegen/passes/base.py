@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mobilegen.validate import Parity, compare
+from mobilegen.measure.parity import Parity, compare
 
 
 class ModulePassOptions(BaseModel):
@@ -77,7 +77,7 @@ def run_rewrite(
     rewrite: Callable[[Any], dict[str, int]],
 ) -> tuple[Any, PassReport]:
     """Apply `rewrite` (in place, returns counts by kind) to a copy of `model`; measure it."""
-    from mobilegen.distill import distill
+    from mobilegen.passes.distill import distill
 
     student = copy.deepcopy(model).eval()
     changed = rewrite(student)

@@ -13,20 +13,23 @@ from typing import Any
 
 import numpy as np
 
-from mobilegen.generate import Runner, conditions, generate
-from mobilegen.sampling import VPSchedule
+from mobilegen.sampling.generate import conditions, generate
+from mobilegen.sampling.runner import Runner
+from mobilegen.sampling.samplers import VPSchedule
 
 
-def trajectory_feeds(runner: Runner, component: dict[str, Any],
-                     seed: int | None = None) -> list[dict[str, np.ndarray]]:
-    """Every denoiser call of one sampling run (the manifest's sampler), in call order."""
+def trajectory_feeds(runner: Runner, component: dict[str, Any], seed: int | None = None,
+                     progress: Callable[[int, int], None] | None = None,
+                     ) -> list[dict[str, np.ndarray]]:
+    """Every denoiser call of one sampling run (the manifest's sampler), in call order;
+    `progress(step, steps)` per sampling step."""
     records: list[dict[str, np.ndarray]] = []
 
     def recording(feeds: dict[str, np.ndarray]) -> np.ndarray:
         records.append({k: np.array(v, copy=True) for k, v in feeds.items()})
         return runner(feeds)
 
-    generate(recording, component, seed=seed)
+    generate(recording, component, seed=seed, progress=progress)
     return records
 
 
@@ -40,11 +43,12 @@ def stratified(records: list[dict[str, np.ndarray]], time_input: str,
 
 
 def calibration_feeds(runner: Runner, component: dict[str, Any], count: int = 8,
-                      seed: int = 1) -> list[dict[str, np.ndarray]]:
+                      seed: int = 1, progress: Callable[[int, int], None] | None = None,
+                      ) -> list[dict[str, np.ndarray]]:
     """Feeds for static quantization: a sampling run at `seed` (not the report's seed, so the
     end-to-end check is not run on the calibration trajectory), stratified over its timesteps."""
     time_input = component["inputs"][1]["name"]
-    return stratified(trajectory_feeds(runner, component, seed), time_input, count)
+    return stratified(trajectory_feeds(runner, component, seed, progress), time_input, count)
 
 
 def feed_times(feeds: list[dict[str, np.ndarray]], component: dict[str, Any]) -> list[float]:

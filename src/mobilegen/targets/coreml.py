@@ -20,9 +20,11 @@ import numpy as np
 
 from mobilegen.errors import ExportError
 from mobilegen.passes.precision import PrecisionSpec
-from mobilegen.recipe import TargetProfile
 from mobilegen.signature import ModelIO
-from mobilegen.targets import Artifact, Runner, base_is_already
+from mobilegen.targets.base import Artifact, ExportRequest, Runner, base_is_already
+from mobilegen.targets.profile import TargetProfile
+
+FORMATS = ("mlpackage",)  # what export() writes (targets.base.Target)
 
 NOT_RUN = ("Core ML prediction needs macOS (this host: {system}); no parity was measured: the "
            "package was reloaded and its program, I/O and weights were checked instead")
@@ -32,11 +34,10 @@ def can_predict() -> bool:
     return platform.system() == "Darwin"
 
 
-def export(
-    program: Any, io: ModelIO, example: tuple[Any, ...], profile: TargetProfile,
-    workdir: Path, stem: str, param_bytes: int,
-) -> list[Artifact]:
+def export(req: ExportRequest) -> list[Artifact]:
     """{stem}.mlpackage at the profile's compute precision and deployment target."""
+    program, io, example, profile = req.program, req.io, req.example, req.profile
+    workdir, stem = req.workdir, req.stem
     out = workdir / f"{stem}.mlpackage"
     model = _convert(program, io, profile, profile.precision, stem, example)
     _save(model, out)
@@ -54,14 +55,12 @@ def supports(spec: PrecisionSpec) -> str | None:
     return None
 
 
-def export_precision(
-    program: Any, io: ModelIO, example: tuple[Any, ...], profile: TargetProfile,
-    workdir: Path, stem: str, param_bytes: int, spec: PrecisionSpec,
-    calibration: list[dict[str, np.ndarray]],
-) -> list[Artifact]:
+def export_precision(req: ExportRequest, spec: PrecisionSpec) -> list[Artifact]:
     """fp16: FLOAT16 compute precision. int8: linear (symmetric, per-channel) int8 weights.
     palettize: k-means look-up tables of `bits` bits per tensor. Weight compression starts from
     the base package (converted here if `export` has not written it)."""
+    program, io, example, profile = req.program, req.io, req.example, req.profile
+    workdir, stem = req.workdir, req.stem
     reason = supports(spec)
     if reason:
         raise ExportError(f"{profile.name}: {reason}")

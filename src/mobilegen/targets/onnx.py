@@ -15,20 +15,21 @@ import numpy as np
 
 from mobilegen.errors import ExportError
 from mobilegen.passes.precision import PrecisionSpec
-from mobilegen.recipe import TargetProfile
 from mobilegen.signature import ModelIO
-from mobilegen.targets import Artifact, Runner
+from mobilegen.targets.base import Artifact, ExportRequest, Runner
+from mobilegen.targets.profile import TargetProfile
+
+FORMATS = ("onnx", "ort")  # what export() writes (targets.base.Target)
 
 # A protobuf (.onnx without external data, .ort flatbuffer) cannot exceed 2 GiB.
 PROTO_LIMIT_BYTES = 2 * 1024**3
 EXTERNAL_DATA_ABOVE_BYTES = int(1.8 * 1024**3)
 
 
-def export(
-    program: Any, io: ModelIO, example: tuple[Any, ...], profile: TargetProfile,
-    workdir: Path, stem: str, param_bytes: int,
-) -> list[Artifact]:
+def export(req: ExportRequest) -> list[Artifact]:
     """Lower a captured program (torch.export) to .onnx (+ .ort) in `workdir`."""
+    program, io, example, profile = req.program, req.io, req.example, req.profile
+    workdir, stem, param_bytes = req.workdir, req.stem, req.param_bytes
     import logging
 
     import onnx
@@ -199,13 +200,12 @@ def supports(spec: PrecisionSpec) -> str | None:
             "weight format (use int8 weight_only for a smaller ONNX file)")
 
 
-def export_precision(
-    program: Any, io: ModelIO, example: tuple[Any, ...], profile: TargetProfile,
-    workdir: Path, stem: str, param_bytes: int, spec: PrecisionSpec,
-    calibration: list[dict[str, np.ndarray]],
-) -> list[Artifact]:
+def export_precision(req: ExportRequest, spec: PrecisionSpec) -> list[Artifact]:
     """Convert the fp32 .onnx (exported first, by `export`) into `spec`; inputs/outputs stay fp32
     so the same feeds drive every precision. Writes {stem}.{tag}.onnx (+ .ort when asked)."""
+    program, io, example, profile = req.program, req.io, req.example, req.profile
+    workdir, stem, param_bytes = req.workdir, req.stem, req.param_bytes
+    calibration = list(req.calibration)
     import onnx
 
     fp32 = workdir / f"{stem}.onnx"

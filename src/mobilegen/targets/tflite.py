@@ -21,9 +21,11 @@ import numpy as np
 
 from mobilegen.errors import ExportError
 from mobilegen.passes.precision import PrecisionSpec
-from mobilegen.recipe import TargetProfile
 from mobilegen.signature import ModelIO
-from mobilegen.targets import Artifact, Runner, base_is_already
+from mobilegen.targets.base import Artifact, ExportRequest, Runner, base_is_already
+from mobilegen.targets.profile import TargetProfile
+
+FORMATS = ("tflite",)  # what export() writes (targets.base.Target)
 
 SIGNATURE = "serving_default"  # litert-torch's default signature; inputs args_0..N, output_0
 # A flatbuffer addresses at most 2 GiB. Past that, litert-torch 0.10 stores the weight buffers after
@@ -41,11 +43,10 @@ def large_model_note(nbytes: int) -> str | None:
             "that layout (ai-edge-litert 2.3 does; older TF Lite runtimes cannot)")
 
 
-def export(
-    program: Any, io: ModelIO, example: tuple[Any, ...], profile: TargetProfile,
-    workdir: Path, stem: str, param_bytes: int,
-) -> list[Artifact]:
+def export(req: ExportRequest) -> list[Artifact]:
     """The profile's base artifact: fp32, or fp16 weights where the profile asks for fp16."""
+    program, io, example, profile = req.program, req.io, req.example, req.profile
+    workdir, stem, param_bytes = req.workdir, req.stem, req.param_bytes
     if profile.precision == "fp32":
         out = workdir / f"{stem}.tflite"
         _convert(program, example, out, param_bytes, stem)
@@ -67,13 +68,12 @@ def supports(spec: PrecisionSpec) -> str | None:
             "format (use int8 weight_only for a smaller .tflite)")
 
 
-def export_precision(
-    program: Any, io: ModelIO, example: tuple[Any, ...], profile: TargetProfile,
-    workdir: Path, stem: str, param_bytes: int, spec: PrecisionSpec,
-    calibration: list[dict[str, np.ndarray]],
-) -> list[Artifact]:
+def export_precision(req: ExportRequest, spec: PrecisionSpec) -> list[Artifact]:
     """{stem}.{tag}.tflite from the fp32 .tflite (converted here when `export` did not leave
     one, e.g. for an fp16 profile); inputs and outputs stay float32."""
+    program, io, example, profile = req.program, req.io, req.example, req.profile
+    workdir, stem, param_bytes = req.workdir, req.stem, req.param_bytes
+    calibration = list(req.calibration)
     reason = supports(spec)
     if reason:
         raise ExportError(f"{profile.name}: {reason}")

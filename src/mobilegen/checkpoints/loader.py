@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mobilegen.checkpoints.guards import check_archive, check_param_bytes, regular_file
 from mobilegen.errors import CheckpointError, ConfigError
 from mobilegen.models import get_family
 
@@ -60,16 +61,25 @@ def build_random(family: str, config: Any, seed: int = 0) -> LoadedModel:
     return LoadedModel(family, config, model, source="random")
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _safetensors_meta(path: Path) -> dict[str, str]:
+    """The header's metadata only (no tensor is read)."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not iterable)
+            return f.metadata() or {}
     except Exception as e:  # the library raises several types for corrupt headers
         raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(e)})") from e
-    return tensors, meta
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not iterable)
+    except Exception as e:  # the library raises several types for corrupt headers
+        raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(e)})") from e
 
 
 def _read_pickle(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -77,6 +87,7 @@ def _read_pickle(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 
     import torch
 
+    check_archive(path)  # a zip bomb is refused before torch inflates anything
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -138,39 +149,49 @@ def _check_values(path: Path, tensors: dict[str, torch.Tensor]) -> str:
     return ",".join(sorted(dtypes)) or "float32"
 
 
+def checkpoint_files(path: str | Path) -> list[Path]:
+    """Every file a load of `path` reads: the file, or a diffusers folder's config.json, shard
+    index and weight files (shards confined to the folder). Regular files only; provenance and
+    the export cache hash exactly these."""
+    path = Path(path)
+    if path.is_dir():
+        from mobilegen.checkpoints.diffusers import folder_files
+
+        return folder_files(path)
+    if not path.exists() and not path.is_symlink():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    return [regular_file(path)]
+
+
 def load_checkpoint(
     path: str | Path, family: str | None = None, config: dict[str, Any] | None = None,
     component: str | None = None,
 ) -> LoadedModel:
     """Load weights + architecture. `family`/`config` (from a recipe) fill what the file lacks;
     a config stored in the file wins unless the recipe gives one explicitly. A folder is read as
-    diffusers format (`component`: "unet" or "vae" of a pipeline root; default unet)."""
+    diffusers format (`component`: "unet" or "vae" of a pipeline root; default unet). Only
+    regular files are read, and a config that needs more bytes than the file holds is refused
+    before any tensor is."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.is_dir():
-        from mobilegen.diffusers_format import load_diffusers_folder
+        from mobilegen.checkpoints.diffusers import load_diffusers_folder
 
         fam, cfg, tensors = load_diffusers_folder(path, component)
         if family and family != fam:
             raise CheckpointError(f"{path}: recipe says family '{family}' but the folder holds "
                                   f"a '{fam}'")
-        src_dtype = _check_values(path, tensors)  # fp16 diffusers weights run in float32
-        tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
-        return _instantiate(path, fam, cfg, tensors, src_dtype)
-    if path.stat().st_size == 0:
+        return _instantiate(path, fam, cfg, tensors)
+    if regular_file(path).stat().st_size == 0:
         raise CheckpointError(f"{path}: file is empty (0 bytes)")
+    tensors: dict[str, Any] | None = None
     if path.suffix in PICKLE_SUFFIXES:
         tensors, info = _read_pickle(path)
         stored_family, stored_config = info.get("family"), info.get("config")
     else:
-        tensors, meta = _read_safetensors(path)
-        stored_family = meta.get("mobilegen.family")
-        raw = meta.get("mobilegen.config")
-        try:
-            stored_config = json.loads(raw) if raw else None
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{path}: metadata 'mobilegen.config' is not JSON ({e})") from e
+        meta = _safetensors_meta(path)
+        stored_family, stored_config = meta.get("mobilegen.family"), _meta_config(path, meta)
     fam = family or stored_family
     if fam is None:
         raise CheckpointError(
@@ -185,23 +206,47 @@ def load_checkpoint(
         raise CheckpointError(
             f"{path}: no architecture config in the file; give [model.config] in the recipe"
         )
+    cfg = _config(path, fam, cfg_dict)
+    shell = _shell(fam, cfg)
+    check_param_bytes(path, fam, shell, path.stat().st_size)
+    if tensors is None:
+        tensors = _read_safetensors(path)
+    return _instantiate(path, fam, cfg, tensors, shell)
+
+
+def _meta_config(path: Path, meta: dict[str, str]) -> Any:
+    raw = meta.get("mobilegen.config")
     try:
-        cfg = get_family(fam).config_from_dict(dict(cfg_dict))
-    except (TypeError, ValueError) as e:
+        return json.loads(raw) if raw else None
+    except (ValueError, RecursionError) as e:
+        why = "nested too deeply" if isinstance(e, RecursionError) else str(e)
+        raise CheckpointError(f"{path}: metadata 'mobilegen.config' is not JSON ({why})") from e
+
+
+def _config(path: Path, fam: str, cfg_dict: Any) -> Any:
+    if not isinstance(cfg_dict, dict):
+        raise ConfigError(f"{path}: bad config: expected a table, found "
+                          f"{type(cfg_dict).__name__}")
+    try:
+        return get_family(fam).config_from_dict(dict(cfg_dict))
+    except (TypeError, ValueError, ConfigError) as e:
         raise ConfigError(f"{path}: bad config: {_first_line(e)}") from e
-    src_dtype = _check_values(path, tensors)
-    tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
-    return _instantiate(path, fam, cfg, tensors, src_dtype)
 
 
-def _instantiate(
-    path: Path, fam: str, cfg: Any, tensors: dict[str, Any], src_dtype: str
-) -> LoadedModel:
+def _shell(fam: str, cfg: Any) -> Any:
+    """The model on the meta device: shapes and parameter counts, no memory."""
     import torch
 
     with torch.device("meta"):
-        shell = get_family(fam).build(cfg)
-    expected = shell.state_dict()
+        return get_family(fam).build(cfg)
+
+
+def _instantiate(
+    path: Path, fam: str, cfg: Any, tensors: dict[str, Any], shell: Any = None
+) -> LoadedModel:
+    src_dtype = _check_values(path, tensors)  # fp16 weights run in float32
+    tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
+    expected = (shell if shell is not None else _shell(fam, cfg)).state_dict()
     check_state_dict(path, expected, tensors)
     for k, v in expected.items():  # an integer tensor where a weight belongs would be cast silently
         if v.is_floating_point() and not tensors[k].is_floating_point():

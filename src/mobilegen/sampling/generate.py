@@ -11,9 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from mobilegen.sampling import SamplerConfig, VPSchedule, sample
-
-Runner = Callable[[dict[str, np.ndarray]], np.ndarray]
+from mobilegen.sampling.runner import Runner
+from mobilegen.sampling.samplers import SamplerConfig, VPSchedule, sample
 
 
 def conditions(spec: dict[str, Any], n: int) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -74,7 +73,7 @@ def save_grid(path: Any, images: np.ndarray, labels: list[int] | None = None) ->
 
     from PIL import Image
 
-    from mobilegen.sampling import images_to_uint8, make_grid
+    from mobilegen.sampling.samplers import images_to_uint8, make_grid
 
     nrow = len(labels) if labels and len(labels) <= 16 else math.ceil(math.sqrt(len(images)))
     grid = make_grid(images_to_uint8(images), nrow)

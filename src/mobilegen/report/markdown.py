@@ -206,7 +206,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report.get("sample_grids", {}).get("pytorch"):
         lines += ["", "## PyTorch reference samples", "", "![pytorch](samples-pytorch.png)"]
     if report.get("blocks") or report.get("estimates"):
-        from mobilegen.html_report import latency_markdown
+        from mobilegen.report.html import latency_markdown
 
         lines += ["", latency_markdown(report.get("blocks"), report.get("estimates"))]
     lines += ["", "## Step timings (s)", ""]

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mobilegen.errors import ConfigError, ExportError
-from mobilegen.measure import LatencyStats, count_macs, count_params
+from mobilegen.measure.costs import LatencyStats, count_macs, count_params
 
 
 @dataclass(frozen=True)

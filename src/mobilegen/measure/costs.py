@@ -123,15 +123,21 @@ class LatencyStats:
         return asdict(self)
 
 
-def time_fn(fn: Callable[[], Any], warmup: int, runs: int, threads: int) -> LatencyStats:
-    """Warm up, then time `runs` calls with a monotonic clock."""
-    for _ in range(warmup):
+def time_fn(fn: Callable[[], Any], warmup: int, runs: int, threads: int,
+            progress: Callable[[int, int], None] | None = None) -> LatencyStats:
+    """Warm up, then time `runs` calls with a monotonic clock; `progress(done, warmup + runs)`
+    after each call (outside the timed span)."""
+    for i in range(warmup):
         fn()
+        if progress is not None:
+            progress(i + 1, warmup + runs)
     samples = []
-    for _ in range(runs):
+    for i in range(runs):
         t0 = time.perf_counter()
         fn()
         samples.append((time.perf_counter() - t0) * 1000.0)
+        if progress is not None:
+            progress(warmup + i + 1, warmup + runs)
     samples.sort()
     p90 = samples[min(len(samples) - 1, round(0.9 * (len(samples) - 1)))]
     return LatencyStats(
@@ -146,7 +152,8 @@ def time_fn(fn: Callable[[], Any], warmup: int, runs: int, threads: int) -> Late
 
 
 def time_torch(
-    model: Any, inputs: tuple[Any, ...], warmup: int, runs: int, threads: int
+    model: Any, inputs: tuple[Any, ...], warmup: int, runs: int, threads: int,
+    progress: Callable[[int, int], None] | None = None,
 ) -> LatencyStats:
     import torch
 
@@ -154,6 +161,6 @@ def time_torch(
     torch.set_num_threads(threads)
     try:
         with torch.inference_mode():
-            return time_fn(lambda: model(*inputs), warmup, runs, threads)
+            return time_fn(lambda: model(*inputs), warmup, runs, threads, progress)
     finally:
         torch.set_num_threads(previous)

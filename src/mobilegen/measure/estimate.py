@@ -64,7 +64,7 @@ CALIBRATION_DEVICES: dict[str, Device] = {
 def profile_devices() -> dict[str, Device]:
     """Device name -> Device for every target profile with a [device] table (export_targets/).
     Profiles without one (no published figures to calibrate on) get no estimate, not a guess."""
-    from mobilegen.recipe import list_target_names, load_target
+    from mobilegen.targets.profile import list_target_names, load_target
 
     out: dict[str, Device] = {}
     for name in list_target_names():

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from mobilegen.checkpoints.guards import check_archive, check_param_bytes, regular_file
 from mobilegen.errors import CheckpointError, ConfigError
 
 UNET_CLASS, VAE_CLASS = "UNet2DConditionModel", "AutoencoderKL"
@@ -83,14 +84,17 @@ def _read_config(folder: Path) -> dict[str, Any]:
     path = folder / "config.json"
     try:
         config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path}: unreadable config ({err})") from None
+    except (OSError, ValueError, RecursionError) as err:  # RecursionError: absurd nesting
+        why = "nested too deeply" if isinstance(err, RecursionError) else err
+        raise CheckpointError(f"{path}: unreadable config ({why})") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: expected a JSON object, found {type(config).__name__}")
     return config
 
 
 def _load_file(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix != ".safetensors":
+        check_archive(path)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -105,18 +109,50 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
-def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
+def _shard_names(index: Path) -> list[str]:
+    """The shard files an index names, each a plain relative name inside its folder."""
+    try:
+        weight_map = json.loads(index.read_text()).get("weight_map", {})
+    except (OSError, ValueError, AttributeError) as err:
+        raise CheckpointError(f"{index}: unreadable shard index ({type(err).__name__})") from None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"{index}: 'weight_map' must map tensor names to file names")
+    shards = sorted(set(weight_map.values()))
+    for shard in shards:
+        parts = Path(shard).parts
+        if not parts or Path(shard).is_absolute() or ".." in parts or "\\" in shard:
+            raise CheckpointError(f"{index}: shard '{shard}' is outside the model folder "
+                                  "(only file names inside it are read)")
+    return shards
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The weight files a load of model folder `folder` reads: one file, or an index's shards
+    (confined to the folder, regular files only)."""
     for name in WEIGHT_FILES:
         index = folder / f"{name}.index.json"  # sharded: {"weight_map": {key: shard file}}
         if index.is_file():
-            shards = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
-            sd: dict[str, torch.Tensor] = {}
-            for shard in shards:
-                sd.update(_load_file(folder / shard))
-            return sd
-        if (folder / name).is_file():
-            return _load_file(folder / name)
+            return [regular_file(folder / s) for s in _shard_names(regular_file(index))]
+        if (folder / name).exists():
+            return [regular_file(folder / name)]
     raise CheckpointError(f"{folder}: no weight file (expected one of: {', '.join(WEIGHT_FILES)})")
+
+
+def folder_files(path: Path, component: str | None = None) -> list[Path]:
+    """Every file a load of `path` (a model folder or pipeline root) reads: its config.json,
+    the shard index if any, and the weight files: what provenance and the cache key hash."""
+    folder = _component_folder(path, component)
+    files = weight_files(folder)
+    indexes = [folder / f"{n}.index.json" for n in WEIGHT_FILES
+               if (folder / f"{n}.index.json").is_file()][:1]
+    return [regular_file(folder / "config.json"), *indexes, *files]
+
+
+def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    sd: dict[str, torch.Tensor] = {}
+    for f in weight_files(folder):
+        sd.update(_load_file(f))
+    return sd
 
 
 def _per_stage(config: dict[str, Any], key: str, default: Any, n: int, source: str) -> list[Any]:
@@ -189,7 +225,7 @@ def unet_config_from_diffusers(config: dict[str, Any], source: str = "config.jso
             freq_shift=float(config.get("freq_shift", 0)),
             sample_size=sample_size if isinstance(sample_size, int) else sample_size[0],
         )
-    except ConfigError as err:
+    except (ConfigError, TypeError, ValueError) as err:  # ConfigError names the key
         raise CheckpointError(f"{source}: {err}") from None
 
 
@@ -237,28 +273,30 @@ def load_diffusers_folder(
     if component is not None and COMPONENTS[component] != class_name:
         raise CheckpointError(f"{source}: holds a {class_name}, but component '{component}' "
                               f"asks for a {COMPONENTS[component]}")
-    sd = _read_weights(folder)
     if class_name == UNET_CLASS:
         from mobilegen.models.unet import EfficientUNet
 
         cfg = unet_config_from_diffusers(config, source)
-        build: Any = EfficientUNet
+        with torch.device("meta"):  # shapes only: no memory for an SD-size model
+            shell = EfficientUNet(cfg)
+        files = weight_files(folder)  # a config far larger than its weights: refused unread
+        check_param_bytes(source, "unet", shell, sum(f.stat().st_size for f in files))
+        sd = _read_weights(folder)
     else:
         from mobilegen.models.vae_decoder import VAEDecoder, VAEDecoderConfig
 
-        sd = vae_decoder_part(sd)
+        sd = vae_decoder_part(_read_weights(folder))
         up_types = set(config.get("up_block_types", ["UpDecoderBlock2D"]))
         if up_types != {"UpDecoderBlock2D"}:
             raise CheckpointError(f"{source}: up_block_types {sorted(up_types)} are not "
                                   "supported (supported: UpDecoderBlock2D)")
-        cfg = VAEDecoderConfig.from_state_dict(
+        cfg = VAEDecoderConfig.from_state_dict(  # widths from the tensors' own shapes
             sd, norm_num_groups=config.get("norm_num_groups", 32), source=source,
             latent_scaling_factor=float(config.get("scaling_factor") or 0.18215),
             latent_shift_factor=float(config.get("shift_factor") or 0.0),
         )
-        build = VAEDecoder
-    with torch.device("meta"):  # shapes only: no memory for an SD-size model
-        shell = build(cfg)
+        with torch.device("meta"):
+            shell = VAEDecoder(cfg)
     check_state_dict(shell, sd, str(folder), class_name)
     return FAMILIES[class_name], cfg, sd
 

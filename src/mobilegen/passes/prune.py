@@ -202,7 +202,7 @@ def prune_decoder(model: VAEDecoder, ratio: float) -> VAEDecoder:
 
 def decoder_costs(model: Any, latent_size: int | None = None) -> dict[str, int]:
     """Parameters and MACs of one decode at `latent_size` (meta-device models work too)."""
-    from mobilegen.measure import count_macs, count_params
+    from mobilegen.measure.costs import count_macs, count_params
 
     device = next(model.parameters()).device
     size = latent_size or model.config.latent_size
@@ -215,7 +215,7 @@ def decoder_costs(model: Any, latent_size: int | None = None) -> dict[str, int]:
 
 
 def _load_decoder(path: Any) -> Any:
-    from mobilegen.checkpoints import load_checkpoint
+    from mobilegen.checkpoints.loader import load_checkpoint
     from mobilegen.errors import CheckpointError
 
     loaded = load_checkpoint(path) if not _is_pipeline_root(path) else _load_vae_folder(path)
@@ -233,8 +233,8 @@ def _is_pipeline_root(path: Any) -> bool:
 
 
 def _load_vae_folder(path: Any) -> Any:
-    from mobilegen.checkpoints import LoadedModel
-    from mobilegen.diffusers_format import load_diffusers_model
+    from mobilegen.checkpoints.diffusers import load_diffusers_model
+    from mobilegen.checkpoints.loader import LoadedModel
 
     family, cfg, model = load_diffusers_model(path, "vae")
     return LoadedModel(family, cfg, model, source=str(path))
@@ -255,7 +255,7 @@ def _refuse_overwrite(src: Any, out: Any) -> None:
 def run_prune(checkpoint: Any, ratio: float, out: Any, latent_size: int | None = None,
               seed: int = 0) -> dict[str, Any]:
     """Prune a decoder checkpoint, check the result runs, save it (atomically) to `out`."""
-    from mobilegen.checkpoints import load_checkpoint, save_checkpoint
+    from mobilegen.checkpoints.loader import load_checkpoint, save_checkpoint
 
     _refuse_overwrite(checkpoint, out)
     loaded = _load_decoder(checkpoint)
@@ -283,7 +283,7 @@ def _psnr(reference: torch.Tensor, test: torch.Tensor) -> float | None:
     """PSNR over images in [-1, 1] (data range 2); None when identical."""
     import math
 
-    from mobilegen.validate import psnr
+    from mobilegen.measure.parity import psnr
 
     value = psnr(reference.numpy(), test.numpy(), 2.0)
     return None if math.isinf(value) else value
@@ -297,8 +297,8 @@ def run_distill_decoder(
     """Recover a pruned decoder by matching the original decoder's images (MSE) on random
     latents (SnapFusion's decoder distillation); PSNR vs the teacher on held-out latents before
     and after. The trained student is saved to `out` (atomically)."""
-    from mobilegen.checkpoints import save_checkpoint
-    from mobilegen.distill import distill
+    from mobilegen.checkpoints.loader import save_checkpoint
+    from mobilegen.passes.distill import distill
 
     for src in (teacher_path, student_path):
         _refuse_overwrite(src, out)

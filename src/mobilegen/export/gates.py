@@ -1,0 +1,56 @@
+"""Gates: one check for artifact rows, module passes and the pipeline chain. A failure is a typed
+value that knows what it belongs to; its text is the line users see (and CI greps)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mobilegen.recipe import Gates
+    from mobilegen.report.results import ArtifactResult
+
+
+@dataclass(frozen=True)
+class GateFailure:
+    subject: str  # "cpu/denoiser.onnx", "pass relu_attention", "chain:onnx/fp32", "unet/..."
+    gate: str  # "min_psnr_db", ...
+    value: float
+    limit: float
+    higher_is_better: bool
+
+    def __str__(self) -> str:
+        op = ">=" if self.higher_is_better else "<="
+        return (f"{self.subject}: {self.gate} {self.value:.4g} (needs {op} {self.limit:g}, "
+                f"off by {abs(self.value - self.limit):.4g})")
+
+
+def check(subject: str, gate: str, value: float | None, limit: float | None,
+          higher_is_better: bool) -> GateFailure | None:
+    """None when the gate is unset or met. A missing value (None) is infinite quality (PSNR of
+    identical outputs); NaN always fails."""
+    if limit is None:
+        return None
+    v = math.inf if value is None else float(value)
+    bad = v < limit if higher_is_better else v > limit
+    return GateFailure(subject, gate, v, limit, higher_is_better) if bad or math.isnan(v) else None
+
+
+def artifact_failures(row: ArtifactResult, gates: Gates) -> list[GateFailure]:
+    """fp16/int8 rows carry their precision's limits (passes/precision_gates.py); the latency
+    gate applies to every row as written."""
+    if not row.runnable or row.parity is None or row.latency is None:
+        return []
+    lim: dict[str, Any] = row.gate_limits or gates.model_dump()
+    par, art = row.parity, row.artifact
+    found = [
+        check(art, "min_step_psnr_db", par["psnr_db"], lim["min_step_psnr_db"], True),
+        check(art, "min_cosine", par["cosine"], lim["min_cosine"], True),
+        check(art, "max_abs_error", par["max_abs_error"], lim["max_abs_error"], False),
+        check(art, "max_latency_ms", row.latency["median_ms"], gates.max_latency_ms, False),
+    ]
+    if row.end_to_end is not None:
+        found.append(check(art, "min_psnr_db", row.end_to_end["psnr_db"], lim["min_psnr_db"],
+                           True))
+    return [f for f in found if f is not None]

@@ -1,0 +1,350 @@
+"""One export: recipe -> model -> passes -> capture -> per-target artifacts -> parity, latency,
+report. `run_export` returns its typed result with the gate verdicts; the caller (the CLI, a
+batch worker, a pipeline export) decides what a failed gate means.
+
+Every step is timed; everything lands in a staging folder that replaces the output folder only
+when complete (a failed gate still writes the complete report: it is a result, not an error).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mobilegen.checkpoints.loader import LoadedModel, build_random, load_checkpoint
+from mobilegen.errors import CheckpointError, ExportError
+from mobilegen.export.gates import GateFailure, artifact_failures
+from mobilegen.export.manifest import build_manifest, component_entry, model_notes
+from mobilegen.export.progress import Progress, as_progress
+from mobilegen.export.staging import StagedOutput
+from mobilegen.export.toolchain_log import toolchain_output
+from mobilegen.measure.costs import count_macs, count_params, group_costs, time_fn, time_torch
+from mobilegen.measure.parity import Parity, compare
+from mobilegen.models import get_family
+from mobilegen.passes.precision import PrecisionPlan, precision_plan
+from mobilegen.recipe import Recipe
+from mobilegen.report.provenance import host_info
+from mobilegen.report.results import ArtifactResult, ExportReport
+from mobilegen.sampling.generate import generate, save_grid
+from mobilegen.sampling.runner import Runner, torch_runner
+from mobilegen.signature import ModelIO
+from mobilegen.targets import runtime_module
+from mobilegen.targets.base import Artifact, ExportRequest, Target
+from mobilegen.targets.profile import TargetProfile, load_target
+
+TrainProgress = Callable[[int, int, float], None]
+
+
+@dataclass
+class ExportResult:
+    out_dir: Path
+    report: ExportReport
+
+    @property
+    def failures(self) -> list[str]:
+        return self.report.failures
+
+
+class StepTimer:
+    """Times each step and tells `progress` (export/progress.py) when it starts and ends."""
+
+    def __init__(self, progress: Progress | Callable[[str], None] | None = None) -> None:
+        self.times: dict[str, float] = {}
+        self.progress = as_progress(progress)
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        self.progress.step_started(name)
+        t0 = time.perf_counter()
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            seconds = time.perf_counter() - t0
+            self.progress.step_finished(name, seconds, ok)
+        self.times[name] = round(self.times.get(name, 0.0) + seconds, 3)
+
+    def recovery(self, step: int, steps: int, loss: float) -> None:
+        """Distillation steps as counted work (the TrainProgress shape)."""
+        self.progress.advance(step, steps, f"loss {loss:.3e}")
+
+
+def load_model(recipe: Recipe) -> LoadedModel:
+    spec = recipe.model
+    family = get_family(spec.family)
+    if spec.init == "random":
+        if spec.config is not None:
+            cfg = family.config_from_dict(spec.config)
+        else:
+            variants = family.variants()
+            if spec.variant not in variants:
+                raise CheckpointError(
+                    f"unknown {spec.family} variant '{spec.variant}' "
+                    f"(known: {', '.join(sorted(variants))})"
+                )
+            cfg = variants[spec.variant]
+        return build_random(spec.family, cfg, spec.seed)
+    path = recipe.checkpoint_path()
+    assert path is not None  # the recipe schema guarantees it for init = "checkpoint"
+    return load_checkpoint(path, spec.family, spec.config)
+
+
+def capture(model: Any, example: tuple[Any, ...]) -> Any:
+    """torch.export once, with a dynamic batch axis on every input; all targets lower from it.
+    A construct torch.export cannot capture is one line naming the model and the construct."""
+    import torch
+    from torch.export import Dim
+
+    batch = Dim("batch", min=1, max=4096)
+    try:
+        return torch.export.export(model, example,
+                                   dynamic_shapes=tuple({0: batch} for _ in example))
+    except Exception as e:  # torch raises many types here (Unsupported, UserError, ...)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ExportError(f"torch.export cannot capture {type(model).__name__}: "
+                          f"{type(e).__name__}: {first}") from e
+
+
+@dataclass
+class Plan:
+    """What one export does, decided before any lowering."""
+
+    recipe: Recipe
+    model: Any  # after module passes
+    io: ModelIO
+    size: int
+    component: dict[str, Any]  # the manifest's entry; drives sampling
+    precision: PrecisionPlan
+    end_to_end: bool  # sample through every runnable artifact (a decoder has nothing to sample)
+    param_bytes: int
+    example: tuple[Any, ...]
+    labels: list[int] | None
+    programs: dict[str, Any] = field(default_factory=dict)  # layout -> captured program
+    reference: dict[float, np.ndarray] = field(default_factory=dict)  # t -> PyTorch output
+    torch_images: np.ndarray | None = None
+    calibration: tuple[dict[str, np.ndarray], ...] = ()
+    eager_latency: dict[int, dict[str, Any]] = field(default_factory=dict)  # threads -> stats
+
+    def inputs(self, t: float | None = None, seed: int = 1, batch: int | None = None) -> Any:
+        b = self.recipe.validation.batch if batch is None else batch
+        if t is None:
+            return self.model.example_inputs(b, image_size=self.size)
+        return self.model.example_inputs(b, seed=seed, t=t, image_size=self.size)
+
+
+def run_export(
+    recipe: Recipe, out_dir: Path, progress: Progress | Callable[[str], None] | None = None,
+    argv: list[str] | None = None, train_progress: TrainProgress | None = None,
+) -> ExportResult:
+    timer = StepTimer(progress)
+    with StagedOutput(out_dir) as out:  # a bad output folder fails before any work
+        with timer.step("load"):
+            loaded = load_model(recipe)
+        plan, model_summary, pass_reports = _prepare(recipe, loaded, out, timer,
+                                                     train_progress or timer.recovery)
+        log = out.path("logs/toolchain.log")  # what converters print (toolchain_log.py)
+        rows: list[ArtifactResult] = []
+        artifacts: list[Artifact] = []
+        for target_name in recipe.targets:
+            profile = load_target(target_name)
+            with toolchain_output(log):
+                target = runtime_module(profile.runtime)
+            for art in _lower(plan, target, profile, out, timer, log):
+                artifacts.append(art)
+                row = _row(plan, art, out.staging)
+                rows.append(row)
+                if art.runnable:
+                    with toolchain_output(log):
+                        runner = target.load(out.staging / art.file, profile.threads)
+                    _validate(plan, row, runner, profile, out, timer)
+        sections = _report_sections(recipe, plan, timer)
+        failures = _gate_failures(recipe, rows, pass_reports)
+        report = ExportReport(
+            recipe={"name": recipe.name, "path": str(recipe.path)}, model=model_summary,
+            artifacts=rows, passes=[r.to_dict() for r in pass_reports] + plan.precision.summary(),
+            gates={"config": recipe.gates.model_dump(), "failures": [str(f) for f in failures]},
+            sample_grids={"pytorch": "samples-pytorch.png"} if plan.end_to_end else {},
+            sections=sections, timings_s=timer.times, host=host_info())
+        _write(out, report, build_manifest(recipe, plan.component, artifacts, out.staging, argv))
+        final = out.commit()
+    return ExportResult(final, report)
+
+
+def _prepare(recipe: Recipe, loaded: LoadedModel, out: StagedOutput, timer: StepTimer,
+             train_progress: TrainProgress | None) -> tuple[Plan, dict[str, Any], list[Any]]:
+    """Count, describe, run module passes, capture, and compute what every artifact is compared
+    with (per-timestep outputs, the PyTorch sampling run, calibration feeds)."""
+    import torch
+
+    from mobilegen.passes.apply import apply_module_passes
+
+    model, cfg = loaded.model, loaded.config
+    size = recipe.export_size(cfg)  # image_size checked against the model (one line)
+    io: ModelIO = get_family(loaded.family).io_spec(cfg, size)
+    with timer.step("count"):
+        macs, table = count_macs(model, model.example_inputs(1, image_size=size))
+        params = count_params(model)
+    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    component = component_entry(recipe, loaded, io, size)
+    if "sampler" not in component and recipe.validation.end_to_end:  # a decoder: nothing to sample
+        recipe = recipe.model_copy(
+            update={"validation": recipe.validation.model_copy(update={"end_to_end": False})})
+    labels = component["conditioning"].get("labels")
+    with timer.step("passes"):  # module passes rewrite the model before capture
+        model, pass_reports = apply_module_passes(
+            recipe, model, component, io, size,
+            sample=lambda m: generate(torch_runner(m, io), component),
+            save_grid=lambda name, images: save_grid(out.path(name), images, labels),
+            progress=train_progress)
+    plan = Plan(recipe, model, io, size, component, precision_plan(recipe),
+                end_to_end=recipe.validation.end_to_end and "sampler" in component,
+                param_bytes=param_bytes, labels=labels,
+                example=model.example_inputs(recipe.validation.batch, seed=0, image_size=size))
+    with timer.step("capture"):
+        plan.programs["default"] = capture(model, plan.example)
+    with torch.inference_mode():
+        plan.reference = {t: model(*plan.inputs(t)).numpy() for t in recipe.validation.timesteps}
+    if plan.end_to_end:
+        with timer.step("sample-pytorch"):
+            plan.torch_images = generate(torch_runner(model, io), component,
+                                         progress=timer.progress.advance)
+        save_grid(out.path("samples-pytorch.png"), plan.torch_images, labels)
+    if plan.precision.calibration_feeds:  # static int8: feeds from the model's own trajectories
+        from mobilegen.passes.calibration import calibration_feeds
+
+        with timer.step("calibrate"):
+            plan.calibration = tuple(calibration_feeds(torch_runner(model, io), component,
+                                                       plan.precision.calibration_feeds,
+                                                       progress=timer.progress.advance))
+    summary = {"family": loaded.family, "source": loaded.source, "init": recipe.model.init,
+               "source_dtype": loaded.source_dtype, "config": cfg.to_dict(), "params": params,
+               "param_bytes": param_bytes, "image_size": size, "gmac": macs / 1e9,
+               "modules": group_costs(table), "notes": model_notes(recipe, component)}
+    return plan, summary, pass_reports
+
+
+def _lower(plan: Plan, target: Target, profile: TargetProfile, out: StagedOutput,
+           timer: StepTimer, log: Path) -> list[Artifact]:
+    """The profile's base artifacts, then one per precision pass (a target that cannot do a pass
+    gets a non-runnable row saying why, not an error). Paths come back relative to OUT."""
+    name = profile.name
+    req = ExportRequest(program=_program_for(plan, profile.layout, timer), io=plan.io,
+                        example=plan.example, profile=profile, workdir=out.dir(name),
+                        stem=plan.component["name"], param_bytes=plan.param_bytes,
+                        calibration=plan.calibration)
+    with timer.step(f"export:{name}"), toolchain_output(log):
+        produced = target.export(req)
+    for pass_name, spec, _ in plan.precision.specs:
+        why = target.supports(spec)
+        if why is not None:
+            produced.append(Artifact(f"{req.stem}.{spec.tag}", "none", name, profile.runtime,
+                                     spec.tag, runnable=False,
+                                     details={"skipped": f"pass {pass_name} not supported: {why}"}))
+            continue
+        with timer.step(f"export:{name}:{spec.tag}"), toolchain_output(log):
+            produced += target.export_precision(req, spec)
+    for art in produced:
+        art.file = f"{name}/{art.file}"
+        art.companions = [f"{name}/{c}" for c in art.companions]
+    return produced
+
+
+def _program_for(plan: Plan, layout: str, timer: StepTimer) -> Any:
+    """The captured program for a target layout: the shared capture for "default", else the
+    layout's rewrite of the model (targets/ane.py), captured once per layout."""
+    if layout not in plan.programs:
+        from mobilegen.targets.ane import apply_layout
+
+        with timer.step(f"capture:{layout}"):
+            plan.programs[layout] = capture(apply_layout(plan.model, layout)[0], plan.example)
+    return plan.programs[layout]
+
+
+def _row(plan: Plan, art: Artifact, root: Path) -> ArtifactResult:
+    # is_file: a Core ML .mlpackage is a folder; its files are listed as companions
+    size = sum((root / f).stat().st_size for f in [art.file, *art.companions]
+               if (root / f).is_file())
+    return ArtifactResult(artifact=art.file, format=art.format, target=art.target,
+                          precision=art.precision, runnable=art.runnable, bytes=size,
+                          details=art.details,
+                          gate_limits=plan.precision.limits.get(art.precision))
+
+
+def _validate(plan: Plan, row: ArtifactResult, runner: Runner, profile: TargetProfile,
+              out: StagedOutput, timer: StepTimer) -> None:
+    """Per-timestep parity against PyTorch, latency, and the end-to-end sampling run."""
+    recipe, feeds = plan.recipe, plan.io.feeds
+    with timer.step(f"validate:{row.artifact}"):
+        per_t = [(t, compare(plan.reference[t], runner(feeds(plan.inputs(t)))))
+                 for t in recipe.validation.timesteps]
+    row.parity_per_timestep = [{"t": t, **p.to_dict()} for t, p in per_t]
+    row.parity = Parity.worst([p for _, p in per_t]).to_dict()
+    lat = feeds(plan.inputs(batch=recipe.latency.batch))
+    with timer.step(f"latency:{row.artifact}"):
+        stats = time_fn(lambda: runner(lat), recipe.latency.warmup, recipe.latency.runs,
+                        profile.threads, progress=timer.progress.advance)
+    if profile.threads not in plan.eager_latency:
+        with timer.step("latency:pytorch"):
+            plan.eager_latency[profile.threads] = time_torch(
+                plan.model, plan.inputs(batch=recipe.latency.batch), recipe.latency.warmup,
+                recipe.latency.runs, profile.threads, progress=timer.progress.advance).to_dict()
+    eager = plan.eager_latency[profile.threads]
+    row.latency, row.pytorch_latency = stats.to_dict(), eager
+    row.speedup_vs_pytorch = eager["median_ms"] / stats.median_ms
+    if plan.torch_images is not None:
+        with timer.step(f"sample:{row.artifact}"):
+            images = generate(runner, plan.component, progress=timer.progress.advance)
+        grid = row.artifact.replace("/", "_").rsplit(".", 1)[0] + "-samples.png"
+        save_grid(out.path(grid), images, plan.labels)
+        row.end_to_end = {**compare(plan.torch_images, images, 2.0).to_dict(), "grid": grid}
+
+
+def _gate_failures(recipe: Recipe, rows: list[ArtifactResult],
+                   pass_reports: list[Any]) -> list[GateFailure]:
+    from mobilegen.passes.apply import pass_gate_failures
+
+    failures: list[GateFailure] = []
+    for row in rows:
+        own = artifact_failures(row, recipe.gates)
+        row.gates = [str(f) for f in own]
+        failures += own
+    return failures + pass_gate_failures(recipe, pass_reports)
+
+
+def _report_sections(recipe: Recipe, plan: Plan, timer: StepTimer) -> dict[str, Any]:
+    """The recipe's optional [report] sections, measured on the model as exported (after module
+    passes): `blocks` (per-block latency table + operator profile) and `estimates`."""
+    out: dict[str, Any] = {}
+    example = plan.model.example_inputs(recipe.latency.batch, seed=0, image_size=plan.size)
+    if recipe.report.blocks:
+        from mobilegen.measure import blocks
+
+        threads = load_target(recipe.targets[0]).threads
+        with timer.step("blocks"):
+            out["blocks"] = blocks.report_section(plan.model, example, threads=threads,
+                                                  warmup=recipe.latency.warmup,
+                                                  runs=recipe.latency.runs)
+    if recipe.report.estimates:
+        from mobilegen.measure import estimate
+
+        with timer.step("estimates"):
+            out["estimates"] = estimate.report_section(plan.model, example)
+    return out
+
+
+def _write(out: StagedOutput, report: ExportReport, manifest: dict[str, Any]) -> None:
+    from mobilegen.report.html import write_html
+    from mobilegen.report.markdown import render_markdown
+
+    data = report.to_dict()
+    out.write_json("manifest.json", manifest)
+    out.write_json("report.json", data)
+    out.path("report.md").write_text(render_markdown(data))
+    write_html(data, out.staging)

@@ -1,1 +1,0 @@
-"""Target-specific model rewrites applied before capture (chosen by a target profile)."""

@@ -1,0 +1,90 @@
+"""Target profiles (export_targets/*.toml, shipped as package data in mobilegen/data/targets):
+where an export goes. One file per device/runtime target; validated on load like recipes."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, model_validator
+
+from mobilegen.errors import RecipeError
+from mobilegen.toml_schema import Strict, format_error, read_toml
+
+PROFILES_DIR = Path(str(files("mobilegen") / "data" / "targets"))
+
+
+
+
+class DeviceSpec(Strict):
+    """The phone a profile stands for, as latency ESTIMATES need it (estimate.py): nominal figures
+    from vendor specs, not measurements. Peak throughput and per-op overhead are not set here:
+    they are fitted to published latencies of this device (estimate.PUBLISHED)."""
+
+    name: str  # must match the device of published calibration points, e.g. "iphone-14-pro"
+    bandwidth_gbs: float = Field(gt=0)  # DRAM bandwidth
+    weight_bytes: float = Field(2, gt=0)  # bytes per weight at the precision it runs
+    act_bytes: float = Field(2, gt=0)  # bytes per activation element
+
+
+class TargetProfile(Strict):
+    name: str
+    description: str = ""
+    runtime: str  # a key of targets.RUNTIMES
+    # The base artifact's precision. ONNX: fp32 only (fp16/int8 come from precision passes);
+    # LiteRT: fp16 stores float16 weights; Core ML: the ML program's compute precision.
+    precision: Literal["fp32", "fp16"] = "fp32"
+    layout: Literal["default", "ane"] = "default"  # ane: channels-first attention (targets/ane.py)
+    threads: int = Field(2, ge=1)
+    # module passes this device prefers (advice shown by `targets`)
+    rewrites: list[str] = Field(default_factory=list)
+    # onnxruntime
+    opset: int = Field(18, ge=18)  # opset 17 breaks diffusers-style GEGLU (Split num_outputs)
+    ort_format: bool = True  # also write the .ort flatbuffer for ORT mobile
+    ort_optimization_style: Literal["Fixed", "Runtime"] = "Fixed"
+    # litert: the delegate the app should use (the host always validates with XNNPACK on CPU)
+    delegate: Literal["xnnpack", "gpu"] = "xnnpack"
+    # coreml
+    deployment_target: Literal["iOS16", "iOS17", "iOS18", "macOS13", "macOS14", "macOS15"] = "iOS17"
+    compute_units: Literal["ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY"] = "ALL"
+    device: DeviceSpec | None = None  # for estimates; a profile without one gets none
+    path: Path | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _runtime_keys(self) -> TargetProfile:
+        from mobilegen.targets import RUNTIMES
+
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"key 'runtime': unknown runtime '{self.runtime}' "
+                             f"(known: {', '.join(RUNTIMES)})")
+        for runtime, entry in RUNTIMES.items():
+            for key in entry.profile_keys:
+                if runtime != self.runtime and key in self.model_fields_set:
+                    raise ValueError(f"key '{key}' applies to runtime '{runtime}' only "
+                                     f"(this profile's runtime is '{self.runtime}')")
+        if self.runtime == "onnxruntime" and self.precision != "fp32":
+            raise ValueError("key 'precision': onnxruntime profiles export fp32 (found "
+                             f"'{self.precision}'); add the fp16 pass to the recipe instead")
+        if self.layout == "ane" and self.runtime != "coreml":
+            raise ValueError(f"key 'layout': 'ane' needs runtime 'coreml' (found '{self.runtime}')")
+        from mobilegen.passes import PASSES
+
+        module_passes = [n for n, e in PASSES.items() if e.kind == "module"]
+        for r in self.rewrites:
+            if r not in module_passes:
+                raise ValueError(f"key 'rewrites': unknown rewrite '{r}' "
+                                 f"(known: {', '.join(module_passes)})")
+        return self
+
+
+def list_target_names() -> list[str]:
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.toml"))
+
+
+def load_target(name: str) -> TargetProfile:
+    path = PROFILES_DIR / f"{name}.toml"
+    try:
+        return TargetProfile.model_validate({**read_toml(path), "path": path})
+    except ValidationError as e:
+        raise RecipeError(format_error(path, e)) from None
