@@ -146,8 +146,18 @@ class Recipe(Strict):
         return p if p.is_absolute() else (base / p).resolve()
 
 
+def resolve_recipe(arg: str | Path) -> Path:
+    """A recipe file as given, or a shipped recipe by name (`stoic-digits`), so an installed
+    wheel can export its own recipes from any folder. A file that exists always wins."""
+    path = Path(arg)
+    if path.exists() or path.suffix == ".toml" or len(path.parts) != 1:
+        return path
+    shipped = RECIPES_DIR / f"{path.name}.toml"
+    return shipped if shipped.is_file() else path
+
+
 def load_recipe(path: str | Path) -> Recipe:
-    path = Path(path)
+    path = resolve_recipe(path)
     data = read_toml(path)
     if "pipeline" in data:  # bench, inspect --recipe and passes take one model
         raise RecipeError(f"{path}: a pipeline recipe ([pipeline]); this command takes a "
@@ -297,7 +307,7 @@ def check_chain(path: Path, unet: Recipe, unet_cfg: Any, decoder: Recipe, dec_cf
 
 def load_any_recipe(path: str | Path) -> Recipe | PipelineRecipe:
     """A pipeline recipe when the file has a [pipeline] table, else a single-component recipe."""
-    path = Path(path)
+    path = resolve_recipe(path)
     if "pipeline" in read_toml(path):
         return load_pipeline_recipe(path)
     return load_recipe(path)

@@ -1,15 +1,17 @@
 """Several recipes at once: each export in its own process (torch, onnxruntime and the converters
-keep global state and threads; processes keep runs independent and a crash contained)."""
+keep global state and threads; processes keep runs independent and a crash contained). Workers
+call the library (export.single.export_recipe) and return typed results."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
+import multiprocessing
+import signal
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from mobilegen.errors import EXIT_ERROR, EXIT_GATE, EXIT_INTERRUPTED, EXIT_OK, SEVERITY
 
 
 @dataclass
@@ -18,40 +20,53 @@ class BatchResult:
     out_dir: Path
     exit_code: int
     report: dict[str, Any] | None  # None when the export failed before writing one
-    error: str | None  # the child's one-line error
+    error: str | None  # the one line a user would have seen
 
 
-def _run_one(recipe: Path, out_dir: Path, no_cache: bool) -> BatchResult:
-    cmd = [sys.executable, "-m", "mobilegen", "export", str(recipe), "--out", str(out_dir),
-           "--json"]
-    if no_cache:
-        cmd.append("--no-cache")
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    report = None
-    if proc.stdout.strip():
-        try:
-            report = json.loads(proc.stdout)
-        except json.JSONDecodeError:
-            report = None
-    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.startswith(("error", "gate"))]
-    error = lines[-1] if lines and proc.returncode != 0 else None
-    if proc.returncode != 0 and error is None:
-        tail = proc.stderr.strip().splitlines()
-        error = tail[-1] if tail else f"exit {proc.returncode}"
-    return BatchResult(recipe, out_dir, proc.returncode, report, error)
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _init_worker() -> None:
+    # a spawned worker starts with default handlers: make SIGTERM unwind like Ctrl-C, so the
+    # staging folder is cleaned up
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+def export_one(recipe_path: Path, out_dir: Path, no_cache: bool) -> BatchResult:
+    """One batch item; every outcome (ok, gate failed, error, interrupted) becomes a result."""
+    from mobilegen.errors import MobilegenError
+    from mobilegen.export.single import export_recipe
+    from mobilegen.recipe import load_recipe
+
+    try:
+        outcome = export_recipe(load_recipe(recipe_path), out_dir, use_cache=not no_cache)
+    except MobilegenError as e:
+        return BatchResult(recipe_path, out_dir, e.exit_code, None, f"error: {e}")
+    except KeyboardInterrupt:
+        return BatchResult(recipe_path, out_dir, EXIT_INTERRUPTED, None, "interrupted")
+    except Exception as e:  # a crash in one export must not hide the others' results
+        return BatchResult(recipe_path, out_dir, EXIT_ERROR, None,
+                           f"error: {type(e).__name__}: {e}")
+    if outcome.failures:
+        return BatchResult(recipe_path, outcome.out_dir, EXIT_GATE, outcome.report,
+                           "gate failed: " + "; ".join(outcome.failures))
+    return BatchResult(recipe_path, outcome.out_dir, EXIT_OK, outcome.report, None)
 
 
 def run_batch(items: list[tuple[Path, Path]], jobs: int, no_cache: bool) -> list[BatchResult]:
-    """(recipe, out_dir) pairs, `jobs` at a time; results in the order given."""
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        return list(pool.map(lambda it: _run_one(it[0], it[1], no_cache), items))
+    """(recipe, out_dir) pairs, `jobs` processes at a time; results in the order given."""
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
+    with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=ctx,
+                             initializer=_init_worker) as pool:
+        futures = [pool.submit(export_one, recipe, out, no_cache) for recipe, out in items]
+        return [f.result() for f in futures]
 
 
 def worst_exit_code(results: list[BatchResult]) -> int:
-    """Worst first: interrupted, error, usage, gate failed, ok (an export that produced nothing
-    is worse than one that missed a gate, although the numbers say otherwise)."""
+    """Worst first (errors.SEVERITY): interrupted, error, usage, gate failed, ok."""
     codes = {r.exit_code for r in results}
-    for code in (130, 1, 2, 3):
+    for code in SEVERITY:
         if code in codes:
             return code
-    return max(codes) if codes else 0
+    return max(codes) if codes else EXIT_OK

@@ -218,7 +218,7 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def batch_table(results: list[Any]) -> Any:
-    """One row per recipe of a batch export (mobilegen.batch.BatchResult)."""
+    """One row per recipe of a batch export (export.batch.BatchResult)."""
     from rich.table import Table
 
     table = Table(title="batch export")
@@ -230,7 +230,7 @@ def batch_table(results: list[Any]) -> Any:
         steps = [a["parity"]["psnr_db"] for a in rows if a.get("parity")]
         images = [a["end_to_end"]["psnr_db"] for a in rows if a.get("end_to_end")]
         lat = [a["latency"]["median_ms"] for a in rows if a.get("latency")]
-        status = (r.report or {}).get("status", "error") if r.exit_code in (0, 3) else "error"
+        status = (r.report or {}).get("status", "error") if r.report is not None else "error"
         table.add_row(
             r.recipe.name, status, str(len(rows)),
             _fmt_psnr(min(steps, key=lambda v: float("inf") if v is None else v))
