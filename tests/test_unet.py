@@ -89,18 +89,24 @@ def test_sd15_parameter_count() -> None:
     assert sum(p.numel() for p in model.parameters()) == 859_520_964
 
 
-def test_sd15_recipe_config_matches_diffusers_default_layout() -> None:
+def test_sd15_recipe_names_the_default_layout_variant() -> None:
+    from mobilegen.models.unet import VARIANTS
     from mobilegen.recipe import RECIPES_DIR, load_recipe
 
     recipe = load_recipe(RECIPES_DIR / "unet-sd15.toml")
-    assert UNetConfig.from_dict(recipe.model.config) == UNetConfig()
+    assert recipe.model.config is None and VARIANTS[recipe.model.variant] == UNetConfig()
 
 
-def test_snapfusion_recipe_count() -> None:
-    """Table 3 as read in the recipe; the gap to the paper's 848M is explained in the recipe."""
+def test_snapfusion_has_one_definition_used_by_recipe_and_estimator() -> None:
+    """Table 3 as read in models/unet.py VARIANTS; the recipe and the device estimator name it
+    (the gap to the paper's 848M is explained there)."""
+    from mobilegen.measure.estimate import published_model
+    from mobilegen.models.unet import VARIANTS
     from mobilegen.recipe import RECIPES_DIR, load_recipe
 
-    cfg = UNetConfig.from_dict(load_recipe(RECIPES_DIR / "unet-snapfusion.toml").model.config)
+    recipe = load_recipe(RECIPES_DIR / "unet-snapfusion.toml")
+    cfg = VARIANTS[recipe.model.variant]
+    assert published_model("snapfusion-unet")[0].config == cfg
     with torch.device("meta"):
         params = sum(p.numel() for p in EfficientUNet(cfg).parameters())
     assert params == 682_609_924  # measured; see recipes/unet-snapfusion.toml for the gap

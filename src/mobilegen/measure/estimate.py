@@ -151,23 +151,19 @@ def published_model(key: str) -> tuple[Any, tuple[Any, ...]]:
     since building SD-1.5's UNet even without weights takes seconds."""
     import torch
 
-    from mobilegen.models.unet import EfficientUNet, UNetConfig
-    from mobilegen.models.vae_decoder import VAEDecoder, VAEDecoderConfig
+    from mobilegen.models import unet, vae_decoder
 
     meta = torch.device("meta")
-    if key in ("sd15-unet", "snapfusion-unet"):
-        cfg = UNetConfig() if key == "sd15-unet" else UNetConfig(
-            # SnapFusion's efficient UNet (REFERENCE.md; 6 attention blocks in Up-2 as the talk).
-            down_resnets=(2, 2, 1, 2), down_attentions=(0, 2, 2, 0), mid_resnets=4,
-            up_resnets=(3, 2, 3, 3), up_attentions=(0, 3, 6, 0))
+    if key in ("sd15-unet", "snapfusion-unet"):  # the families' named variants, by name
+        cfg = unet.VARIANTS["sd15" if key == "sd15-unet" else "snapfusion"]
         with meta:
-            model = EfficientUNet(cfg)
+            model = unet.EfficientUNet(cfg)
         x = torch.empty(1, 4, 64, 64, device=meta)
         return model, (x, torch.empty(1, device=meta), torch.empty(1, 77, 768, device=meta))
     if key in ("sd-vae-decoder", "sd-vae-decoder-half"):
-        widths = (128, 256, 512, 512) if key == "sd-vae-decoder" else (64, 128, 256, 256)
         with meta:
-            model = VAEDecoder(VAEDecoderConfig.uniform(widths))
+            model = vae_decoder.VAEDecoder(
+                vae_decoder.VARIANTS["sd-vae" if key == "sd-vae-decoder" else "sd-vae-half"])
         return model, (torch.empty(1, 4, 64, 64, device=meta),)
     raise ConfigError(f"unknown published model '{key}' (known: sd15-unet, snapfusion-unet, "
                       "sd-vae-decoder, sd-vae-decoder-half)")

@@ -39,9 +39,19 @@ import torch.nn.functional as F
 
 from mobilegen.errors import ConfigError
 from mobilegen.models.attention import AttentionKernel, attend
+from mobilegen.models.bounds import first_problem, out_of_range
 from mobilegen.signature import ModelIO, TensorSpec
 
 _STAGE_FIELDS = ("down_resnets", "down_attentions", "up_resnets", "up_attentions")
+UNET_MAX_STAGES = 8
+# (min, max) of each scalar config key (models/bounds.py); per-stage lists are bounded apart
+UNET_BOUNDS: dict[str, tuple[float, float]] = {
+    "in_channels": (1, 64), "out_channels": (1, 64), "mid_resnets": (0, 64),
+    "mid_attentions": (0, 64), "cross_attention_dim": (1, 16384),
+    "transformer_layers_per_block": (1, 64), "norm_num_groups": (1, 1024),
+    "norm_eps": (0.0, 1.0), "freq_shift": (-1e6, 1e6), "sample_size": (1, 4096),
+    "context_len": (1, 4096), "latent_scaling_factor": (1e-6, 1e6),
+}
 
 
 @dataclass(frozen=True)
@@ -75,6 +85,9 @@ class UNetConfig:
             value = getattr(self, name)
             if isinstance(value, list):  # TOML/JSON give lists; keep the config hashable
                 object.__setattr__(self, name, tuple(value))
+        bad = self._bounds_problem()  # first: the checks below divide by these
+        if bad:
+            raise ConfigError(f"invalid UNet config: {bad}")
         problems = []
         n = len(self.block_out_channels)
         for name in _STAGE_FIELDS:
@@ -95,10 +108,35 @@ class UNetConfig:
             if ch % self.heads(k):
                 problems.append(f"block_out_channels[{k}]={ch} not divisible by {self.heads(k)} "
                                 "heads")
-        if self.sample_size % 2 ** (n - 1):
-            problems.append(f"sample_size {self.sample_size} not divisible by 2^{n - 1}")
+        if (problem := self.size_problem(self.sample_size)) is not None:
+            problems.append(f"key 'sample_size': {problem}")
         if problems:
             raise ConfigError("invalid UNet config: " + "; ".join(problems))
+
+    def _bounds_problem(self) -> str | None:
+        if not isinstance(self.block_out_channels, tuple) or not 1 <= len(
+                self.block_out_channels) <= UNET_MAX_STAGES:
+            return (f"key 'block_out_channels' must list 1 to {UNET_MAX_STAGES} widths, found "
+                    f"{self.block_out_channels!r}")
+        stages = [(f"{name}[{i}]", v) for name in ("block_out_channels", *_STAGE_FIELDS)
+                  if isinstance(getattr(self, name), tuple)
+                  for i, v in enumerate(getattr(self, name))]
+        heads = self.attention_head_dim
+        heads_items = (list(enumerate(heads)) if isinstance(heads, tuple) else [(None, heads)])
+        return (first_problem(self, UNET_BOUNDS)
+                or out_of_range([(k, v) for k, v in stages if k.startswith("block_out")], 1,
+                                16384)
+                or out_of_range([(k, v) for k, v in stages if not k.startswith("block_out")], 0,
+                                64)
+                or out_of_range([("attention_head_dim" + ("" if i is None else f"[{i}]"), h)
+                                 for i, h in heads_items], 1, 256))
+
+    def size_problem(self, size: int) -> str | None:
+        """Why `size` (latents per side) cannot be fed to this UNet, or None."""
+        step = 2 ** (len(self.block_out_channels) - 1)
+        if size < step or size % step:
+            return f"{size} is not a positive multiple of 2^{len(self.block_out_channels) - 1}"
+        return None
 
     @property
     def image_size(self) -> int:  # the name the pipeline uses for the default resolution
@@ -483,3 +521,24 @@ def component_entry(cfg: UNetConfig, recipe: Any, image_size: int) -> dict[str, 
                          "note": "seeded Gaussian stand-in for text embeddings; zeros are the "
                                  "null context (real apps feed the text encoder's states)"},
     }
+
+
+# Named variants: the single source of each published configuration (recipes and the device
+# estimator refer to them by name).
+VARIANTS: dict[str, UNetConfig] = {
+    "sd15": UNetConfig(),  # SD-1.5: 859,520,964 parameters
+    # SnapFusion's efficient UNet (arXiv 2306.00980, Table 3): cross-attention / ResNet blocks per
+    # stage Down-1 0/2, Down-2 2/2, Down-3 2/1, lowest resolution 1/4 (SD: 1/7), Up-1 3/2,
+    # Up-2 6/3, Up-3 0/3. The lowest-resolution 4 ResNets are split Down-4 1 + mid 1 + Up-0 2 (Up-0
+    # must take Down-4's skips); the 6 attentions sit in Up-2 as in the talk. 682,609,924 params
+    # against the paper's 848M: Table 3 gives block counts only (see recipes/unet-snapfusion.toml).
+    "snapfusion": UNetConfig(down_resnets=(2, 2, 1, 1), down_attentions=(0, 2, 2, 0),
+                             mid_resnets=1, mid_attentions=1, up_resnets=(2, 2, 3, 3),
+                             up_attentions=(0, 3, 6, 0)),
+    # a few-MB shape for tests and quick runs
+    "unet-tiny": UNetConfig(block_out_channels=(16, 32), down_resnets=(2, 1),
+                            down_attentions=(0, 2), mid_resnets=1, mid_attentions=1,
+                            up_resnets=(2, 3), up_attentions=(4, 0), cross_attention_dim=16,
+                            attention_head_dim=2, norm_num_groups=8, sample_size=8,
+                            context_len=8),
+}

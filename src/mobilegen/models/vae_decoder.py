@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from mobilegen.errors import CheckpointError, ConfigError
 from mobilegen.models.attention import AttentionKernel, attend
+from mobilegen.models.bounds import first_problem, out_of_range
 from mobilegen.signature import ModelIO, TensorSpec
 
 
@@ -48,6 +49,12 @@ class ResnetWidths:
     groups2: int | None = None  # norm2's groups; None: default_groups(mid_channels)
 
     def __post_init__(self) -> None:
+        bad = out_of_range([(k, getattr(self, k)) for k in ("in_channels", "mid_channels",
+                                                             "out_channels")], 1, 16384)
+        bad = bad or out_of_range([(k, v) for k in ("groups1", "groups2")
+                                   if (v := getattr(self, k)) is not None], 1, 16384)
+        if bad:
+            raise ConfigError(f"invalid VAE decoder ResNet widths: {bad}")
         if self.groups1 is None:
             object.__setattr__(self, "groups1", default_groups(self.in_channels))
         if self.groups2 is None:
@@ -76,6 +83,14 @@ def _resnet_from(d: Any, where: str) -> ResnetWidths:
     return ResnetWidths(**d)
 
 
+# (min, max) of each scalar config key (models/bounds.py)
+VAE_BOUNDS: dict[str, tuple[float, float]] = {
+    "mid_attention_channels": (0, 16384), "latent_channels": (1, 64), "out_channels": (1, 64),
+    "norm_eps": (0.0, 1.0), "latent_scaling_factor": (1e-6, 1e6),
+    "latent_shift_factor": (-1e6, 1e6), "latent_size": (1, 4096),
+}
+
+
 @dataclass(frozen=True)
 class VAEDecoderConfig:
     mid_resnets: tuple[ResnetWidths, ...]  # the mid block's ResNets (SD: 2)
@@ -93,6 +108,11 @@ class VAEDecoderConfig:
     latent_size: int = 64  # latent h = w for example inputs and export
 
     def __post_init__(self) -> None:
+        bad = first_problem(self, VAE_BOUNDS) or out_of_range(
+            [(f"upsample_channels[{i}]", u) for i, u in enumerate(self.upsample_channels)],
+            0, 16384)
+        if bad:  # first: the checks below divide by these
+            raise ConfigError(f"invalid VAE decoder config: {bad}")
         mid = tuple(_resnet_from(r, f"mid_resnets[{i}]") for i, r in enumerate(self.mid_resnets))
         up = tuple(tuple(_resnet_from(r, f"up_resnets[{b}][{i}]") for i, r in enumerate(blk))
                    for b, blk in enumerate(self.up_resnets))
@@ -125,7 +145,7 @@ class VAEDecoderConfig:
             object.__setattr__(self, "mid_attention_groups", default_groups(mid[0].out_channels))
         if self.norm_out_groups is None:
             object.__setattr__(self, "norm_out_groups", default_groups(self.final_channels))
-        for name, groups, width in (
+        for name, groups, width in (  # 0 or negative groups are refused here too
             ("mid_attention_groups", self.mid_attention_groups, mid[0].out_channels),
             ("norm_out_groups", self.norm_out_groups, self.final_channels),
         ):
@@ -147,6 +167,13 @@ class VAEDecoderConfig:
                 layers_per_block: int = 2, norm_num_groups: int = 32,
                 **kwargs: Any) -> VAEDecoderConfig:
         """diffusers' Decoder shape from its block widths; the defaults are SD's decoder."""
+        bad = (out_of_range([("norm_num_groups", norm_num_groups)], 1, 1024)
+               or out_of_range([("layers_per_block", layers_per_block)], 0, 64)
+               or (None if block_out_channels else "key 'block_out_channels' is empty")
+               or out_of_range([(f"block_out_channels[{i}]", c)
+                                for i, c in enumerate(block_out_channels)], 1, 16384))
+        if bad:
+            raise ConfigError(f"invalid VAE decoder config: {bad}")
         rev = list(reversed(block_out_channels))
 
         def of(c_in: int, c_out: int) -> ResnetWidths:
@@ -407,3 +434,11 @@ def component_entry(cfg: VAEDecoderConfig, recipe: Any, image_size: int) -> dict
                                 "clipped",
         "value_ranges": {"image": [-1.0, 1.0]},
     }
+
+
+# Named variants: the single source of each published configuration (recipes and the device
+# estimator refer to them by name). A pruned checkpoint carries its own per-layer widths.
+VARIANTS: dict[str, VAEDecoderConfig] = {
+    "sd-vae": VAEDecoderConfig.uniform((128, 256, 512, 512)),  # SD's decoder: 49,490,199 params
+    "sd-vae-half": VAEDecoderConfig.uniform((64, 128, 256, 256)),  # every width halved
+}
