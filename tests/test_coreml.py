@@ -98,3 +98,28 @@ def test_activation_quantization_is_refused_with_a_reason():
     assert coreml.supports(PrecisionSpec("int8", "dynamic")) is not None
     assert coreml.supports(PrecisionSpec("palettize", bits=9)) is not None
     assert coreml.supports(PrecisionSpec("fp16")) is None
+
+
+def test_palettize_is_a_recipe_pass_with_options_and_gates(tmp_path):
+    """The Core ML palettization is reachable from a recipe: its plan row, its bits option
+    (checked on load), and every other runtime says why it cannot do it."""
+    from conftest import write_recipe, write_tiny_checkpoint
+    from mobilegen.errors import RecipeError
+    from mobilegen.passes.precision import precision_plan
+    from mobilegen.recipe import load_recipe
+    from mobilegen.targets import onnx as onnx_target
+    from mobilegen.targets import tflite
+
+    ckpt = write_tiny_checkpoint(tmp_path / "t.safetensors")
+    path = write_recipe(tmp_path / "r.toml", ckpt)
+    path.write_text('passes = [{name = "palettize", bits = 6, min_step_psnr_db = 20}]\n'
+                    + path.read_text())
+    plan = precision_plan(load_recipe(path))
+    ((name, spec, _),) = plan.specs
+    assert name == "palettize" and spec.tag == "palettize6"
+    assert plan.limits["palettize6"]["min_step_psnr_db"] == 20
+    assert coreml.supports(spec) is None
+    assert "Core ML" in onnx_target.supports(spec) and "Core ML" in tflite.supports(spec)
+    path.write_text(path.read_text().replace("bits = 6", "bits = 9"))
+    with pytest.raises(RecipeError, match=r"passes\[0\].*bits"):
+        load_recipe(path)

@@ -40,5 +40,6 @@ PASSES: dict[str, PassEntry] = {
         PassEntry("relu_attention", "module", "mobilegen.passes.relu_attention"),
         PassEntry("fp16", "precision", "mobilegen.passes.fp16"),
         PassEntry("int8", "precision", "mobilegen.passes.int8"),
+        PassEntry("palettize", "precision", "mobilegen.passes.palettize"),
     )
 }
