@@ -100,3 +100,28 @@ def test_no_long_functions():
                 if n > MAX_FUNCTION_LINES:
                     long.append(f"{p.relative_to(SRC)}:{node.lineno} {node.name} ({n} lines)")
     assert not long, "functions over 80 lines: " + "; ".join(long)
+
+
+def test_every_runtime_implements_the_target_protocol_and_has_a_profile():
+    """A registered runtime without a module, a protocol member, a profile or a pip extra fails
+    here, not in a user's export; so does a profile naming a runtime nobody registered."""
+    import importlib
+    import tomllib
+
+    import pyproject_extras
+    from mobilegen.targets import RUNTIMES
+    from mobilegen.targets.profile import PROFILES_DIR, TargetProfile
+
+    extras = pyproject_extras.read()
+    profiles = [tomllib.loads(p.read_text()) for p in PROFILES_DIR.glob("*.toml")]
+    for runtime, entry in RUNTIMES.items():
+        module = importlib.import_module(entry.module)
+        for member in ("export", "supports", "export_precision", "load"):
+            assert callable(getattr(module, member, None)), f"{entry.module} lacks {member}()"
+        assert isinstance(getattr(module, "FORMATS", None), tuple), f"{entry.module}: FORMATS"
+        assert entry.extra in extras, f"runtime {runtime}: no pip extra '{entry.extra}'"
+        assert any(p["runtime"] == runtime for p in profiles), f"runtime {runtime}: no profile"
+        for key in entry.profile_keys:
+            assert key in TargetProfile.model_fields, f"{runtime}: unknown profile key {key}"
+    for p in profiles:
+        assert p["runtime"] in RUNTIMES, f"profile {p['name']}: unknown runtime {p['runtime']}"

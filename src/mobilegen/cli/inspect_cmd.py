@@ -42,10 +42,21 @@ def inspect(
     json_output: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Family, config, parameters, GMAC and a per-module table of a checkpoint."""
-    if recipe is not None and image_size is None:
-        from mobilegen.recipe import load_recipe
+    """Family, config, parameters, GMAC and a per-module table of a checkpoint (or of the
+    checkpoint a recipe names: a .toml file or a shipped recipe's name, e.g. stoic-digits)."""
+    from mobilegen.recipe import load_recipe, resolve_recipe
 
+    named = resolve_recipe(checkpoint)
+    if named.suffix == ".toml" and not checkpoint.is_dir():  # a recipe given as the argument
+        loaded_recipe = load_recipe(named)
+        recipe, ckpt = None, loaded_recipe.checkpoint_path()
+        if ckpt is None:
+            from mobilegen.errors import RecipeError
+
+            raise RecipeError(f"{named}: a random-init recipe has no checkpoint to inspect")
+        image_size = image_size or loaded_recipe.image_size
+        checkpoint = ckpt
+    if recipe is not None and image_size is None:
         image_size = load_recipe(recipe).image_size
     info = inspect_checkpoint(checkpoint, image_size, component)
     if json_output:

@@ -4,13 +4,6 @@ from typing import Any
 
 from mobilegen.cli.common import DebugOpt, JsonOpt, handle_errors, print_json, stdout_console
 
-# What each runtime writes per precision (the base file; precision passes add tagged copies).
-PRODUCES = {
-    "onnxruntime": ".onnx (+ .ort and its required-operators config)",
-    "litert": ".tflite (fixed validation batch)",
-    "coreml": ".mlpackage (ML program; dynamic batch)",
-}
-
 
 def describe(profile: Any) -> dict[str, Any]:
     """One profile as a plain dict: what it produces and what it needs installed."""
@@ -18,22 +11,14 @@ def describe(profile: Any) -> dict[str, Any]:
 
     from mobilegen.targets import RUNTIMES
 
-    _, needs, extra = RUNTIMES[profile.runtime]
-    specifics: dict[str, Any] = {}
-    if profile.runtime == "onnxruntime":
-        specifics = {"opset": profile.opset, "ort_format": profile.ort_format,
-                     "ort_optimization_style": profile.ort_optimization_style}
-    elif profile.runtime == "litert":
-        specifics = {"delegate": profile.delegate}
-    elif profile.runtime == "coreml":
-        specifics = {"deployment_target": profile.deployment_target,
-                     "compute_units": profile.compute_units}
+    entry = RUNTIMES[profile.runtime]
+    specifics = {key: getattr(profile, key) for key in entry.profile_keys}
     return {
         "name": profile.name, "description": profile.description, "runtime": profile.runtime,
-        "produces": PRODUCES[profile.runtime], "precision": profile.precision,
+        "produces": entry.produces, "precision": profile.precision,
         "layout": profile.layout, "threads": profile.threads, "rewrites": list(profile.rewrites),
         **specifics,
-        "extra": extra, "installed": find_spec(needs) is not None,
+        "extra": entry.extra, "installed": find_spec(entry.needs) is not None,
     }
 
 

@@ -19,14 +19,22 @@ class RuntimeEntry:
     needs: str  # the import that must work
     extra: str  # the pip extra that provides it
     profile_keys: tuple[str, ...]  # profile keys that only mean something for this runtime
+    produces: str = ""  # what `mobilegen targets` says an export writes
 
 
 RUNTIMES: dict[str, RuntimeEntry] = {
     "onnxruntime": RuntimeEntry("mobilegen.targets.onnx", "onnxruntime", "onnx",
-                                ("opset", "ort_format", "ort_optimization_style")),
-    "litert": RuntimeEntry("mobilegen.targets.tflite", "litert_torch", "tflite", ("delegate",)),
+                                ("opset", "ort_format", "ort_optimization_style",
+                                 "execution_provider", "fixed_shapes"),
+                                ".onnx (+ .ort and its required-operators config)"),
+    "litert": RuntimeEntry("mobilegen.targets.tflite", "litert_torch", "tflite", ("delegate",),
+                           ".tflite (fixed validation batch)"),
     "coreml": RuntimeEntry("mobilegen.targets.coreml", "coremltools", "coreml",
-                           ("deployment_target", "compute_units")),
+                           ("deployment_target", "compute_units"),
+                           ".mlpackage (ML program; dynamic batch)"),
+    "qnn": RuntimeEntry("mobilegen.targets.qnn", "onnxruntime_qnn", "qnn",
+                        ("htp_arch", "allow_cpu_fallback", "fixed_batch", "simulate",
+                         "calibration_feeds")),
 }
 
 
