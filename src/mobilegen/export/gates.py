@@ -54,3 +54,40 @@ def artifact_failures(row: ArtifactResult, gates: Gates) -> list[GateFailure]:
         found.append(check(art, "min_psnr_db", row.end_to_end["psnr_db"], lim["min_psnr_db"],
                            True))
     return [f for f in found if f is not None]
+
+
+@dataclass(frozen=True)
+class DelegationFailure(GateFailure):
+    """`require_full_delegation`: the vendor tool says the profile's accelerator does not take
+    the whole graph. value/limit are supported/total nodes; the text names the blocking ops."""
+
+    accelerator: str = ""
+    tool: str = ""
+    blocking_ops: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        nodes = "" if math.isnan(self.value) else f" ({self.value:g}/{self.limit:g} nodes)"
+        ops = ", ".join(self.blocking_ops) or "no op named (see the coverage note)"
+        return (f"{self.subject}: require_full_delegation: {self.accelerator} does not run the "
+                f"whole graph{nodes}; blocking ops: {ops} [{self.tool}]")
+
+
+def delegation_failures(row: ArtifactResult, accelerator: str | None) -> list[GateFailure]:
+    """The row's coverage entry for `accelerator` (targets/coverage.py) must be "full". An
+    "unknown" verdict (the tool cannot tell on this host) is reported, not failed; a row without
+    coverage (.ort twin of an .onnx, a skipped precision) is not judged; a row with coverage but
+    no entry for the accelerator fails (nothing said it runs there)."""
+    coverage = row.details.get("coverage")
+    if accelerator is None or not coverage:
+        return []
+    found = [e for e in coverage if e["accelerator"] == accelerator]
+    if not found:
+        return [DelegationFailure(row.artifact, "require_full_delegation", math.nan, math.nan,
+                                  True, accelerator, "no vendor check reported on it")]
+    e = found[0]
+    if e["verdict"] in ("full", "unknown"):
+        return []
+    supported = math.nan if e["supported_nodes"] is None else e["supported_nodes"]
+    total = math.nan if e["total_nodes"] is None else e["total_nodes"]
+    return [DelegationFailure(row.artifact, "require_full_delegation", supported, total, True,
+                              accelerator, e["tool"], tuple(e["unsupported_ops"]))]

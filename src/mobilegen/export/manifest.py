@@ -84,6 +84,10 @@ def model_notes(recipe: Recipe, component: dict[str, Any]) -> list[str]:
     return notes
 
 
+# what an app team needs of each coverage entry (report.json has the tools' notes)
+COVERAGE_KEYS = ("accelerator", "verdict", "supported_nodes", "total_nodes", "unsupported_ops")
+
+
 def file_entries(artifacts: list[Artifact], root: Path) -> list[dict[str, Any]]:
     """Every shipped file with its size and sha256 (.ort files also get a content hash)."""
     files = []
@@ -96,6 +100,10 @@ def file_entries(artifacts: list[Artifact], root: Path) -> list[dict[str, Any]]:
                           "format": art.format if rel == art.file else "companion",
                           "target": art.target, "runtime": art.runtime,
                           "precision": art.precision})
+            main = rel == art.file or (not (root / art.file).is_file() and rel == art.companions[0])
+            if main and art.details.get("coverage"):  # where it runs (targets/coverage.py)
+                files[-1]["coverage"] = [{k: e.get(k) for k in COVERAGE_KEYS}
+                                         for e in art.details["coverage"]]
             if p.suffix == ".ort":
                 from mobilegen.targets.ort_content import ort_content_sha256
 

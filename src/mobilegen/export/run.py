@@ -19,7 +19,7 @@ import numpy as np
 
 from mobilegen.checkpoints.loader import LoadedModel, build_random, load_checkpoint
 from mobilegen.errors import CheckpointError, ExportError
-from mobilegen.export.gates import GateFailure, artifact_failures
+from mobilegen.export.gates import GateFailure, artifact_failures, delegation_failures
 from mobilegen.export.manifest import build_manifest, component_entry, model_notes
 from mobilegen.export.progress import Progress, as_progress
 from mobilegen.export.staging import StagedOutput
@@ -96,16 +96,17 @@ def load_model(recipe: Recipe) -> LoadedModel:
     return load_checkpoint(path, spec.family, spec.config)
 
 
-def capture(model: Any, example: tuple[Any, ...]) -> Any:
-    """torch.export once, with a dynamic batch axis on every input; all targets lower from it.
-    A construct torch.export cannot capture is one line naming the model and the construct."""
+def capture(model: Any, example: tuple[Any, ...], dynamic: bool = True) -> Any:
+    """torch.export once, with a dynamic batch axis on every input (or, for fixed-shape
+    profiles, at the example's shapes); all targets lower from it. A construct torch.export
+    cannot capture is one line naming the model and the construct."""
     import torch
     from torch.export import Dim
 
     batch = Dim("batch", min=1, max=4096)
+    shapes = tuple({0: batch} for _ in example) if dynamic else None
     try:
-        return torch.export.export(model, example,
-                                   dynamic_shapes=tuple({0: batch} for _ in example))
+        return torch.export.export(model, example, dynamic_shapes=shapes)
     except Exception as e:  # torch raises many types here (Unsupported, UserError, ...)
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ExportError(f"torch.export cannot capture {type(model).__name__}: "
@@ -235,7 +236,7 @@ def _lower(plan: Plan, target: Target, profile: TargetProfile, out: StagedOutput
     """The profile's base artifacts, then one per precision pass (a target that cannot do a pass
     gets a non-runnable row saying why, not an error). Paths come back relative to OUT."""
     name = profile.name
-    req = ExportRequest(program=_program_for(plan, profile.layout, timer), io=plan.io,
+    req = ExportRequest(program=_program_for(plan, profile, timer), io=plan.io,
                         example=plan.example, profile=profile, workdir=out.dir(name),
                         stem=plan.component["name"], param_bytes=plan.param_bytes,
                         calibration=plan.calibration)
@@ -256,15 +257,21 @@ def _lower(plan: Plan, target: Target, profile: TargetProfile, out: StagedOutput
     return produced
 
 
-def _program_for(plan: Plan, layout: str, timer: StepTimer) -> Any:
-    """The captured program for a target layout: the shared capture for "default", else the
-    layout's rewrite of the model (targets/ane.py), captured once per layout."""
-    if layout not in plan.programs:
+def _program_for(plan: Plan, profile: TargetProfile, timer: StepTimer) -> Any:
+    """The captured program for a profile: the shared capture for "default", else the layout's
+    rewrite of the model (targets/ane.py) with the profile's accelerator forms
+    (targets/accel_rewrites.py), fixed shapes where asked; captured once per combination."""
+    from mobilegen.targets.accel_rewrites import program_key, rewrite_forms
+
+    fixed = profile.fixed_shapes
+    key = program_key(profile.layout, profile.accel_rewrites, fixed)
+    if key not in plan.programs:
         from mobilegen.targets.ane import apply_layout
 
-        with timer.step(f"capture:{layout}"):
-            plan.programs[layout] = capture(apply_layout(plan.model, layout)[0], plan.example)
-    return plan.programs[layout]
+        with timer.step(f"capture:{key}"), rewrite_forms(profile.accel_rewrites):
+            plan.programs[key] = capture(apply_layout(plan.model, profile.layout)[0],
+                                         plan.example, dynamic=not fixed)
+    return plan.programs[key]
 
 
 def _row(plan: Plan, art: Artifact, root: Path) -> ArtifactResult:
@@ -313,6 +320,9 @@ def _gate_failures(recipe: Recipe, rows: list[ArtifactResult],
     failures: list[GateFailure] = []
     for row in rows:
         own = artifact_failures(row, recipe.gates)
+        profile = load_target(row.target)
+        if profile.full_delegation_required:  # accelerator profiles (targets/coverage.py)
+            own += delegation_failures(row, profile.coverage_accelerator)
         row.gates = [str(f) for f in own]
         failures += own
     return failures + pass_gate_failures(recipe, pass_reports)

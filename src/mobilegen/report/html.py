@@ -152,6 +152,7 @@ def render_html(report: dict[str, Any], out_dir: Path) -> str:
     bars = latency_bars(report)
     if bars.items:
         out.append(bars.svg())
+    out += coverage_html(report)
     out.append("<h2>Where the time goes</h2>")
     out.append(time_bars(report).svg())
     blocks = report.get("blocks")
@@ -207,6 +208,20 @@ def render_html(report: dict[str, Any], out_dir: Path) -> str:
                or "<p class='ok'>all gates passed</p>")
     out.append("</body></html>")
     return "\n".join(out)
+
+
+def coverage_html(report: dict[str, Any]) -> list[str]:
+    """The accelerator coverage section (report/coverage.py): what each vendor's tool says."""
+    from mobilegen.report.coverage import COVERAGE_COLUMNS, coverage_rows
+
+    rows = coverage_rows(report)
+    if not rows:
+        return []
+    return ["<h2>Where it runs (accelerator coverage, from the vendors' tools)</h2>",
+            "<p>full: the accelerator takes every node; unknown: the tool cannot tell on this "
+            "host (the note says why).</p>",
+            _table([h for _, h in COVERAGE_COLUMNS], [[r[k] for k, _ in COVERAGE_COLUMNS]
+                                                      for r in rows])]
 
 
 def write_html(report: dict[str, Any], out_dir: Path) -> Path:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from mobilegen.report.coverage import coverage_cell, coverage_markdown
+
 
 def _fmt_psnr(value: float | None) -> str:
     return "inf (identical)" if value is None else f"{value:.1f}"
@@ -22,7 +24,9 @@ def summary_rows(report: dict[str, Any]) -> list[dict[str, str]]:
             reason = reason.split(";")[0]  # the cell keeps the first clause; JSON has it all
             rows.append({"artifact": a["artifact"], "precision": a["precision"],
                          "size": _mb(a["bytes"]), "parity": "not run: " + reason,
-                         "e2e": "-", "latency": "-", "pytorch": "-", "gate": "n/a"})
+                         "e2e": "-", "latency": "-", "pytorch": "-",
+                         "coverage": coverage_cell(a["details"]),
+                         "gate": "FAIL" if a.get("gates") else "n/a"})
             continue
         p, lat = a["parity"], a["latency"]
         e2e = a.get("end_to_end")
@@ -35,6 +39,7 @@ def summary_rows(report: dict[str, Any]) -> list[dict[str, str]]:
             "latency": f"{lat['median_ms']:.2f} ms",
             "pytorch": f"{a['pytorch_latency']['median_ms']:.2f} ms "
                        f"({a['speedup_vs_pytorch']:.2f}x)",
+            "coverage": coverage_cell(a["details"]),
             "gate": "FAIL" if a["gates"] else "pass",
         })
     return rows
@@ -43,7 +48,8 @@ def summary_rows(report: dict[str, Any]) -> list[dict[str, str]]:
 COLUMNS = [
     ("artifact", "artifact"), ("precision", "precision"), ("size", "size"),
     ("parity", "step PSNR / max abs err"), ("e2e", "image PSNR"),
-    ("latency", "median latency"), ("pytorch", "PyTorch eager (speedup)"), ("gate", "gates"),
+    ("latency", "median latency"), ("pytorch", "PyTorch eager (speedup)"),
+    ("coverage", "accelerator coverage"), ("gate", "gates"),
 ]
 
 
@@ -168,6 +174,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += ["", "Step parity is the worst over the validation timesteps; image PSNR compares a "
               "full sampling run through the artifact with PyTorch at the same seed (range 2).", ""]
     lines += _passes_markdown(report)
+    lines += coverage_markdown(report)
     failures = report["gates"]["failures"]
     lines += ["", "## Gates", ""]
     lines += [f"- FAILED {f}" for f in failures] or ["- all gates passed"]
@@ -190,17 +197,6 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines += ["", f"Conversion: {a['details']['method']}."]
         if a.get("end_to_end"):
             lines += ["", f"![samples]({a['end_to_end']['grid']})"]
-        usability = a["details"].get("mobile_usability")
-        if usability:
-            lines += ["", "ORT mobile usability (onnxruntime's checker):", ""]
-            for ep, v in usability.items():
-                if isinstance(v, dict):
-                    lines.append(f"- {ep}: {v.get('verdict', '?')} as is, "
-                                 f"{v.get('verdict_fixed_shapes', '?')} with fixed shapes; "
-                                 f"nodes supported {v.get('nodes_supported', '?')}; unsupported "
-                                 f"ops: {', '.join(v.get('unsupported_ops', [])) or 'none'}")
-                else:
-                    lines.append(f"- {ep}: {v}")
         if a["details"].get("skipped"):
             lines.append(f"Not produced: {a['details']['skipped']}")
     if report.get("sample_grids", {}).get("pytorch"):

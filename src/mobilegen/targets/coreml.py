@@ -22,6 +22,7 @@ from mobilegen.errors import ExportError
 from mobilegen.passes.precision import PrecisionSpec
 from mobilegen.signature import ModelIO
 from mobilegen.targets.base import Artifact, ExportRequest, Runner, base_is_already
+from mobilegen.targets.coverage import coreml_coverage
 from mobilegen.targets.profile import TargetProfile
 
 FORMATS = ("mlpackage",)  # what export() writes (targets.base.Target)
@@ -245,7 +246,8 @@ def _artifact(out: Path, workdir: Path, io: ModelIO, profile: TargetProfile, pre
     details = {**details, **info, "layout": profile.layout,
                "deployment_target": profile.deployment_target,
                "compute_units": profile.compute_units,
-               "package_bytes": sum((workdir / f).stat().st_size for f in files)}
+               "package_bytes": sum((workdir / f).stat().st_size for f in files),
+               "coverage": [coreml_coverage(info["operations"], profile.compute_units)]}
     runnable = can_predict()
     if not runnable:
         details["not_run"] = NOT_RUN.format(system=platform.system())

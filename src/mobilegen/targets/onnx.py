@@ -5,7 +5,6 @@ usability checker's verdict per execution provider."""
 from __future__ import annotations
 
 import contextlib
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,8 @@ from mobilegen.errors import ExportError
 from mobilegen.passes.precision import PrecisionSpec
 from mobilegen.signature import ModelIO
 from mobilegen.targets.base import Artifact, ExportRequest, Runner
+from mobilegen.targets.coverage import mobile_usability, ort_coverage
+from mobilegen.targets.fixed_batch import fixed_batch_runner
 from mobilegen.targets.profile import TargetProfile
 
 FORMATS = ("onnx", "ort")  # what export() writes (targets.base.Target)
@@ -48,7 +49,8 @@ def export(req: ExportRequest) -> list[Artifact]:
             )
     except Exception as e:
         raise ExportError(f"torch.onnx.export failed for {stem}: {str(e).splitlines()[0]}") from e
-    _name_dynamic_axes(onnx_path, io, external)
+    if not profile.fixed_shapes:  # a fixed-shape capture has no dynamic axis to name
+        _name_dynamic_axes(onnx_path, io, external)
     companions = [f"{stem}.onnx.data"] if external else []
     model = onnx.load(str(onnx_path), load_external_data=False)
     ops = sorted({f"{n.domain or 'ai.onnx'}:{n.op_type}" for n in model.graph.node})
@@ -56,8 +58,9 @@ def export(req: ExportRequest) -> list[Artifact]:
         "opset": profile.opset,
         "external_data": external,
         "operators": ops,
-        "mobile_usability": mobile_usability(onnx_path),
     }
+    details["coverage"] = ort_coverage(onnx_path)  # the checker per EP (targets/coverage.py)
+    details["mobile_usability"] = mobile_usability(details["coverage"])
     artifacts = [
         Artifact(onnx_path.name, "onnx", profile.name, "onnxruntime", profile.precision,
                  companions, details=details)
@@ -124,37 +127,6 @@ def _relative_config_paths(config: Path, folder: Path) -> None:
         config.write_text(text)
 
 
-_VERDICT = re.compile(r"Model should perform well with (.+?) (as is|if modified to have fixed "
-                      r"input shapes): (YES|NO|MAYBE)")
-_COVER = re.compile(r"(\d+) partitions with a total of (\d+)/(\d+) nodes can be handled by the "
-                    r"(.+?) EP")
-_UNSUPPORTED = re.compile(r"Unsupported ops: (.+)")
-
-
-def mobile_usability(onnx_path: Path) -> dict[str, Any]:
-    """Run onnxruntime's check_onnx_model_mobile_usability and keep its verdict per EP."""
-    cmd = [sys.executable, "-m", "onnxruntime.tools.check_onnx_model_mobile_usability",
-           str(onnx_path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    text = proc.stdout + proc.stderr
-    result: dict[str, Any] = {}
-    current: dict[str, Any] | None = None
-    for line in text.splitlines():
-        if m := _COVER.search(line):
-            ep = m.group(4)
-            current = result.setdefault(ep, {})
-            current.setdefault("nodes_supported", f"{m.group(2)}/{m.group(3)}")
-            current.setdefault("partitions", int(m.group(1)))
-        elif (m := _UNSUPPORTED.search(line)) and current is not None:
-            current.setdefault("unsupported_ops", m.group(1).strip().split(","))
-        elif m := _VERDICT.search(line):
-            key = "verdict" if m.group(2) == "as is" else "verdict_fixed_shapes"
-            result.setdefault(m.group(1), {})[key] = m.group(3)
-    if proc.returncode != 0 or not result:
-        return {"error": f"usability check failed (exit {proc.returncode})"}
-    return result
-
-
 def load(path: Path, threads: int) -> Runner:
     """An onnxruntime session on the CPU EP (reads .onnx and .ort alike)."""
     import onnxruntime as ort
@@ -167,11 +139,13 @@ def load(path: Path, threads: int) -> Runner:
     opts.log_severity_level = 3
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     output = session.get_outputs()[0].name
+    batch = session.get_inputs()[0].shape[0]
 
     def run(feeds: dict[str, Any]) -> Any:
         return session.run([output], feeds)[0]
 
-    return run
+    # a fixed-shape file (profile fixed_shapes) takes its export batch: split other batches
+    return run if not isinstance(batch, int) else fixed_batch_runner(run, batch)
 
 
 # ---------------------------------------------------------------- precision passes (fp16, int8)

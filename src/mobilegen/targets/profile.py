@@ -39,10 +39,23 @@ class TargetProfile(Strict):
     threads: int = Field(2, ge=1)
     # module passes this device prefers (advice shown by `targets`)
     rewrites: list[str] = Field(default_factory=list)
+    # where the app runs it (targets/coverage.py checks it with the vendor's tool)
+    accelerator: Literal["cpu", "gpu", "npu", "ane"] = "cpu"
+    # exit 3 when the vendor tool says the accelerator does not take the whole graph (default:
+    # on for every accelerator profile); a tool that cannot tell on this host is reported only
+    require_full_delegation: bool | None = None
+    # accelerator forms applied while capturing (targets/accel_rewrites.py), chosen per device
+    accel_rewrites: list[Literal["time_sin_only", "label_one_hot", "gelu_tanh",
+                                 "layer_norm_decomposed", "group_norm_decomposed"]] = Field(
+        default_factory=list)
     # onnxruntime
     opset: int = Field(18, ge=18)  # opset 17 breaks diffusers-style GEGLU (Split num_outputs)
     ort_format: bool = True  # also write the .ort flatbuffer for ORT mobile
     ort_optimization_style: Literal["Fixed", "Runtime"] = "Fixed"
+    # the ORT execution provider the app registers (its coverage entry gates the profile)
+    execution_provider: Literal["cpu", "nnapi", "coreml-mlprogram",
+                                "coreml-neuralnetwork"] = "cpu"
+    fixed_shapes: bool = False  # capture at the validation batch: no Shape ops, no dynamic axis
     # litert: the delegate the app should use (the host always validates with XNNPACK on CPU)
     delegate: Literal["xnnpack", "gpu"] = "xnnpack"
     # coreml
@@ -50,6 +63,26 @@ class TargetProfile(Strict):
     compute_units: Literal["ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY"] = "ALL"
     device: DeviceSpec | None = None  # for estimates; a profile without one gets none
     path: Path | None = Field(None, exclude=True)
+
+    @property
+    def full_delegation_required(self) -> bool:
+        if self.require_full_delegation is not None:
+            return self.require_full_delegation
+        return self.accelerator != "cpu"
+
+    @property
+    def coverage_accelerator(self) -> str | None:
+        """The coverage entry (targets/coverage.py) that says whether this profile's
+        accelerator takes the graph; None for a CPU profile."""
+        if self.accelerator == "cpu":
+            return None
+        if self.runtime == "onnxruntime":
+            return None if self.execution_provider == "cpu" else self.execution_provider
+        if self.runtime == "litert":
+            return "litert-gpu" if self.delegate == "gpu" else None
+        if self.runtime == "coreml":
+            return "coreml-gpu" if self.compute_units == "CPU_AND_GPU" else "coreml-ane"
+        return None
 
     @model_validator(mode="after")
     def _runtime_keys(self) -> TargetProfile:

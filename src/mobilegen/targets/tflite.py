@@ -23,6 +23,7 @@ from mobilegen.errors import ExportError
 from mobilegen.passes.precision import PrecisionSpec
 from mobilegen.signature import ModelIO
 from mobilegen.targets.base import Artifact, ExportRequest, Runner, base_is_already
+from mobilegen.targets.coverage import litert_gpu_coverage
 from mobilegen.targets.profile import TargetProfile
 
 FORMATS = ("tflite",)  # what export() writes (targets.base.Target)
@@ -203,6 +204,7 @@ def _artifact(out: Path, io: ModelIO, example: tuple[Any, ...], profile: TargetP
     }
     if note := large_model_note(out.stat().st_size):
         details["large_model_layout"] = note
+    details["coverage"] = [litert_gpu_coverage(out, sum(ops.values()))]  # targets/coverage.py
     return Artifact(out.name, "tflite", profile.name, "litert", precision, details=details)
 
 
