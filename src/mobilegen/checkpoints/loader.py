@@ -156,6 +156,13 @@ def checkpoint_files(path: str | Path) -> list[Path]:
     path = Path(path)
     if path.is_dir():
         from mobilegen.checkpoints.diffusers import folder_files
+        from mobilegen.checkpoints.pipeline_folder import (
+            is_text_encoder_folder,
+            text_encoder_files,
+        )
+
+        if is_text_encoder_folder(path):  # a transformers CLIP text model (text_encoder/)
+            return text_encoder_files(path)
 
         return folder_files(path)
     if not path.exists() and not path.is_symlink():
@@ -175,7 +182,17 @@ def load_checkpoint(
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_dir() and (component == "text_encoder" or family == "clip-text"):
+        from mobilegen.checkpoints.pipeline_folder import read_text_encoder
+
+        folder = path / "text_encoder" if (path / "model_index.json").is_file() else path
+        cfg, tensors = read_text_encoder(folder)
+        return _instantiate(folder, "clip-text", cfg, tensors)
     if path.is_dir():
+        from mobilegen.checkpoints.pipeline_folder import is_text_encoder_folder
+
+        if is_text_encoder_folder(path):
+            return load_checkpoint(path, "clip-text", config)
         from mobilegen.checkpoints.diffusers import load_diffusers_folder
 
         fam, cfg, tensors = load_diffusers_folder(path, component)

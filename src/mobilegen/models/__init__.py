@@ -46,6 +46,9 @@ FAMILIES: dict[str, Family] = {
     "unet": Family("unet", "mobilegen.models.unet", "UNetConfig", "EfficientUNet"),
     "vae-decoder": Family("vae-decoder", "mobilegen.models.vae_decoder", "VAEDecoderConfig",
                           "VAEDecoder"),
+    # CLIP's text encoder (transformers' CLIPTextModel names): token ids -> last hidden state
+    "clip-text": Family("clip-text", "mobilegen.models.clip_text", "CLIPTextConfig",
+                        "CLIPTextEncoder"),
 }
 
 

@@ -1,0 +1,116 @@
+"""A tiny random Stable Diffusion pipeline folder, written the way diffusers / transformers ship
+one: model_index.json, text_encoder/ (CLIPTextModel), tokenizer/ (a tiny byte-level BPE vocab and
+merges made here), unet/, vae/, scheduler/. Nothing is downloaded."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+WORDS = ["a", "photo", "of", "the", "cat", "dog", "red", "blue", "car", "on", "beach", "painting"]
+HIDDEN = 32
+SD15_SCHEDULER = {"_class_name": "PNDMScheduler", "beta_end": 0.012,
+                  "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+                  "num_train_timesteps": 1000, "set_alpha_to_one": False,
+                  "skip_prk_steps": True, "steps_offset": 1, "trained_betas": None,
+                  "clip_sample": False}
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2 / CLIP's reversible byte -> printable character table."""
+    bs = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+          + list(range(ord("®"), ord("ÿ") + 1)))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs), strict=True))
+
+
+def write_tokenizer(folder: Path) -> dict[str, int]:
+    """Every byte alone and as a word end, one merge chain per word, then the two specials."""
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = list(bytes_to_unicode().values())
+    vocab: dict[str, int] = {}
+    for tok in chars + [c + "</w>" for c in chars]:
+        vocab.setdefault(tok, len(vocab))
+    merges: list[str] = []
+    for word in WORDS:
+        parts = [*word[:-1], word[-1] + "</w>"]
+        while len(parts) > 1:
+            pair = f"{parts[0]} {parts[1]}"
+            if pair not in merges:
+                merges.append(pair)
+            parts = [parts[0] + parts[1], *parts[2:]]
+            vocab.setdefault(parts[0], len(vocab))
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab[special] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "do_lower_case": True,
+        "bos_token": {"__type": "AddedToken", "content": "<|startoftext|>", "lstrip": False,
+                      "normalized": True, "rstrip": False, "single_word": False},
+        "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>"}))
+    return vocab
+
+
+def write_text_encoder(folder: Path, vocab: dict[str, int], hidden_act: str = "quick_gelu",
+                       seed: int = 0) -> None:
+    import torch
+    import transformers
+
+    cfg = transformers.CLIPTextConfig(
+        vocab_size=len(vocab), hidden_size=HIDDEN, intermediate_size=2 * HIDDEN,
+        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
+        hidden_act=hidden_act, bos_token_id=vocab["<|startoftext|>"],
+        eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"])
+    torch.manual_seed(seed)
+    model = transformers.CLIPTextModel(cfg).eval()
+    with torch.no_grad():  # off the init, so layer norms and biases matter
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    model.save_pretrained(folder)
+
+
+def write_unet_and_vae(root: Path, seed: int = 0) -> None:
+    import diffusers
+    import torch
+
+    torch.manual_seed(seed)
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=8, block_out_channels=(16, 32), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=HIDDEN,
+        attention_head_dim=2, norm_num_groups=8)
+    vae = diffusers.AutoencoderKL(
+        block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        sample_size=16)
+    with torch.no_grad():
+        for p in [*unet.parameters(), *vae.parameters()]:
+            p.add_(0.02 * torch.randn_like(p))
+    unet.save_pretrained(root / "unet")
+    vae.save_pretrained(root / "vae")
+
+
+def write_tiny_pipeline(root: Path, scheduler: dict | None = None) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    vocab = write_tokenizer(root / "tokenizer")
+    write_text_encoder(root / "text_encoder", vocab)
+    write_unet_and_vae(root)
+    (root / "scheduler").mkdir(exist_ok=True)
+    (root / "scheduler" / "scheduler_config.json").write_text(
+        json.dumps(scheduler or SD15_SCHEDULER))
+    (root / "model_index.json").write_text(json.dumps({
+        "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1",
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+        "scheduler": ["diffusers", "PNDMScheduler"], "safety_checker": [None, None],
+        "feature_extractor": [None, None]}))
+    return root
