@@ -26,62 +26,78 @@ def count_params(model: Any) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_macs(model: Any, inputs: tuple[Any, ...]) -> tuple[int, list[ModuleCost]]:
-    """Total MACs of one forward pass on `inputs` and the cost per leaf module."""
+@dataclass(frozen=True)
+class OpCost:
+    """One multiply-accumulate operator call: a Linear, a Conv2d, or an attention's two matmuls
+    (named `<module>.attend`). Element counts let callers price bytes at any precision."""
+
+    name: str
+    kind: str  # "Linear", "Conv2d", "attention"
+    params: int
+    macs: int
+    weight_elems: int  # parameters read
+    act_elems: int  # activation elements read and written
+
+    def bytes_moved(self, weight_bytes: float, act_bytes: float) -> int:
+        return int(self.weight_elems * weight_bytes + self.act_elems * act_bytes)
+
+
+def op_costs(model: Any, inputs: tuple[Any, ...]) -> list[OpCost]:
+    """Every MAC-bearing operator call of one forward pass, in call order (the one hook walker:
+    MAC counts and device estimates both read it; works on the meta device)."""
     import torch
     from torch import nn
 
-    from mobilegen.models.attention import AttentionKernel  # noqa: F401  (kernels share shapes)
+    from mobilegen.models.attention import is_token_attention
 
-    costs: dict[str, int] = {}
-    handles = []
+    ops: list[OpCost] = []
 
-    def linear_hook(name: str) -> Callable[..., None]:
-        def hook(m: nn.Linear, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-            costs[name] = costs.get(name, 0) + out.numel() * m.in_features
-
+    def dense(name: str) -> Callable[..., None]:
+        def hook(m: nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> None:
+            if isinstance(m, nn.Linear):
+                k = m.in_features
+            else:
+                k = m.kernel_size[0] * m.kernel_size[1] * (m.in_channels // m.groups)
+            params = sum(p.numel() for p in m.parameters())
+            ops.append(OpCost(name, type(m).__name__, params, out.numel() * k, params,
+                              args[0].numel() + out.numel()))
         return hook
 
-    def conv_hook(name: str) -> Callable[..., None]:
-        def hook(m: nn.Conv2d, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-            k = m.kernel_size[0] * m.kernel_size[1] * (m.in_channels // m.groups)
-            costs[name] = costs.get(name, 0) + out.numel() * k
-
-        return hook
-
-    def attention_hook(name: str) -> Callable[..., None]:
+    def attention(name: str) -> Callable[..., None]:
         # q.k^T: B*h*Tq*Tk*d, then weights.v: B*h*Tq*Tk*d. Heads split L, so h*d = L.
         def hook(m: nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> None:
             x = args[0]
-            context = args[1] if len(args) > 1 and args[1] is not None else x
-            b, tq, dim = x.shape[0], x.shape[1], m.to_q.out_features
-            tk = context.shape[1]
-            costs[name + ".attend"] = costs.get(name + ".attend", 0) + 2 * b * tq * tk * dim
-
+            ctx = args[1] if len(args) > 1 and args[1] is not None else x
+            b, tq, dim, tk = x.shape[0], x.shape[1], m.to_q.out_features, ctx.shape[1]
+            scores = b * m.heads * tq * tk
+            acts = b * tq * dim * 2 + b * tk * dim * 2 + 2 * scores  # q, out, k, v, scores
+            ops.append(OpCost(name + ".attend", "attention", 0, 2 * b * tq * tk * dim, 0, acts))
         return hook
 
+    handles = []
     for name, m in model.named_modules():
-        if isinstance(m, nn.Linear):
-            handles.append(m.register_forward_hook(linear_hook(name)))
-        elif isinstance(m, nn.Conv2d):
-            handles.append(m.register_forward_hook(conv_hook(name)))
-        elif hasattr(m, "kernel") and hasattr(m, "to_q") and hasattr(m, "heads"):
-            handles.append(m.register_forward_hook(attention_hook(name)))
+        if isinstance(m, nn.Linear | nn.Conv2d):
+            handles.append(m.register_forward_hook(dense(name)))
+        elif is_token_attention(m):
+            handles.append(m.register_forward_hook(attention(name)))
     try:
         with torch.no_grad():
             model(*inputs)
     finally:
         for h in handles:
             h.remove()
-    modules = dict(model.named_modules())
-    table = []
-    for name, macs in costs.items():
-        mod_name = name.removesuffix(".attend")
-        m = modules[mod_name]
-        kind = "attention" if name.endswith(".attend") else type(m).__name__
-        params = 0 if name.endswith(".attend") else sum(p.numel() for p in m.parameters())
-        table.append(ModuleCost(name, kind, params, macs))
-    return sum(costs.values()), table
+    return ops
+
+
+def count_macs(model: Any, inputs: tuple[Any, ...]) -> tuple[int, list[ModuleCost]]:
+    """Total MACs of one forward pass on `inputs` and the cost per leaf module (a module called
+    several times is one row with the sum)."""
+    rows: dict[str, ModuleCost] = {}
+    for op in op_costs(model, inputs):
+        prev = rows.get(op.name)
+        rows[op.name] = ModuleCost(op.name, op.kind, op.params,
+                                   op.macs + (prev.macs if prev else 0))
+    return sum(r.macs for r in rows.values()), list(rows.values())
 
 
 def group_costs(table: list[ModuleCost], depth: int = 2) -> list[dict[str, Any]]:

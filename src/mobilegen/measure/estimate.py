@@ -103,46 +103,10 @@ PUBLISHED: tuple[PublishedPoint, ...] = (
 def op_costs(model: Any, inputs: tuple[Any, ...], weight_bytes: float,
              act_bytes: float) -> list[OpCost]:
     """MACs and bytes moved per operator for one forward pass (works on the meta device)."""
-    import torch
-    from torch import nn
+    from mobilegen.measure import costs
 
-    ops: list[OpCost] = []
-    handles = []
-
-    def dense(name: str) -> Any:
-        def hook(m: nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> None:
-            if isinstance(m, nn.Linear):
-                macs = out.numel() * m.in_features
-            else:
-                k = m.kernel_size[0] * m.kernel_size[1] * (m.in_channels // m.groups)
-                macs = out.numel() * k
-            moved = sum(p.numel() for p in m.parameters()) * weight_bytes
-            moved += (args[0].numel() + out.numel()) * act_bytes
-            ops.append(OpCost(name, macs, int(moved)))
-        return hook
-
-    def attention(name: str) -> Any:
-        def hook(m: nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> None:
-            x = args[0]
-            ctx = args[1] if len(args) > 1 and args[1] is not None else x
-            b, tq, dim, tk = x.shape[0], x.shape[1], m.to_q.out_features, ctx.shape[1]
-            scores = b * m.heads * tq * tk
-            moved = (b * tq * dim * 2 + b * tk * dim * 2 + 2 * scores) * act_bytes  # q,out,k,v,S
-            ops.append(OpCost(name + ".attend", 2 * b * tq * tk * dim, int(moved)))
-        return hook
-
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Linear | nn.Conv2d):
-            handles.append(m.register_forward_hook(dense(name)))
-        elif hasattr(m, "to_q") and hasattr(m, "heads"):
-            handles.append(m.register_forward_hook(attention(name)))
-    try:
-        with torch.no_grad():
-            model(*inputs)
-    finally:
-        for h in handles:
-            h.remove()
-    return ops
+    return [OpCost(op.name, op.macs, op.bytes_moved(weight_bytes, act_bytes))
+            for op in costs.op_costs(model, inputs)]
 
 
 @functools.cache

@@ -12,6 +12,26 @@ import torch
 import torch.nn.functional as F
 
 
+class TokenAttention(torch.nn.Module):
+    """Every token attention (STOIC, UNet) derives from this: forward(x (B, T, C), context=None)
+    with `to_q`/`to_k`/`to_v`/`to_out` projections, `heads`, `kernel` and `relu_scale`. Passes,
+    cost counters and layout rewrites find attention with `is_attention`, never by attributes."""
+
+
+class SpatialAttention(torch.nn.Module):
+    """The VAE decoder's mid attention: forward(x (B, C, H, W)) with its own GroupNorm and
+    residual; one head; `to_q`/`to_k`/`to_v`/`to_out`, `group_norm`, `kernel`, `relu_scale`."""
+
+
+def is_attention(module: torch.nn.Module) -> bool:
+    """Any attention whose kernel a pass may switch (softmax / ReLU)."""
+    return isinstance(module, TokenAttention | SpatialAttention)
+
+
+def is_token_attention(module: torch.nn.Module) -> bool:
+    return isinstance(module, TokenAttention)
+
+
 class AttentionKernel(enum.StrEnum):
     SOFTMAX = "softmax"  # standard scaled dot-product attention
     RELU = "relu"  # out_i = sum_j (scale / L_k) * relu(q_i . k_j / sqrt(d)) v_j  (arXiv 2309.08586)

@@ -22,10 +22,26 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mobilegen.errors import ConfigError
-from mobilegen.models.attention import AttentionKernel, attend
+from mobilegen.models.attention import AttentionKernel, TokenAttention, attend
+from mobilegen.models.bounds import first_problem
 from mobilegen.signature import ModelIO, TensorSpec
 
 Conditioning = Literal["none", "class", "context"]
+
+
+# (min, max) of each numeric config key (models/bounds.py)
+STOIC_BOUNDS: dict[str, tuple[float, float]] = {
+    "in_channels": (1, 64), "image_size": (1, 4096), "stride": (1, 2), "stem_kernel": (1, 15),
+    "stem_convs": (0, 16), "depth": (1, 256), "width": (1, 16384), "heads": (1, 256),
+    "mlp_ratio": (0.25, 16.0), "time_freq_dim": (2, 16384), "num_classes": (0, 1_000_000),
+    "context_dim": (1, 16384), "context_len": (1, 4096),
+}
+
+
+STOIC_CHOICES: dict[str, tuple[str, ...]] = {
+    "time_injection": ("add", "adaln"), "conditioning": ("none", "class", "context"),
+    "decoder": ("slicing", "linear"), "activation": ("gelu", "gelu_tanh", "silu"),
+}
 
 
 @dataclass(frozen=True)
@@ -49,23 +65,28 @@ class StoicConfig:
     activation: Literal["gelu", "gelu_tanh", "silu"] = "gelu"
 
     def __post_init__(self) -> None:
+        bad = first_problem(self, STOIC_BOUNDS, STOIC_CHOICES)  # first: later checks divide
+        if bad:
+            raise ConfigError(f"invalid STOIC config: {bad}")
         problems = []
         if self.stride not in (1, 2):
-            problems.append(f"stride must be 1 or 2, found {self.stride}")
-        if self.image_size % self.stride:
-            problems.append(
-                f"image_size {self.image_size} is not divisible by stride {self.stride}"
-            )
+            problems.append(f"key 'stride' must be 1 or 2, found {self.stride}")
+        if (problem := self.size_problem(self.image_size)) is not None:
+            problems.append(f"key 'image_size': {problem}")
         if self.width % self.heads:
             problems.append(f"width {self.width} is not divisible by heads {self.heads}")
         if self.decoder == "slicing" and self.stride**2 * self.in_channels > self.width:
             problems.append("decoder 'slicing' needs width >= stride^2 * in_channels")
         if self.conditioning == "class" and self.num_classes < 1:
             problems.append("conditioning 'class' needs num_classes >= 1")
-        if min(self.depth, self.width, self.heads, self.in_channels, self.stem_kernel) < 1:
-            problems.append("depth, width, heads, in_channels and stem_kernel must be >= 1")
         if problems:
             raise ConfigError("invalid STOIC config: " + "; ".join(problems))
+
+    def size_problem(self, size: int) -> str | None:
+        """Why `size` (pixels per side) cannot be fed to this model, or None."""
+        if size < self.stride or size % self.stride:
+            return f"{size} is not a positive multiple of the model's stride {self.stride}"
+        return None
 
     @property
     def tokens(self) -> int:
@@ -105,7 +126,7 @@ def make_activation(name: str) -> nn.Module:
 # ---------------------------------------------------------------- blocks
 
 
-class Attention(nn.Module):
+class Attention(TokenAttention):
     """Multi-head attention; self-attention when context is None. Kernel is an explicit field."""
 
     def __init__(self, dim: int, heads: int, context_dim: int | None = None) -> None:

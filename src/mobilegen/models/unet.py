@@ -38,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mobilegen.errors import ConfigError
-from mobilegen.models.attention import AttentionKernel, attend
+from mobilegen.models.attention import AttentionKernel, TokenAttention, attend
 from mobilegen.models.bounds import first_problem, out_of_range
 from mobilegen.signature import ModelIO, TensorSpec
 
@@ -230,7 +230,7 @@ class ResnetBlock(nn.Module):
         return skip + h
 
 
-class Attention(nn.Module):
+class Attention(TokenAttention):
     """diffusers Attention (no q/k/v bias); cross-attention when context_dim is given."""
 
     def __init__(self, dim: int, heads: int, context_dim: int | None = None) -> None:

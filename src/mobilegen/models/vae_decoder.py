@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mobilegen.errors import CheckpointError, ConfigError
-from mobilegen.models.attention import AttentionKernel, attend
+from mobilegen.models.attention import AttentionKernel, SpatialAttention, attend
 from mobilegen.models.bounds import first_problem, out_of_range
 from mobilegen.signature import ModelIO, TensorSpec
 
@@ -293,7 +293,7 @@ class ResnetBlock(nn.Module):
         return skip + h
 
 
-class SpatialSelfAttention(nn.Module):
+class SpatialSelfAttention(SpatialAttention):
     """diffusers' VAE mid attention: one head over all H·W positions, residual added."""
 
     def __init__(self, ch: int, inner: int, groups: int, eps: float) -> None:

@@ -24,11 +24,11 @@ class Options(ModulePassOptions):
 
 def to_relu(model: Any, scale: float) -> dict[str, int]:
     """In place; returns counts by attention kind (self / cross, told apart by module name)."""
-    from mobilegen.models.attention import AttentionKernel
+    from mobilegen.models.attention import AttentionKernel, is_attention
 
     counts = {"self_attention": 0, "cross_attention": 0}
     for name, module in model.named_modules():
-        if isinstance(getattr(module, "kernel", None), AttentionKernel):
+        if is_attention(module):
             if module.kernel is AttentionKernel.SOFTMAX:
                 kind = "cross_attention" if "cross" in name or "attn2" in name else "self_attention"
                 counts[kind] += 1

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from mobilegen.errors import ConfigError
-from mobilegen.models.attention import AttentionKernel
+from mobilegen.models.attention import AttentionKernel, SpatialAttention, is_token_attention
 
 
 def _conv_from_linear(linear: nn.Linear) -> nn.Conv2d:
@@ -119,15 +119,9 @@ def _out_linear(module: nn.Module, name: str) -> nn.Linear:
     return out
 
 
-def is_attention(module: nn.Module) -> bool:
-    """Token attention (STOIC, UNet): forward(x (B, T, C), context=None)."""
-    return all(hasattr(module, a) for a in ("to_q", "to_k", "to_v", "to_out", "heads"))
-
-
 def is_spatial_attention(module: nn.Module) -> bool:
     """The VAE's mid attention: forward(x (B, C, H, W)) with its own GroupNorm and residual."""
-    return (all(hasattr(module, a) for a in ("to_q", "to_k", "to_v", "to_out", "group_norm"))
-            and not hasattr(module, "heads"))
+    return isinstance(module, SpatialAttention)
 
 
 def apply_ane_layout(model: nn.Module) -> tuple[nn.Module, int]:
@@ -137,7 +131,7 @@ def apply_ane_layout(model: nn.Module) -> tuple[nn.Module, int]:
     for name, module in list(new.named_modules()):
         spatial = is_spatial_attention(module)
         if isinstance(module, AneAttention | AneSpatialAttention) or not (
-                spatial or is_attention(module)):
+                spatial or is_token_attention(module)):
             continue
         projections = [module.to_q, module.to_k, module.to_v]
         for proj, what in zip(projections, ("to_q", "to_k", "to_v"), strict=True):
