@@ -39,7 +39,7 @@ def test_export_prints_one_json_document(exported):
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc["status"] == "ok" and doc["out_dir"] == str(out)
-    assert doc["schema_version"] == 1
+    assert doc["schema_version"] == 2
     assert doc["model"]["family"] == "stoic" and doc["model"]["params"] > 0
     assert doc["model"]["gmac"] > 0
     # [report] sections are opt-in; report.html is always written

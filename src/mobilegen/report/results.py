@@ -11,7 +11,7 @@ import numpy as np
 
 from mobilegen import __version__
 
-REPORT_SCHEMA = 1
+REPORT_SCHEMA = 2  # 2: artifacts carry accelerator coverage (details.coverage)
 
 
 @dataclass
