@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from mobilegen.signature import ModelIO
     from mobilegen.targets.base import Artifact
 
-MANIFEST_SCHEMA = 1
+MANIFEST_SCHEMA = 2  # 2: file entries carry accelerator coverage
 
 
 def component_entry(recipe: Recipe, loaded: LoadedModel, io: ModelIO, size: int) -> dict[str, Any]:
