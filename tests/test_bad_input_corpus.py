@@ -4,6 +4,7 @@ problem, the documented exit code, and leaves nothing behind (README: "Bad input
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,48 @@ def ckpt_not_safetensors(tmp):
     return tmp / "notes.safetensors"
 
 
+def _with_config(tmp, name, **config):
+    import json
+
+    meta = {"mobilegen.family": "stoic",
+            "mobilegen.config": json.dumps({**tiny_config().to_dict(), **config})}
+    save_file(_tensors(tmp), str(tmp / name), metadata=meta)
+    return tmp / name
+
+
+def ckpt_absurd_depth(tmp):  # would take minutes and gigabytes to build before being refused
+    return _with_config(tmp, "deep.safetensors", depth=100000)
+
+
+def ckpt_zero_heads(tmp):  # was a ZeroDivisionError
+    return _with_config(tmp, "heads0.safetensors", heads=0)
+
+
+def ckpt_config_too_big_for_file(tmp):  # in bounds, but far more parameters than bytes
+    return _with_config(tmp, "big.safetensors", depth=64, width=1024, heads=8)
+
+
+def ckpt_deep_json_metadata(tmp):  # was a RecursionError
+    meta = {"mobilegen.family": "stoic", "mobilegen.config": "[" * 100_000 + "]" * 100_000}
+    save_file(_tensors(tmp), str(tmp / "deepjson.safetensors"), metadata=meta)
+    return tmp / "deepjson.safetensors"
+
+
+def ckpt_zip_bomb(tmp):  # 256 MiB of zeros declared by a file of a few hundred KiB
+    import zipfile
+
+    with zipfile.ZipFile(tmp / "bomb.ckpt", "w", zipfile.ZIP_DEFLATED) as z, \
+            z.open("bomb/data/0", "w") as f:
+        for _ in range(256):
+            f.write(bytes(1 << 20))
+    return tmp / "bomb.ckpt"
+
+
+def ckpt_device(tmp):  # reading /dev/zero never ends
+    (tmp / "zero.safetensors").symlink_to("/dev/zero")
+    return tmp / "zero.safetensors"
+
+
 CHECKPOINTS = [
     (ckpt_zero, 1, "file is empty"),
     (ckpt_truncated, 1, "not a readable safetensors file"),
@@ -100,11 +143,22 @@ CHECKPOINTS = [
     (ckpt_missing, 1, "1 missing (first: norm_out.weight)"),
     (ckpt_extra, 1, "1 unexpected (first: blocks.9.surprise)"),
     (ckpt_shape, 1, "conv_out.bias expected (1,) found (5,)"),
+    (ckpt_absurd_depth, 2, "key 'depth' must be in [1, 256], found 100000"),
+    (ckpt_zero_heads, 2, "key 'heads' must be in [1, 256], found 0"),
+    (ckpt_config_too_big_for_file, 1, "the config does not belong to these weights"),
+    (ckpt_deep_json_metadata, 1, "metadata 'mobilegen.config' is not JSON (nested too deeply)"),
+    (ckpt_zip_bomb, 1, "(a zip bomb?)"),
+    (ckpt_device, 1, "not a regular file"),
 ]
 
 
+# Off a terminal, exports print one line per finished step ("  0.90 s  count"): progress, not
+# part of the error; everything else on stderr must be the one line.
+STEP_LINE = re.compile(r"^\s*\d[\d.]*(m[\d.]+)?\s?s\s+\S+$")
+
+
 def one_line(result) -> str:
-    lines = result.stderr.strip().splitlines()
+    lines = [line for line in result.stderr.strip().splitlines() if not STEP_LINE.match(line)]
     assert len(lines) == 1, result.stderr
     return lines[0]
 
@@ -131,6 +185,19 @@ RECIPES = [
     (("runs = 3", "runs = 'many'"), 2, "key 'latency.runs'"),
     (('"ort-mobile-cpu"', '"ort-mobile-gpu9"'), 2, "unknown target 'ort-mobile-gpu9'"),
     (("targets = [", "passes = ['int4-magic']\ntargets = ["), 2, "unknown pass 'int4-magic'"),
+    # issue 11: values that crashed, allocated without end or were silently replaced
+    (("timesteps = [999.0, 500.0, 1.0]", "timesteps = []"), 2, "key 'validate.timesteps'"),
+    (("timesteps = [999.0, 500.0, 1.0]", "timesteps = [nan]"), 2,
+     "key 'validate.timesteps.0'"),
+    (("guidance_scale = 1.5", "guidance_scale = inf"), 2, "key 'sampler.guidance_scale'"),
+    (("num_images = 4", "num_images = 100000"), 2, "key 'sampler.num_images'"),
+    (("[latency]", "[latency]\nbatch = 100000"), 2, "key 'latency.batch'"),
+    (("[validate]", "[validate]\nbatch = 100000"), 2, "key 'validate.batch'"),
+    (('name = "tiny"', 'name = "tiny"\nimage_size = 0'), 2, "key 'image_size'"),
+    (('name = "tiny"', 'name = "tiny"\nimage_size = 100000'), 2, "key 'image_size'"),
+    (("[gates]", "[gates]\nmin_psnr_db = nan"), 2, "key 'gates.min_psnr_db'"),
+    (('name = "tiny"', 'name = "tiny"\ndeep = ' + "[" * 5000 + "]" * 5000), 2,
+     "nested too deeply"),
 ]
 
 

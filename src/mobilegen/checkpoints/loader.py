@@ -72,6 +72,14 @@ def _safetensors_meta(path: Path) -> dict[str, str]:
         raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(e)})") from e
 
 
+def is_mobilegen_checkpoint(path: Path) -> bool:
+    """A regular safetensors file whose header says mobilegen wrote it (nothing else is read)."""
+    try:
+        return bool(regular_file(path)) and "mobilegen.family" in _safetensors_meta(path)
+    except CheckpointError:
+        return False
+
+
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors import safe_open
 

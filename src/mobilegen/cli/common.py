@@ -8,9 +8,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
 
 import typer
+
+from mobilegen.errors import EXIT_USAGE, MobilegenError
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
@@ -18,6 +20,13 @@ OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output folder.
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+class OptionError(MobilegenError):
+    """A command-line option with an impossible value: one line naming it, exit 2 (a Click
+    range error would print a usage box instead of one line)."""
+
+    exit_code = EXIT_USAGE
 
 
 def stderr_console() -> Any:
@@ -40,24 +49,35 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         from rich.markup import escape
 
-        from mobilegen.errors import EXIT_GATE, EXIT_INTERRUPTED, MobilegenError
+        from mobilegen.errors import EXIT_GATE
+        from mobilegen.export.staging import INTERRUPT
 
         debug = bool(kwargs.get("debug"))
         try:
             return fn(*args, **kwargs)
-        except MobilegenError as e:
-            if debug:
+        except KeyboardInterrupt:
+            _interrupted()
+        except Exception as e:
+            # A signal that landed inside a library (torch.onnx.export) may come back as that
+            # library's own error: the interrupt still wins.
+            if INTERRUPT.is_set():
+                _interrupted()
+            if debug or not isinstance(e, MobilegenError):
                 raise
             prefix = "gate failed" if e.exit_code == EXIT_GATE else "error"
             # user text (paths, keys like [model.config]) is not Rich markup: escape it
             stderr_console().print(f"[bold red]{prefix}:[/] {escape(str(e))}", highlight=False,
                                    soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
-        except KeyboardInterrupt:
-            stderr_console().print("interrupted: the output folder was left as it was")
-            raise typer.Exit(EXIT_INTERRUPTED) from None
 
     return wrapper
+
+
+def _interrupted() -> NoReturn:
+    from mobilegen.errors import EXIT_INTERRUPTED
+
+    stderr_console().print("interrupted: the output folder was left as it was")
+    raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
 def print_json(data: Any) -> None:

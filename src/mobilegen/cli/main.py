@@ -39,14 +39,20 @@ app.command("report")(report_cmd.report)
 app.command("bench")(bench_cmd.bench)
 
 
-def _sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt  # unwinds through the staging folder's cleanup like Ctrl-C
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    """SIGINT / SIGTERM: noted first (a library may swallow or rewrap the KeyboardInterrupt,
+    and the interrupt must still win: exit 130, nothing committed), then raised so it unwinds
+    through the staging folder's cleanup like Ctrl-C."""
+    from mobilegen.export.staging import INTERRUPT
+
+    INTERRUPT.set()
+    raise KeyboardInterrupt
 
 
 def main() -> None:
     # torch.export's own deprecation noise (not actionable by users) would bury the summary.
     warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*", category=FutureWarning)
-    signal.signal(signal.SIGTERM, _sigterm)
+    signal.signal(signal.SIGTERM, _interrupt)
     # Ctrl-C must unwind the staging folder even when a parent shell started us with SIGINT ignored.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGINT, _interrupt)
     app()

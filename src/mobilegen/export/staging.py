@@ -16,12 +16,16 @@ import os
 import re
 import shutil
 import sys
+import threading
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from mobilegen.errors import OutputError
 
+# Set by the CLI's SIGINT/SIGTERM handlers. A library that swallows the KeyboardInterrupt they
+# raise (or turns it into its own error) must not let the run commit or exit with another code.
+INTERRUPT = threading.Event()
 MARKER = ".mobilegen"  # written only by mobilegen, last, into a complete output folder
 TOOL = "mobilegen"
 
@@ -146,6 +150,8 @@ class StagedOutput:
         return p
 
     def commit(self) -> Path:
+        if INTERRUPT.is_set():  # an interrupt that a library swallowed still wins
+            raise KeyboardInterrupt
         write_marker(self.staging)
         if self.out.is_symlink():  # appeared while we worked: still never replaced
             raise OutputError(f"refusing to replace {self.out}: it is a symbolic link")

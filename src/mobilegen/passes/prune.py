@@ -104,12 +104,34 @@ def _plan(cfg: VAEDecoderConfig) -> _Plan:
     return _Plan(streams, inner, resnets, writers, attention, upsamplers, cur)
 
 
+def _stream_keeps(plan: _Plan, ratio: float) -> list[int]:
+    """Channels kept per group of each stream. A ResNet with a 1x1 shortcut (in != out) must
+    still have in != out after pruning: equal widths would build the block without its shortcut
+    (an identity where a learned map was; `--ratio 0.75` on the tiny decoder did that). The
+    narrower side keeps one more channel per group until the widths differ."""
+    keep = [_keep_count(w, g, ratio) for w, g in plan.streams]
+    changed = True
+    while changed:
+        changed = False
+        for prefix, s_in, s_out in plan.resnets:
+            (_, g_in), (_, g_out) = plan.streams[s_in], plan.streams[s_out]
+            if s_in == s_out or g_in * keep[s_in] != g_out * keep[s_out]:
+                continue
+            grow = next((s for s in (s_out, s_in)
+                         if keep[s] < plan.streams[s][0] // plan.streams[s][1]), None)
+            if grow is None:
+                raise ConfigError(f"pruning {prefix}: its shortcut's widths cannot stay apart")
+            keep[grow] += 1
+            changed = True
+    return keep
+
+
 def pruned_config(cfg: VAEDecoderConfig, ratio: float) -> VAEDecoderConfig:
     """The decoder's config after pruning `ratio` of every width (no weights needed)."""
     if not 0.0 <= ratio < 1.0:
         raise ConfigError(f"prune ratio must be in [0, 1), found {ratio}")
     plan = _plan(cfg)
-    width = [g * _keep_count(w, g, ratio) for w, g in plan.streams]
+    width = [g * k for (_, g), k in zip(plan.streams, _stream_keeps(plan, ratio), strict=True)]
     inner = {p: g * _keep_count(w, g, ratio) for p, (w, g) in plan.inner.items()}
     it = iter(plan.resnets)
 
@@ -147,9 +169,9 @@ def prune_decoder(model: VAEDecoder, ratio: float) -> VAEDecoder:
     plan = _plan(cfg)
     sd = model.state_dict()
     keep: list[torch.Tensor] = []
-    for s, (w, g) in enumerate(plan.streams):
-        score = sum(_l1_rows(sd[k]) for k in plan.writers[s])
-        keep.append(_top_per_group(score, g, _keep_count(w, g, ratio)))
+    for s, ((_, g), k) in enumerate(zip(plan.streams, _stream_keeps(plan, ratio), strict=True)):
+        score = sum(_l1_rows(sd[key]) for key in plan.writers[s])
+        keep.append(_top_per_group(score, g, k))
     out: dict[str, torch.Tensor] = dict(sd)
 
     def take(key: str, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> None:
@@ -240,24 +262,34 @@ def _load_vae_folder(path: Any) -> Any:
     return LoadedModel(family, cfg, model, source=str(path))
 
 
-def _refuse_overwrite(src: Any, out: Any) -> None:
+def _refuse_overwrite(src: Any, out: Any, force: bool = False) -> None:
+    """`out` must be a new .safetensors path in an existing folder, or a checkpoint mobilegen
+    wrote (its header says so); anything else is overwritten only with --force. Never the input."""
     from pathlib import Path
 
+    from mobilegen.checkpoints.loader import is_mobilegen_checkpoint
     from mobilegen.errors import OutputError
 
-    src, out = Path(src).resolve(), Path(out).resolve()
+    out_path = Path(out)
+    src, out = Path(src).resolve(), out_path.resolve()
     if src == out or (src.is_dir() and src in out.parents):
         raise OutputError(f"--out {out}: refusing to write over or inside the input {src}")
     if out.is_dir():
         raise OutputError(f"--out {out}: is a folder, expected a .safetensors file path")
+    if not out.parent.is_dir():
+        raise OutputError(f"--out {out_path}: its folder {out.parent} does not exist")
+    exists = out_path.exists() or out_path.is_symlink()
+    if exists and not force and (out_path.is_symlink() or not is_mobilegen_checkpoint(out)):
+        raise OutputError(f"--out {out_path}: exists and was not written by mobilegen; "
+                          "refusing to overwrite it (--force to replace it)")
 
 
 def run_prune(checkpoint: Any, ratio: float, out: Any, latent_size: int | None = None,
-              seed: int = 0) -> dict[str, Any]:
+              seed: int = 0, force: bool = False) -> dict[str, Any]:
     """Prune a decoder checkpoint, check the result runs, save it (atomically) to `out`."""
     from mobilegen.checkpoints.loader import load_checkpoint, save_checkpoint
 
-    _refuse_overwrite(checkpoint, out)
+    _refuse_overwrite(checkpoint, out, force)
     loaded = _load_decoder(checkpoint)
     before = decoder_costs(loaded.model, latent_size)
     pruned = prune_decoder(loaded.model, ratio)
@@ -292,7 +324,7 @@ def _psnr(reference: torch.Tensor, test: torch.Tensor) -> float | None:
 def run_distill_decoder(
     teacher_path: Any, student_path: Any, out: Any, steps: int, lr: float = 1e-4,
     batch: int = 2, latent_size: int | None = None, eval_latents: int = 4, seed: int = 0,
-    progress: Any = None,
+    progress: Any = None, force: bool = False,
 ) -> dict[str, Any]:
     """Recover a pruned decoder by matching the original decoder's images (MSE) on random
     latents (SnapFusion's decoder distillation); PSNR vs the teacher on held-out latents before
@@ -301,7 +333,7 @@ def run_distill_decoder(
     from mobilegen.passes.distill import distill
 
     for src in (teacher_path, student_path):
-        _refuse_overwrite(src, out)
+        _refuse_overwrite(src, out, force)
     teacher = _load_decoder(teacher_path).model
     student = _load_decoder(student_path).model
     size = latent_size or student.config.latent_size
@@ -320,6 +352,11 @@ def run_distill_decoder(
         return (torch.randn(batch, c, size, size, generator=gen),)
 
     result = distill(teacher, student, batches, steps, lr=lr, seed=seed, progress=progress)
+    if not all(torch.isfinite(p).all() for p in student.parameters()):
+        from mobilegen.errors import MobilegenError
+
+        raise MobilegenError(f"distillation diverged at lr {lr:g} (the weights hold NaN or inf): "
+                             "nothing was written; lower --lr")
     after = score()
     save_checkpoint(out, "vae-decoder", student)
     return {"teacher": str(teacher_path), "student": str(student_path), "out": str(out),

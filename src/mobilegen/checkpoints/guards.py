@@ -1,0 +1,59 @@
+"""Refusals that must happen before a checkpoint is read into memory: only regular files, zip
+archives whose declared sizes fit the file, and configs whose parameters fit the file's bytes
+(estimated on the meta device, so an absurd config costs no memory)."""
+
+from __future__ import annotations
+
+import stat
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from mobilegen.errors import CheckpointError
+
+MIN_PARAM_BYTES = 2  # fp16/bf16: the smallest floating dtype a weight may have
+ZIP_RATIO = 8  # declared uncompressed bytes may exceed the archive by this factor (+ slack)
+SLACK = 64 << 20
+
+
+def regular_file(path: Path) -> Path:
+    """`path` when it is a regular file (a symlink to one is fine). A device (/dev/zero), FIFO or
+    socket would hang a reader or mislead it, so it is refused."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read ({err.strerror})") from None
+    if not stat.S_ISREG(mode):
+        raise CheckpointError(f"{path}: not a regular file (devices, FIFOs and sockets are "
+                              "refused)")
+    return path
+
+
+def check_archive(path: Path) -> None:
+    """A torch zip checkpoint whose members declare far more bytes than the archive holds (a zip
+    bomb) is refused before anything is inflated."""
+    if not zipfile.is_zipfile(path):
+        return  # a legacy pickle: torch.load(weights_only=True) reads it without inflating
+    try:
+        with zipfile.ZipFile(path) as z:
+            declared = sum(info.file_size for info in z.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({err})") from None
+    size = path.stat().st_size
+    if declared > ZIP_RATIO * size + SLACK:
+        raise CheckpointError(
+            f"{path}: refused: its archive members declare {declared / 2**30:.2f} GiB "
+            f"uncompressed from a {size / 2**20:.1f} MiB file (a zip bomb?)")
+
+
+def check_param_bytes(source: Any, family: str, shell: Any, file_bytes: int) -> None:
+    """`shell` (built on the meta device from the config) must not need more bytes than the
+    checkpoint files hold, even in fp16: a config that says depth=100000 beside 4 MB of weights
+    is refused before anything is allocated."""
+    params = sum(t.numel() for t in shell.state_dict().values())
+    need = params * MIN_PARAM_BYTES
+    if need > file_bytes + (1 << 20):
+        raise CheckpointError(
+            f"{source}: the {family} config describes {params:,} parameters (at least "
+            f"{need / 2**20:,.1f} MiB) but the checkpoint holds {file_bytes / 2**20:,.1f} MiB: "
+            "the config does not belong to these weights")
