@@ -32,12 +32,17 @@ TIMESTEPS = (999.0, 500.0, 1.0)
 FP16_MIN_STEP_PSNR = 60.0
 INT8_WEIGHT_ONLY_MIN_STEP_PSNR = 38.0
 INT8_DYNAMIC_MIN_STEP_PSNR = 35.0
+INT8_STATIC_MIN_STEP_PSNR = 30.0
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    cfg = tiny_config(conditioning="class", num_classes=3)
+    cfg = tiny_config(conditioning="class", num_classes=3, time_injection="adaln")
     model = build_random("stoic", cfg, seed=0).model
+    with torch.no_grad():  # adaLN-Zero starts at the identity; give the blocks something to do
+        for block in model.blocks:
+            block.adaln[-1].weight.normal_(0, 0.05)
+        model.conv_out.weight.normal_(0, 0.2)
     example = model.example_inputs(2, seed=0)
     io = io_spec(cfg)
     work = tmp_path_factory.mktemp("precision")
@@ -55,11 +60,16 @@ def setup(tmp_path_factory):
     return model, io, example, program, profile, work, component
 
 
+@pytest.fixture(scope="module")
+def feeds(setup):
+    model, io, *_, component = setup
+    return calibration_feeds(torch_runner(model, io), component, count=6)
+
+
 def _convert(setup, spec, calibration=()):
     _model, io, example, program, profile, work, _ = setup
-    arts = onnx_target.export_precision(ExportRequest(
-        program, io, example, profile, work, "den", 1000, calibration=tuple(calibration)),
-        spec)
+    req = ExportRequest(program, io, example, profile, work, "den", 1000, tuple(calibration))
+    arts = onnx_target.export_precision(req, spec)
     assert [a.format for a in arts] == ["onnx"] and arts[0].precision == spec.tag
     return work / arts[0].file, arts[0]
 
@@ -112,14 +122,14 @@ def test_int8_weight_only_stores_int8_weights_and_stays_close(setup):
     fp32 = setup[5] / "den.onnx"
     path, art = _convert(setup, PrecisionSpec("int8", "weight_only"))
     m = onnx.load(str(path))
-    weighted = [n for n in m.graph.node if n.op_type in ("MatMul", "Gemm", "Conv")
-                and n.input[1].endswith("_dq")]
-    assert art.details["quantized_weights"] == len({n.input[1] for n in weighted}) >= 12
-    assert _init_types(path)[onnx.TensorProto.INT8] >= 2 * art.details["quantized_weights"]
+    # MatMuls run as onnxruntime's weight-only kernel; convs read int8 through DequantizeLinear.
+    assert art.details["matmulnbits_layers"] >= 12
+    assert sum(n.op_type == "MatMulNBits" for n in m.graph.node) == art.details[
+        "matmulnbits_layers"]
+    assert art.details["dequantize_linear_weights"] >= 1
     assert not any(n.op_type in ("QuantizeLinear", "DynamicQuantizeLinear") for n in m.graph.node)
     # Weight bytes (the file also holds graph metadata, which tiny models are dominated by).
     assert _init_bytes(path) < 0.4 * _init_bytes(fp32)
-    assert path.stat().st_size < fp32.stat().st_size
     assert _worst_parity(setup, path).psnr_db >= INT8_WEIGHT_ONLY_MIN_STEP_PSNR
 
 
@@ -140,18 +150,98 @@ def test_calibration_covers_the_trajectory(setup):
     assert all(f["x"].shape == (6, 1, 8, 8) for f in feeds)  # guidance: [cond; null]
 
 
-def test_int8_static_needs_calibration_then_quantizes_activations(setup):
-    model, io, *_, component = setup
+def _quantized_inputs(path: Path) -> dict[str, list[str]]:
+    """node name -> its inputs that come out of a DequantizeLinear (i.e. were quantized)."""
+    m = onnx.load(str(path))
+    dq = {o for n in m.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return {n.name: [i for i in n.input if i in dq] for n in m.graph.node
+            if n.op_type != "DequantizeLinear"}
+
+
+def test_int8_static_needs_calibration(setup):
     with pytest.raises(ExportError, match="no calibration feeds"):
         _convert(setup, PrecisionSpec("int8", "static"))
-    feeds = calibration_feeds(torch_runner(model, io), component, count=4)
+
+
+def test_int8_static_quantizes_weight_ops_only_and_keeps_float_paths_float(setup, feeds):
     path, art = _convert(setup, PrecisionSpec("int8", "static"), feeds)
-    assert art.details["calibration_feeds"] == 4
+    d = art.details
+    assert d["calibration_feeds"] == len(feeds) == 6
+    reasons = {k["layer"]: k["reason"] for k in d["kept_float"]}
+    assert all(reasons[p].startswith("time/conditioning") for p in
+               ("time_mlp.0", "time_mlp.2", "blocks.0.adaln.1", "blocks.1.adaln.1"))
+    assert reasons["stem.0"].startswith("first/last") and reasons["conv_out"].startswith(
+        "first/last")
+    assert any(r.startswith("activation x activation") for r in reasons.values())
+    assert "blocks.0.mlp.fc2" in d["quantized_layers"] and "conv_out" not in d["quantized_layers"]
     m = onnx.load(str(path))
-    q_inputs = {n.input[0] for n in m.graph.node if n.op_type == "QuantizeLinear"}
-    assert any(not name.endswith("weight") for name in q_inputs)  # activations, not just weights
-    parity = _worst_parity(setup, path)
-    assert np.isfinite(parity.max_abs_error) and parity.cosine > 0.9
+    quantized = _quantized_inputs(path)
+    by_type: dict[str, set[str]] = {}
+    for n in m.graph.node:
+        if quantized.get(n.name):
+            by_type.setdefault(n.op_type, set()).add(n.name)
+    # Only weight-bearing ops read quantized tensors: no Add, norm, softmax, Sin/Cos, attention.
+    assert set(by_type) <= {"MatMul", "Gemm", "Conv"}, by_type
+    assert len(by_type["MatMul"]) == len(d["quantized_layers"]) - len(by_type.get("Conv", ()))
+    # ...and each of them reads a quantized activation and a quantized weight.
+    assert all(len(quantized[name]) >= 2 for names in by_type.values() for name in names)
+    # Weights symmetric (int8 zero points all 0); activations u8.
+    inits = {i.name: i for i in m.graph.initializer}
+    for n in m.graph.node:
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits:
+            assert not onnx.numpy_helper.to_array(inits[n.input[2]]).any()
+    assert np.isfinite(_worst_parity(setup, path).max_abs_error)
+
+
+def test_int8_static_sensitivity_plan_meets_its_target(setup, feeds):
+    """This model's second stem conv loses the t=999 output at 8 bits (one static scale for
+    every timestep): the plan finds it, keeps it float and meets the target."""
+    path, art = _convert(setup, PrecisionSpec("int8", "static"), feeds)
+    run = onnx_target.load(path, 2)
+    ref = torch_runner(setup[0], setup[1])
+    before = min(compare(ref(f), run(f)).psnr_db for f in feeds)
+    spec = PrecisionSpec("int8", "static", target_step_psnr_db=INT8_STATIC_MIN_STEP_PSNR)
+    path, art = _convert(setup, spec, feeds)
+    plan = art.details["sensitivity_plan"]
+    assert plan["met"] and plan["keep_float"] and plan["achieved_step_psnr_db"] >= 30.0
+    assert plan["most_sensitive"][0]["layer"] == plan["keep_float"][0]
+    assert plan["extra_bytes_vs_all_int8"] > 0
+    run = onnx_target.load(path, 2)
+    after = min(compare(ref(f), run(f)).psnr_db for f in feeds)
+    assert before < INT8_STATIC_MIN_STEP_PSNR <= after, (before, after)
+    assert set(plan["keep_float"]).isdisjoint(art.details["quantized_layers"])
+
+
+def test_int8_static_w8a16_and_calibration_methods(setup, feeds):
+    a8 = _worst_parity(setup, _convert(setup, PrecisionSpec("int8", "static"), feeds)[0])
+    path, art = _convert(setup, PrecisionSpec("int8", "static", activation_bits=16), feeds)
+    assert art.precision == "int8-static-a16" and "u16 (W8A16)" in art.details["method"]
+    m = onnx.load(str(path))
+    zps = [i for i in m.graph.initializer if i.data_type == onnx.TensorProto.UINT16]
+    assert zps  # 16-bit activation zero points
+    a16 = _worst_parity(setup, path)
+    assert a16.psnr_db > a8.psnr_db + 6, (a16, a8)
+    scales = {}
+    for method in ("minmax", "percentile", "entropy"):  # the stem is this model's weak spot
+        spec = PrecisionSpec("int8", "static", calibration_method=method, keep_float=("stem",))
+        p, art = _convert(setup, spec, feeds)
+        assert {"minmax": "MinMax"}.get(method, method.capitalize()) in art.details["method"]
+        assert _worst_parity(setup, p).psnr_db >= INT8_STATIC_MIN_STEP_PSNR
+        m = onnx.load(str(p))
+        scales[method] = sorted(float(onnx.numpy_helper.to_array(i)) for i in m.graph.initializer
+                                if i.name.endswith("_scale") and not i.dims)
+    # Percentile clips the tails; onnxruntime's Entropy kept the full range on this model (and
+    # on the digits STOIC), so it is only checked to run and hold the floor.
+    assert scales["percentile"] != scales["minmax"] and max(scales["percentile"]) < max(
+        scales["minmax"])
+
+
+def test_int8_static_keep_float_leaves_named_layers_float(setup, feeds):
+    spec = PrecisionSpec("int8", "static", keep_float=("blocks.1",))
+    _path, art = _convert(setup, spec, feeds)
+    assert not [p for p in art.details["quantized_layers"] if p.startswith("blocks.1.")]
+    kept = [k["layer"] for k in art.details["kept_float"] if "recipe" in k["reason"]]
+    assert "blocks.1.mlp.fc2" in kept and "blocks.0.mlp.fc2" not in kept
 
 
 def test_ort_format_of_a_quantized_model(setup):

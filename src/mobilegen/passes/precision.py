@@ -3,12 +3,11 @@ the PyTorch module: each runtime's toolkit does its own conversion. A target mod
 them exposes
 
     supports(spec: PrecisionSpec) -> str | None      # None, or why this target cannot do it
-    export_precision(program, io, example, profile, workdir, stem, param_bytes,
-                     spec: PrecisionSpec,
-                     calibration: list[dict[str, np.ndarray]]) -> list[Artifact]
+    export_precision(req: ExportRequest, spec: PrecisionSpec) -> list[Artifact]
 
-`calibration` holds input feeds collected from the model's own sampling trajectories, stratified
-over timesteps (used by static int8; ignored otherwise).
+`req.calibration` holds input feeds collected from the model's own sampling trajectories,
+stratified over timesteps: static int8 calibrates on them, fp16 runs its overflow check
+(passes/fp16_safety.py) on them, the sensitivity plan (passes/sensitivity.py) scores on them.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ from mobilegen.passes import PASSES
 
 PrecisionKind = Literal["fp16", "int8", "palettize"]
 Int8Mode = Literal["weight_only", "dynamic", "static"]
+CalibrationMethod = Literal["minmax", "percentile", "entropy"]
 
 
 @dataclass(frozen=True)
@@ -27,15 +27,30 @@ class PrecisionSpec:
     kind: PrecisionKind
     mode: Int8Mode = "weight_only"  # int8 only
     bits: int = 8  # palettize only (Core ML k-means palettization, 1..8 bits)
+    activation_bits: int = 8  # int8 static: 8 (W8A8) or 16 (W8A16, what NPUs run)
+    calibration_method: CalibrationMethod = "minmax"  # int8 static
+    # Module paths ("blocks.3.mlp.fc2", "stem") kept in float: int8 static leaves them
+    # unquantized, fp16 keeps them in fp32. Prefix match on the path's dotted parts.
+    keep_float: tuple[str, ...] = ()
+    target_step_psnr_db: float | None = None  # int8 static: sensitivity plan until this is met
+    fp16_min_headroom: float = 2.0  # fp16: keep layers whose |activation| * this overflows
 
     @property
     def tag(self) -> str:
-        """File-name and report tag: fp16, int8-weight_only, int8-static, palettize4."""
+        """File-name and report tag: fp16, int8-weight_only, int8-static, int8-static-a16,
+        palettize4."""
         if self.kind == "int8":
-            return f"int8-{self.mode}"
+            a16 = "-a16" if self.mode == "static" and self.activation_bits == 16 else ""
+            return f"int8-{self.mode}{a16}"
         if self.kind == "palettize":
             return f"palettize{self.bits}"
         return self.kind
+
+
+def matches(path: str, prefixes: tuple[str, ...] | list[str]) -> bool:
+    """Module-path prefix match: 'blocks.3' matches 'blocks.3' and 'blocks.3.mlp.fc2', not
+    'blocks.30'."""
+    return any(path == p or path.startswith(p + ".") for p in prefixes)
 
 
 @dataclass
@@ -64,6 +79,6 @@ def precision_plan(recipe: Any) -> PrecisionPlan:
             raise ValueError(f"{spec.tag} is listed twice")
         plan.specs.append((p.name, spec, opts))
         plan.limits[spec.tag] = opts.limits(spec.tag)
-        if spec.kind == "int8" and spec.mode == "static":
+        if spec.kind == "fp16" or (spec.kind == "int8" and spec.mode == "static"):
             plan.calibration_feeds = max(plan.calibration_feeds, opts.calibration_feeds)
     return plan
