@@ -3,7 +3,7 @@ VENV  ?= .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo demo-npu test bench lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -19,6 +19,11 @@ setup: $(STAMP)
 
 demo: setup
 	$(VENV)/bin/mobilegen export recipes/stoic-digits.toml --out out/stoic-digits
+
+# The NPU rows: the same model compiled for Snapdragon HTP (v73/v75/v79, W8A16) and validated in
+# Qualcomm's HTP simulator, beside ORT mobile CPU. Minutes: a simulated call is ~100x the CPU's.
+demo-npu: setup
+	$(VENV)/bin/mobilegen export recipes/stoic-digits-npu.toml --out out/stoic-digits-npu
 
 test: setup
 	$(VENV)/bin/pytest -q

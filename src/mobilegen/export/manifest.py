@@ -104,6 +104,8 @@ def file_entries(artifacts: list[Artifact], root: Path) -> list[dict[str, Any]]:
             if main and art.details.get("coverage"):  # where it runs (targets/coverage.py)
                 files[-1]["coverage"] = [{k: e.get(k) for k in COVERAGE_KEYS}
                                          for e in art.details["coverage"]]
+            if main and art.details.get("deploy"):  # how an app opens it (targets/qnn.py)
+                files[-1]["deploy"] = art.details["deploy"]
             if p.suffix == ".ort":
                 from mobilegen.targets.ort_content import ort_content_sha256
 

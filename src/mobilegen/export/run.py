@@ -217,13 +217,12 @@ def _prepare(recipe: Recipe, loaded: LoadedModel, out: StagedOutput, timer: Step
             plan.torch_images = generate(torch_runner(model, io), component,
                                          progress=timer.progress.advance)
         save_grid(out.path("samples-pytorch.png"), plan.torch_images, labels)
-    if plan.precision.calibration_feeds:  # static int8: feeds from the model's own trajectories
-        from mobilegen.passes.calibration import calibration_feeds
-
+    # static int8, or a profile that quantizes for its accelerator (qnn: calibration_feeds)
+    count = max([plan.precision.calibration_feeds,
+                 *(load_target(t).calibration_feeds for t in recipe.targets)])
+    if count:
         with timer.step("calibrate"):
-            plan.calibration = tuple(calibration_feeds(torch_runner(model, io), component,
-                                                       plan.precision.calibration_feeds,
-                                                       progress=timer.progress.advance))
+            plan.calibration = _calibration(plan, count, timer)
     summary = {"family": loaded.family, "source": loaded.source, "init": recipe.model.init,
                "source_dtype": loaded.source_dtype, "config": cfg.to_dict(), "params": params,
                "param_bytes": param_bytes, "image_size": size, "gmac": macs / 1e9,
@@ -239,7 +238,7 @@ def _lower(plan: Plan, target: Target, profile: TargetProfile, out: StagedOutput
     req = ExportRequest(program=_program_for(plan, profile, timer), io=plan.io,
                         example=plan.example, profile=profile, workdir=out.dir(name),
                         stem=plan.component["name"], param_bytes=plan.param_bytes,
-                        calibration=plan.calibration)
+                        calibration=plan.calibration, sample_batch=_sample_batch(plan.component))
     with timer.step(f"export:{name}"), toolchain_output(log):
         produced = target.export(req)
     for pass_name, spec, _ in plan.precision.specs:
@@ -293,6 +292,19 @@ def _validate(plan: Plan, row: ArtifactResult, runner: Runner, profile: TargetPr
                  for t in recipe.validation.timesteps]
     row.parity_per_timestep = [{"t": t, **p.to_dict()} for t, p in per_t]
     row.parity = Parity.worst([p for _, p in per_t]).to_dict()
+    if not row.details.get("simulated"):  # a simulator's host time is not latency (qnn.py)
+        _latency(plan, row, runner, profile, timer)
+    if plan.torch_images is not None:
+        with timer.step(f"sample:{row.artifact}"):
+            images = generate(runner, plan.component, progress=timer.progress.advance)
+        grid = row.artifact.replace("/", "_").rsplit(".", 1)[0] + "-samples.png"
+        save_grid(out.path(grid), images, plan.labels)
+        row.end_to_end = {**compare(plan.torch_images, images, 2.0).to_dict(), "grid": grid}
+
+
+def _latency(plan: Plan, row: ArtifactResult, runner: Runner, profile: TargetProfile,
+             timer: StepTimer) -> None:
+    recipe, feeds = plan.recipe, plan.io.feeds
     lat = feeds(plan.inputs(batch=recipe.latency.batch))
     with timer.step(f"latency:{row.artifact}"):
         stats = time_fn(lambda: runner(lat), recipe.latency.warmup, recipe.latency.runs,
@@ -305,12 +317,31 @@ def _validate(plan: Plan, row: ArtifactResult, runner: Runner, profile: TargetPr
     eager = plan.eager_latency[profile.threads]
     row.latency, row.pytorch_latency = stats.to_dict(), eager
     row.speedup_vs_pytorch = eager["median_ms"] / stats.median_ms
-    if plan.torch_images is not None:
-        with timer.step(f"sample:{row.artifact}"):
-            images = generate(runner, plan.component, progress=timer.progress.advance)
-        grid = row.artifact.replace("/", "_").rsplit(".", 1)[0] + "-samples.png"
-        save_grid(out.path(grid), images, plan.labels)
-        row.end_to_end = {**compare(plan.torch_images, images, 2.0).to_dict(), "grid": grid}
+
+
+def _calibration(plan: Plan, count: int, timer: StepTimer) -> tuple[dict[str, np.ndarray], ...]:
+    """Feeds for static quantization: the model's own sampling trajectories, stratified over t
+    (passes/calibration.py). A component without a sampler (a decoder) has no trajectory: its
+    validation inputs at `count` seeds stand in."""
+    from mobilegen.passes.calibration import calibration_feeds
+
+    if "sampler" not in plan.component:
+        batch = plan.recipe.validation.batch
+        return tuple(plan.io.feeds(plan.model.example_inputs(batch, seed=100 + i,
+                                                             image_size=plan.size))
+                     for i in range(count))
+    return tuple(calibration_feeds(torch_runner(plan.model, plan.io), plan.component, count,
+                                   progress=timer.progress.advance))
+
+
+def _sample_batch(component: dict[str, Any]) -> int | None:
+    """The batch the sampler calls the model with: its images, twice under classifier-free
+    guidance ([cond; null] in one call, sampling/samplers.py); None without a sampler."""
+    sampler = component.get("sampler")
+    if sampler is None:
+        return None
+    guided = component["conditioning"]["kind"] in ("class", "context")
+    return int(sampler["num_images"]) * (2 if guided and sampler["guidance_scale"] != 1.0 else 1)
 
 
 def _gate_failures(recipe: Recipe, rows: list[ArtifactResult],

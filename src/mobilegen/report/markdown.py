@@ -28,7 +28,7 @@ def summary_rows(report: dict[str, Any]) -> list[dict[str, str]]:
                          "coverage": coverage_cell(a["details"]),
                          "gate": "FAIL" if a.get("gates") else "n/a"})
             continue
-        p, lat = a["parity"], a["latency"]
+        p, lat = a["parity"], a.get("latency")
         e2e = a.get("end_to_end")
         rows.append({
             "artifact": a["artifact"],
@@ -36,9 +36,10 @@ def summary_rows(report: dict[str, Any]) -> list[dict[str, str]]:
             "size": _mb(a["bytes"]),
             "parity": f"{_fmt_psnr(p['psnr_db'])} dB / {p['max_abs_error']:.2e}",
             "e2e": f"{_fmt_psnr(e2e['psnr_db'])} dB" if e2e else "-",
-            "latency": f"{lat['median_ms']:.2f} ms",
+            # a simulated NPU row (qnn) is not timed: the simulator's host time is no latency
+            "latency": f"{lat['median_ms']:.2f} ms" if lat else "not timed (simulator)",
             "pytorch": f"{a['pytorch_latency']['median_ms']:.2f} ms "
-                       f"({a['speedup_vs_pytorch']:.2f}x)",
+                       f"({a['speedup_vs_pytorch']:.2f}x)" if lat else "-",
             "coverage": coverage_cell(a["details"]),
             "gate": "FAIL" if a["gates"] else "pass",
         })
@@ -199,6 +200,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines += ["", f"![samples]({a['end_to_end']['grid']})"]
         if a["details"].get("skipped"):
             lines.append(f"Not produced: {a['details']['skipped']}")
+        lines += htp_markdown(a["details"])
     if report.get("sample_grids", {}).get("pytorch"):
         lines += ["", "## PyTorch reference samples", "", "![pytorch](samples-pytorch.png)"]
     if report.get("blocks") or report.get("estimates"):
@@ -211,6 +213,41 @@ def render_markdown(report: dict[str, Any]) -> str:
     top = sorted(m["modules"], key=lambda r: -r["macs"])[:12]
     lines += [f"| {r['module']} | {r['params']:,} | {r['macs'] / 1e9:.4f} |" for r in top]
     return "\n".join(lines) + "\n"
+
+
+def htp_markdown(details: dict[str, Any]) -> list[str]:
+    """A QNN HTP artifact's residency, fixed shapes, simulator parity and simulator cycles
+    (targets/qnn.py); nothing for other artifacts."""
+    res = details.get("residency")
+    if res is None or "htp_arch" not in details:
+        return []
+    cpu = ", ".join(f"{n['name']} ({n['op_type']})" for n in res["cpu_nodes"]) or "none"
+    shapes = "; ".join(f"{k} {v}" for k, v in details["fixed_shapes"].items())
+    lines = ["", f"HTP v{details['htp_arch']} residency: {res['htp_nodes']}/{res['total_nodes']} "
+             f"nodes on HTP; on the CPU: {cpu}.", "",
+             f"Fixed shapes (batch {details['fixed_batch']}): {shapes}.", "",
+             f"Export form: {details.get('export_form', '-')}."]
+    if details.get("not_run"):
+        lines += ["", f"Not simulated: {details['not_run']}."]
+    sim = details.get("simulator")
+    if not sim:
+        return lines
+    lines += ["", "Context binary in the HTP simulator, per step:", "",
+              "| t | vs fp32 ONNX: PSNR dB / max abs | vs QDQ on CPU EP: PSNR dB / max abs |",
+              "|---|---|---|"]
+    for st in sim["parity"]:
+        f, q = st["vs_fp32_onnx"], st["vs_qdq_cpu"]
+        lines.append(f"| {st['t'] if st['t'] is not None else '-'} | {_fmt_psnr(f['psnr_db'])} / "
+                     f"{f['max_abs_error']:.2e} | {_fmt_psnr(q['psnr_db'])} / "
+                     f"{q['max_abs_error']:.2e} |")
+    cyc = sim["cycles"]
+    if "total" in cyc:
+        lines += ["", f"Simulator cycles ({cyc['unit']}; not a phone's latency): total "
+                  f"{cyc['total']:,}.", "", "| block | simulator cycles | share |", "|---|---|---|"]
+        node_sum = sum(r["cycles"] for r in cyc["by_block"]) or 1
+        lines += [f"| {r['block']} | {r['cycles']:,} | {100 * r['cycles'] / node_sum:.1f}% |"
+                  for r in cyc["by_block"]]
+    return lines
 
 
 def batch_table(results: list[Any]) -> Any:

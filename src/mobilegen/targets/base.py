@@ -46,6 +46,9 @@ class ExportRequest:
     param_bytes: int  # fp32 weight bytes (picks external data / large-model paths)
     # feeds from the model's own sampling trajectories, stratified over t (static int8 only)
     calibration: tuple[dict[str, np.ndarray], ...] = ()
+    # the batch the sampler calls the model with (2 x images under classifier-free guidance);
+    # None for a model without a sampler. Fixed-shape NPU graphs are compiled for it (qnn.py)
+    sample_batch: int | None = None
 
 
 class Target(Protocol):

@@ -33,8 +33,9 @@ class TargetProfile(Strict):
     description: str = ""
     runtime: str  # a key of targets.RUNTIMES
     # The base artifact's precision. ONNX: fp32 only (fp16/int8 come from precision passes);
-    # LiteRT: fp16 stores float16 weights; Core ML: the ML program's compute precision.
-    precision: Literal["fp32", "fp16"] = "fp32"
+    # LiteRT: fp16 stores float16 weights; Core ML: the ML program's compute precision;
+    # qnn: what HTP computes (w8a16: uint8 weights, uint16 activations; w8a8; fp16).
+    precision: Literal["fp32", "fp16", "w8a16", "w8a8"] = "fp32"
     layout: Literal["default", "ane"] = "default"  # ane: channels-first attention (targets/ane.py)
     threads: int = Field(2, ge=1)
     # module passes this device prefers (advice shown by `targets`)
@@ -61,6 +62,12 @@ class TargetProfile(Strict):
     # coreml
     deployment_target: Literal["iOS16", "iOS17", "iOS18", "macOS13", "macOS14", "macOS15"] = "iOS17"
     compute_units: Literal["ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY"] = "ALL"
+    # qnn (Qualcomm HTP through onnxruntime-qnn, targets/qnn.py)
+    htp_arch: Literal["68", "69", "73", "75", "79"] | None = None  # Hexagon generation (required)
+    allow_cpu_fallback: bool = False  # false: a node HTP does not take fails the export
+    fixed_batch: int | None = Field(None, ge=1)  # default: the batch the sampler calls with
+    simulate: Literal["auto", "always", "never"] = "auto"  # auto: small models only (qnn.py)
+    calibration_feeds: int = Field(0, ge=0)  # trajectory feeds for the profile's quantization
     device: DeviceSpec | None = None  # for estimates; a profile without one gets none
     path: Path | None = Field(None, exclude=True)
 
@@ -82,6 +89,8 @@ class TargetProfile(Strict):
             return "litert-gpu" if self.delegate == "gpu" else None
         if self.runtime == "coreml":
             return "coreml-gpu" if self.compute_units == "CPU_AND_GPU" else "coreml-ane"
+        if self.runtime == "qnn":
+            return "qnn-htp"
         return None
 
     @model_validator(mode="after")
@@ -99,6 +108,18 @@ class TargetProfile(Strict):
         if self.runtime == "onnxruntime" and self.precision != "fp32":
             raise ValueError("key 'precision': onnxruntime profiles export fp32 (found "
                              f"'{self.precision}'); add the fp16 pass to the recipe instead")
+        integer = self.precision in ("w8a16", "w8a8")
+        if (self.runtime == "qnn" and self.precision == "fp32") or (
+                integer and self.runtime != "qnn"):
+            raise ValueError(f"key 'precision': '{self.precision}' with runtime "
+                             f"'{self.runtime}' (w8a16 and w8a8 are HTP precisions; a qnn "
+                             "profile takes w8a16, w8a8 or fp16)")
+        if self.runtime == "qnn" and self.htp_arch is None:
+            raise ValueError("key 'htp_arch': a qnn profile names its Hexagon generation "
+                             "(68, 69, 73, 75 or 79)")
+        if self.runtime == "qnn" and self.precision != "fp16" and not self.calibration_feeds:
+            raise ValueError(f"key 'calibration_feeds': {self.precision} needs calibration "
+                             "feeds (for example calibration_feeds = 8)")
         if self.layout == "ane" and self.runtime != "coreml":
             raise ValueError(f"key 'layout': 'ane' needs runtime 'coreml' (found '{self.runtime}')")
         from mobilegen.passes import PASSES
