@@ -156,9 +156,11 @@ def resolve_recipe(arg: str | Path) -> Path:
     return shipped if shipped.is_file() else path
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    path = resolve_recipe(path)
-    data = read_toml(path)
+def load_recipe(path: str | Path, data: dict[str, Any] | None = None) -> Recipe:
+    """`data`: the recipe's content when it does not come from `path` alone (a component of a
+    diffusers pipeline recipe); `path` is still the file it is reported and hashed as."""
+    path = resolve_recipe(path) if data is None else Path(path)
+    data = read_toml(path) if data is None else data
     if "pipeline" in data:  # bench, inspect --recipe and passes take one model
         raise RecipeError(f"{path}: a pipeline recipe ([pipeline]); this command takes a "
                           "single-model recipe (export and sample take pipelines)")
@@ -233,6 +235,23 @@ class PipelineFile(Strict):
     gates: PipelineGates = PipelineGates()
 
 
+class SDSamplerSpec(Strict):
+    """The sampler of a diffusers pipeline recipe, on SD's discrete schedule (sampling/discrete)."""
+
+    kind: Literal["ddim", "dpm++2m", "euler", "euler-ancestral"] = "dpm++2m"
+    steps: int = Field(20, ge=1, le=1000)
+    guidance_scale: float = Field(7.5, ge=0.0)
+    seed: int = 0
+    num_images: int = Field(2, ge=1, le=64)
+    karras_sigmas: bool | None = None  # None: the scheduler config's use_karras_sigmas
+
+
+class SDPipelineSpec(Strict):
+    prompt: str
+    negative_prompt: str
+    sampler: SDSamplerSpec
+
+
 class PipelineRecipe(BaseModel):
     """A validated pipeline recipe with its component recipes loaded."""
 
@@ -244,12 +263,24 @@ class PipelineRecipe(BaseModel):
     unet: Recipe
     decoder: Recipe
     gates: PipelineGates
+    # a diffusers pipeline folder (`[pipeline] diffusers = ...`): text encoder, tokenizer and
+    # SD's discrete scheduler join the chain; None for a UNet + decoder pair
+    text_encoder: Recipe | None = None
+    diffusers: Path | None = None
+    sd: SDPipelineSpec | None = None
+
+    def slots(self) -> tuple[str, ...]:
+        """The component slots in chain order (also the folders under OUT)."""
+        return ("text_encoder", "unet", "decoder") if self.text_encoder else ("unet", "decoder")
 
 
 def load_pipeline_recipe(path: str | Path) -> PipelineRecipe:
     path = Path(path)
+    data = read_toml(path)
+    if isinstance(data.get("pipeline"), dict) and "diffusers" in data["pipeline"]:
+        return _load_sd_pipeline(path, data)
     try:
-        spec = PipelineFile.model_validate(read_toml(path))
+        spec = PipelineFile.model_validate(data)
     except ValidationError as e:
         raise RecipeError(format_error(path, e)) from None
     parts: dict[str, Recipe] = {}
@@ -303,6 +334,106 @@ def check_chain(path: Path, unet: Recipe, unet_cfg: Any, decoder: Recipe, dec_cf
         raise RecipeError(
             f"{path}: key 'pipeline': latent size differs: UNet samples {u_size}x{u_size}, "
             f"decoder reads {d_size}x{d_size}")
+
+
+# ----------------------------------------------- pipeline recipes from a diffusers pipeline folder
+# `[pipeline] diffusers = "DIR"` (model_index.json): text encoder, UNet and VAE decoder become
+# component recipes of their own (targets / passes / gates per `[pipeline.<slot>]` table), the
+# tokenizer ships beside them and SD's discrete scheduler (scheduler/scheduler_config.json, the
+# sampler kind from `[sampler]`) drives the chain from a prompt.
+SD_SLOT_FOLDERS = {"text_encoder": ("clip-text", "text_encoder"), "unet": ("unet", "unet"),
+                   "decoder": ("vae-decoder", "vae")}
+
+
+class SDPipelineSlots(Strict):
+    diffusers: str  # the pipeline folder, relative to the recipe
+    targets: list[str] = Field(default_factory=lambda: ["ort-mobile-cpu"])  # every component's
+    prompt: str = "a photo of a cat"  # what the export's end-to-end check draws
+    negative_prompt: str = ""  # the null branch of guidance, through the same text encoder
+    # per-component recipe keys (targets, passes, image_size, validate, latency, report, gates)
+    text_encoder: dict[str, Any] = Field(default_factory=dict)
+    unet: dict[str, Any] = Field(default_factory=dict)
+    decoder: dict[str, Any] = Field(default_factory=dict)
+
+
+class SDPipelineFile(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    description: str = ""
+    pipeline: SDPipelineSlots
+    sampler: SDSamplerSpec = SDSamplerSpec()
+    gates: PipelineGates = PipelineGates()
+
+
+def _load_sd_pipeline(path: Path, data: dict[str, Any]) -> PipelineRecipe:
+    from mobilegen.checkpoints.pipeline_folder import read_model_index
+    from mobilegen.errors import CheckpointError
+
+    try:
+        spec = SDPipelineFile.model_validate(data)
+    except ValidationError as e:
+        raise RecipeError(format_error(path, e)) from None
+    rel = Path(spec.pipeline.diffusers).expanduser()
+    root = rel if rel.is_absolute() else (path.resolve().parent / rel).resolve()
+    try:
+        read_model_index(root)
+        size = _sd_check_configs(root)
+    except CheckpointError as e:
+        raise RecipeError(f"{path}: key 'pipeline.diffusers': {e}") from None
+    from mobilegen.checkpoints.pipeline_folder import scheduler_config
+    from mobilegen.errors import ConfigError
+    from mobilegen.sampling.discrete import schedule_from_config
+
+    try:  # the sampler kind reads the pipeline's scheduler config: refused keys fail here
+        schedule_from_config(scheduler_config(root), spec.sampler.kind,
+                             spec.sampler.karras_sigmas,
+                             str(root / "scheduler" / "scheduler_config.json"))
+    except ConfigError as e:
+        raise RecipeError(f"{path}: key 'sampler': {e}") from None
+    parts: dict[str, Recipe] = {}
+    for slot, (family, folder) in SD_SLOT_FOLDERS.items():
+        own = dict(getattr(spec.pipeline, slot))
+        for key in ("name", "model", "sampler"):
+            if key in own:
+                raise RecipeError(f"{path}: unknown key 'pipeline.{slot}.{key}' (the folder "
+                                  "fixes the model; [sampler] is the pipeline's)")
+        comp: dict[str, Any] = {
+            "name": f"{spec.name}-{slot.replace('_', '-')}", "targets": spec.pipeline.targets,
+            "model": {"family": family, "checkpoint": str(root / folder)},
+            **({"image_size": size} if slot != "text_encoder"
+               else {"validate": {"timesteps": [1.0, 2.0, 3.0]}}),  # three prompts
+            **own}
+        if slot == "unet":  # the chain samples with the real scheduler and text encoder
+            comp["validate"] = {"end_to_end": False, **comp.get("validate", {})}
+        try:
+            parts[slot] = load_recipe(path, comp)
+        except RecipeError as e:
+            raise RecipeError(str(e).replace(f"{path}: ", f"{path}: [pipeline.{slot}] ", 1)) \
+                from None
+    sd = SDPipelineSpec(prompt=spec.pipeline.prompt,
+                        negative_prompt=spec.pipeline.negative_prompt, sampler=spec.sampler)
+    return PipelineRecipe(name=spec.name, description=spec.description, path=path.resolve(),
+                          unet=parts["unet"], decoder=parts["decoder"], gates=spec.gates,
+                          text_encoder=parts["text_encoder"], diffusers=root, sd=sd)
+
+
+def _sd_check_configs(root: Path) -> int:
+    """The text encoder's states must be what the UNet cross-attends to (width and token count);
+    the scheduler config must be readable. Returns the UNet's latent size. Reads configs only."""
+    from mobilegen.checkpoints.diffusers import unet_config_from_diffusers
+    from mobilegen.checkpoints.pipeline_folder import read_json, text_encoder_config
+    from mobilegen.errors import CheckpointError
+
+    te_path, unet_path = root / "text_encoder" / "config.json", root / "unet" / "config.json"
+    te = text_encoder_config(read_json(te_path), str(te_path))
+    unet = unet_config_from_diffusers(read_json(unet_path), str(unet_path))
+    if unet.cross_attention_dim != te.hidden_size:
+        raise CheckpointError(f"the UNet cross-attends to width {unet.cross_attention_dim}, the "
+                              f"text encoder gives {te.hidden_size}")
+    if unet.context_len != te.max_position_embeddings:
+        raise CheckpointError(f"the UNet reads {unet.context_len} tokens, the text encoder "
+                              f"gives {te.max_position_embeddings}")
+    read_json(root / "scheduler" / "scheduler_config.json")
+    return int(unet.image_size)
 
 
 def load_any_recipe(path: str | Path) -> Recipe | PipelineRecipe:

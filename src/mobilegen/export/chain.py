@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from mobilegen import __version__
+from mobilegen.export import sd_chain
 from mobilegen.export.gates import check
 from mobilegen.export.staging import StagedOutput, sha256_file
 from mobilegen.recipe import PipelineRecipe, Recipe, check_chain
@@ -45,14 +46,15 @@ def run_pipeline_export(
     from mobilegen.export.run import StepTimer, run_export
 
     timer = StepTimer(progress)
-    recipes = {"unet": prec.unet, "decoder": prec.decoder}
+    slots = prec.slots()  # + text_encoder for a diffusers pipeline folder (export/sd_chain.py)
+    recipes = {s: getattr(prec, s) for s in slots}
     with timer.step("check-chain"):
         _check_checkpoint_chain(prec)
     failures: list[str] = []
     reports: dict[str, dict[str, Any]] = {}
     manifests: dict[str, dict[str, Any]] = {}
     with StagedOutput(out_dir) as out:
-        for slot in SLOTS:
+        for slot in slots:
             # a component's failed gate is reported below; any error ends the export and the
             # staging folder goes with it
             with timer.step(f"export:{slot}"):
@@ -61,9 +63,20 @@ def run_pipeline_export(
             manifests[slot] = json.loads((out.staging / slot / "manifest.json").read_text())
             failures += [f"{slot}/{f}" for f in reports[slot]["gates"]["failures"]]
         unet_c, dec_c = manifests["unet"]["components"][0], manifests["decoder"]["components"][0]
-        chain = chain_entry(unet_c, dec_c)
-        with timer.step("chain"):
-            chain_report = _run_chain(prec, recipes, reports, unet_c, dec_c, chain, out)
+        comps = {s: manifests[s]["components"][0] for s in slots}
+        shipped: list[dict[str, Any]] = []
+        if prec.sd is not None:  # prompt -> image: tokenizer, text encoder, SD's scheduler
+            tok, shipped = sd_chain.ship_tokenizer_and_scheduler(
+                prec, comps["text_encoder"]["sequence_length"], out)
+            chain = sd_chain.chain_entry(prec, comps, tok, shipped)
+            with timer.step("chain"):
+                chain_report = sd_chain.run_chain(
+                    recipes, reports, {s: _runnable(reports[s]) for s in slots}, comps, chain,
+                    out)
+        else:
+            chain = chain_entry(unet_c, dec_c)
+            with timer.step("chain"):
+                chain_report = _run_chain(prec, recipes, reports, unet_c, dec_c, chain, out)
         for row in chain_report["rows"]:
             failure = check(f"chain:{row['format']}/{row['precision']}", "min_psnr_db",
                             row["psnr_db"], prec.gates.min_psnr_db, True)
@@ -74,13 +87,13 @@ def run_pipeline_export(
             "kind": "pipeline",
             "recipe": prec.name,
             "components": [{**manifests[s]["components"][0], "slot": s, "dir": s,
-                            "manifest": f"{s}/manifest.json"} for s in SLOTS],
+                            "manifest": f"{s}/manifest.json"} for s in slots],
             "chain": chain,
             "files": [{**f, "path": f"{s}/{f['path']}", "component": s}
-                      for s in SLOTS for f in manifests[s]["files"]],
+                      for s in slots for f in manifests[s]["files"]] + shipped,
             "provenance": {
                 "pipeline_recipe_sha256": sha256_file(prec.path),
-                "components": {s: manifests[s]["provenance"] for s in SLOTS},
+                "components": {s: manifests[s]["provenance"] for s in slots},
                 "command": shlex.join(argv if argv is not None else sys.argv),
                 "versions": library_versions(),
             },
@@ -91,10 +104,11 @@ def run_pipeline_export(
             "tool": {"name": "mobilegen", "version": __version__},
             "recipe": {"name": prec.name, "path": str(prec.path)},
             "status": "gate_failed" if failures else "ok",
-            "components": {s: _component_summary(s, reports[s]) for s in SLOTS},
+            "components": {s: _component_summary(s, reports[s]) for s in slots},
             "chain": chain_report,
             "gates": {"config": prec.gates.model_dump(), "failures": failures},
-            "notes": _notes(recipes, unet_c, dec_c),
+            "notes": (_notes(recipes, unet_c, dec_c) if prec.sd is None
+                      else sd_chain.notes(recipes)),
             "timings_s": timer.times,
             "host": host_info(),
         }
@@ -245,7 +259,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     ch = report["chain"]
     lines += ["", "## Chain (UNet sampler -> latents / scaling -> decoder)", "",
               f"Reference: {ch['reference']}; {ch['images']} images of shape "
-              f"{tuple(ch['image_shape'])}; grid [{ch['pytorch_grid']}]({ch['pytorch_grid']}).",
+              f"{tuple(ch['image_shape'])}; grid [{ch['pytorch_grid']}]({ch['pytorch_grid']})"
+              + (f"; prompt {ch['prompt']!r}, negative {ch['negative_prompt']!r}."
+                 if "prompt" in ch else "."),
               "", "| format | precision | image PSNR dB | max abs err | grid |",
               "|---|---|---|---|---|"]
     for r in ch["rows"]:

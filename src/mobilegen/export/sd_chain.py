@@ -1,0 +1,162 @@
+"""The text-to-image part of a pipeline export made from a diffusers pipeline folder: the
+tokenizer and scheduler config shipped beside the three components (with sha256s), the
+manifest's `chain` section (tokenize, encode, sample on SD's discrete scheduler, decode), and
+the end-to-end check: the same prompt through PyTorch and through every artifact format all three
+components produced, image PSNR against PyTorch, one PNG grid each.
+
+export/chain.py runs the component exports and writes the pipeline's manifest and report; it
+calls this module when the recipe names a diffusers folder.
+"""
+
+from __future__ import annotations
+
+import shutil
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mobilegen.export.staging import StagedOutput, sha256_file
+
+if TYPE_CHECKING:
+    from mobilegen.recipe import PipelineRecipe, Recipe
+
+SLOTS = ("text_encoder", "unet", "decoder")
+
+
+def _ship(out: StagedOutput, src: Any, rel: str, fmt: str) -> dict[str, Any]:
+    dst = out.path(rel)
+    shutil.copyfile(src, dst)
+    return {"path": rel, "bytes": dst.stat().st_size, "sha256": sha256_file(dst), "format": fmt,
+            "component": rel.split("/")[0]}
+
+
+def ship_tokenizer_and_scheduler(prec: PipelineRecipe, sequence_length: int,
+                                 out: StagedOutput) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Copy tokenizer/ and scheduler/ files into OUT; -> (tokenizer spec, file entries)."""
+    from mobilegen.checkpoints.pipeline_folder import (
+        TOKENIZER_EXTRA,
+        TOKENIZER_FILES,
+        tokenizer_spec,
+    )
+    from mobilegen.sampling.tokenizer import build_tokenizer
+
+    assert prec.diffusers is not None
+    src = prec.diffusers / "tokenizer"
+    spec = tokenizer_spec(src, sequence_length)
+    files = [_ship(out, src / n, f"tokenizer/{n}", "tokenizer")
+             for n in (*TOKENIZER_FILES, *TOKENIZER_EXTRA) if (src / n).is_file()]
+    tok = build_tokenizer(out.path("tokenizer/vocab.json"), out.path("tokenizer/merges.txt"),
+                          spec)
+    tok.save(str(out.path("tokenizer/tokenizer.json")))  # the same tokenizer, one file
+    p = out.path("tokenizer/tokenizer.json")
+    files.append({"path": "tokenizer/tokenizer.json", "bytes": p.stat().st_size,
+                  "sha256": sha256_file(p), "format": "tokenizer", "component": "tokenizer",
+                  "note": "written by the tokenizers library from vocab.json + merges.txt"})
+    files.append(_ship(out, prec.diffusers / "scheduler" / "scheduler_config.json",
+                       "scheduler/scheduler_config.json", "scheduler"))
+    return spec, files
+
+
+def chain_entry(prec: PipelineRecipe, comps: dict[str, dict[str, Any]],
+                tokenizer: dict[str, Any], files: list[dict[str, Any]]) -> dict[str, Any]:
+    """What an app needs to go from a prompt to pixels with the three artifacts."""
+    from mobilegen.checkpoints.pipeline_folder import scheduler_config
+    from mobilegen.sampling.discrete import make_plan, sampler_entry, schedule_from_config
+    from mobilegen.sampling.tokenizer import manifest_section
+
+    assert prec.sd is not None and prec.diffusers is not None
+    s = prec.sd.sampler
+    schedule = schedule_from_config(scheduler_config(prec.diffusers), s.kind, s.karras_sigmas)
+    scheduler = {**sampler_entry(make_plan(schedule, s.steps), s.guidance_scale, s.seed),
+                 "num_images": s.num_images}
+    te, unet, dec = comps["text_encoder"], comps["unet"], comps["decoder"]
+    scale, shift = dec["latent_scaling_factor"], dec["latent_shift_factor"]
+    guided = s.guidance_scale != 1.0
+    tok_files = {"vocab": "tokenizer/vocab.json", "merges": "tokenizer/merges.txt",
+                 "tokenizer_json": "tokenizer/tokenizer.json"}
+    return {
+        "kind": "text-to-image",
+        "order": ["tokenizer", "text_encoder", "unet", "decoder"],
+        "tokenizer": manifest_section(tokenizer, tok_files),
+        "prompt": prec.sd.prompt, "negative_prompt": prec.sd.negative_prompt,
+        "text_encoder": {"input": te["inputs"][0]["name"], "output": te["outputs"][0]["name"],
+                         "batch": "2N: [prompt x N; negative prompt x N] in one call"
+                                  if guided else "N"},
+        "conditioning": {"kind": "text", "cond": "text encoder(prompt)",
+                         "null": "text encoder(negative prompt; the empty prompt by default)"},
+        "latent": {"shape": unet["sample_shape"], "layout": "NCHW", "scaling_factor": scale,
+                   "shift_factor": shift, "decoder_input": f"latents / {scale} + {shift}"},
+        "scheduler": scheduler,
+        "guidance": {"scale": s.guidance_scale,
+                     "batch": ("2N: [conditional; null] concatenated, one UNet call per step"
+                               if guided else "N: one UNet call per step, no guidance"),
+                     "combine": "out = out_null + scale * (out_cond - out_null)"
+                                if guided else "out"},
+        "unet_input": "latents * constants.c_in[i] at timestep constants.timesteps[i]",
+        "decoder_batch": "N: all final latents in one decoder call",
+        "image": {"shape": dec["image_shape"], "layout": "NCHW, RGB", "range": [-1.0, 1.0],
+                  "to_pixels": "uint8 = clip(round((x + 1) / 2 * 255), 0, 255)"},
+        "shipped": [f["path"] for f in files],
+    }
+
+
+def run_chain(recipes: dict[str, Recipe], reports: dict[str, dict[str, Any]],
+              arts: dict[str, dict[tuple[str, str], str]], comps: dict[str, dict[str, Any]],
+              chain: dict[str, Any], out: StagedOutput) -> dict[str, Any]:
+    """The prompt through PyTorch (the loaded weights) and through each (format, precision)
+    that all three components produced and the host runs (`arts`: slot -> (format, precision)
+    -> runnable artifact); image PSNR of each against PyTorch."""
+    from mobilegen.export.run import load_model
+    from mobilegen.measure.parity import compare
+    from mobilegen.models import get_family
+    from mobilegen.sampling.generate import save_grid
+    from mobilegen.sampling.prompt_chain import generate_from_prompt, load_tokenizer
+    from mobilegen.sampling.runner import torch_runner
+    from mobilegen.targets import runtime_module
+    from mobilegen.targets.profile import load_target
+
+    tokenizer = load_tokenizer(out.staging, chain)
+    torch_runners = {}
+    for slot, recipe in recipes.items():
+        loaded = load_model(recipe)
+        io = get_family(loaded.family).io_spec(loaded.config, reports[slot]["model"]["image_size"])
+        torch_runners[slot] = torch_runner(loaded.model, io)
+    reference = generate_from_prompt(torch_runners, comps, chain, tokenizer)
+    save_grid(out.path("chain-pytorch.png"), reference)
+    targets = {row["artifact"]: row["target"] for s in SLOTS for row in reports[s]["artifacts"]}
+    rows = []
+    for key in [k for k in arts["unet"] if all(k in arts[s] for s in SLOTS)]:
+        runners = {}
+        for slot in SLOTS:
+            profile = load_target(targets[arts[slot][key]])
+            runners[slot] = runtime_module(profile.runtime).load(
+                out.staging / slot / arts[slot][key], profile.threads)
+        images = generate_from_prompt(runners, comps, chain, tokenizer)
+        grid = f"chain-{key[0]}-{key[1]}.png"
+        save_grid(out.path(grid), images)
+        rows.append({"format": key[0], "precision": key[1],
+                     **{f"{s}_artifact": f"{s}/{arts[s][key]}" for s in SLOTS},
+                     **compare(reference, images, 2.0).to_dict(), "grid": grid,
+                     "finite": bool(np.isfinite(images).all())})
+    all_keys = set().union(*arts.values())
+    doc = {"reference": "PyTorch, the loaded weights (before any module passes)",
+           "prompt": chain["prompt"], "negative_prompt": chain["negative_prompt"],
+           "images": int(reference.shape[0]), "image_shape": list(reference.shape[1:]),
+           "pytorch_grid": "chain-pytorch.png", "rows": rows,
+           "unpaired_artifacts": sorted(f"{f}/{p}" for f, p in all_keys
+                                        if not all((f, p) in arts[s] for s in SLOTS))}
+    if not rows:
+        doc["note"] = ("no artifact format that all three components produced runs on this "
+                       "host: the chain ran through PyTorch only")
+    return doc
+
+
+def notes(recipes: dict[str, Recipe]) -> list[str]:
+    out = [f"{s}: weights are RANDOM (init = \"random\"): chain images are meaningless, "
+           "parity and latency are real" for s, r in recipes.items() if r.model.init == "random"]
+    if any(r.passes for r in recipes.values()):
+        out.append("component recipes have passes: the chain's PyTorch reference is the model "
+                   "before them, so chain PSNR includes their effect")
+    out.append("conditioning: the prompt and the negative prompt through the shipped tokenizer "
+               "and text encoder; the UNet samples on the pipeline's own discrete scheduler")
+    return out
