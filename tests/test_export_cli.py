@@ -99,9 +99,8 @@ def test_sample_reproduces_the_exports_run_from_artifacts_alone(exported, tmp_pa
     doc = json.loads(result.stdout)
     assert doc["images"] == 4 and doc["finite"] and doc["seed"] == 0
     # same seed, same artifact: the grid the export saved for that artifact
-    saved = Image.open(out / "ort-mobile-cpu_denoiser-samples.png")
-    if fmt == "onnx":
-        assert np.array_equal(np.asarray(Image.open(png)), np.asarray(saved))
+    saved = Image.open(out / f"ort-mobile-cpu_denoiser.{fmt}-samples.png")
+    assert np.array_equal(np.asarray(Image.open(png)), np.asarray(saved))
     other = tmp_path / "other.png"
     assert invoke("sample", out, "--target", fmt, "--png", other, "--seed", 7).exit_code == 0
     assert not np.array_equal(np.asarray(Image.open(other)), np.asarray(Image.open(png)))

@@ -297,7 +297,8 @@ def _validate(plan: Plan, row: ArtifactResult, runner: Runner, profile: TargetPr
     if plan.torch_images is not None:
         with timer.step(f"sample:{row.artifact}"):
             images = generate(runner, plan.component, progress=timer.progress.advance)
-        grid = row.artifact.replace("/", "_").rsplit(".", 1)[0] + "-samples.png"
+        # the extension stays in the name: denoiser.onnx and denoiser.ort each keep their grid
+        grid = row.artifact.replace("/", "_") + "-samples.png"
         save_grid(out.path(grid), images, plan.labels)
         row.end_to_end = {**compare(plan.torch_images, images, 2.0).to_dict(), "grid": grid}
 

@@ -21,8 +21,9 @@ h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.8em;border-bottom:1px solid #
 table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:3px 8px;
 text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
 .est{background:#fff7e0;border:1px solid #e0c060;padding:.6em 1em}.fail{color:#b00}
-.ok{color:#070}img.grid{max-width:100%;image-rendering:pixelated;border:1px solid #ccc}
-figure{display:inline-block;margin:.5em 1em .5em 0}figcaption{font-size:.9em;color:#555}
+.ok{color:#070}img.grid{max-width:100%;height:auto;image-rendering:crisp-edges;
+image-rendering:pixelated;border:1px solid #ccc;background:#000}
+figure{display:block;margin:.8em 0 1.2em}figcaption{font-size:.9em;color:#444;max-width:1000px}
 """
 PALETTE = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#9d755d")
 
@@ -118,22 +119,45 @@ def time_bars(report: dict[str, Any]) -> Bars:
 
 def render_html(report: dict[str, Any], out_dir: Path) -> str:
     """The report page; images referenced by report.json are read from `out_dir` and inlined."""
-    m = report["model"]
     e = html.escape
+    name = e(report["recipe"]["name"])
     out: list[str] = [
         "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>mobilegen report: {e(report['recipe']['name'])}</title>",
+        f"<title>mobilegen report: {name}</title>",
         f"<style>{CSS}</style></head><body>",
-        f"<h1>mobilegen report: {e(report['recipe']['name'])}</h1>",
+        f"<h1>mobilegen report: {name}</h1>",
+        *_summary(report),
+        *_artifacts_section(report),
+        *coverage_html(report),
+        "<h2>Where the time goes</h2>",
+        time_bars(report).svg(),
+        *_blocks_section(report.get("blocks")),
+        *_estimates_section(report.get("estimates")),
+        *_samples_section(report, out_dir),
+    ]
+    failures = report.get("gates", {}).get("failures", [])
+    out.append("<h2>Gates</h2>")
+    out.append("".join(f"<p class='fail'>FAILED {e(f)}</p>" for f in failures)
+               or "<p class='ok'>all gates passed</p>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def _summary(report: dict[str, Any]) -> list[str]:
+    e = html.escape
+    m = report["model"]
+    host = report.get("host", {})
+    return [
         f"<p>Status: <b class='{'ok' if report['status'] == 'ok' else 'fail'}'>"
         f"{e(report['status'])}</b>. Model: {e(m['family'])} from <code>{e(str(m['source']))}"
         f"</code>, {m.get('params', 0):,} params, {m.get('gmac', 0):.3f} GMAC at "
         f"{m.get('image_size', '?')}x{m.get('image_size', '?')}.</p>",
+        f"<p>Measured on this host: {e(str(host.get('machine', '?')))}, "
+        f"{host.get('cpus', '?')} CPUs, {e(str(host.get('system', '?')))}.</p>",
     ]
-    host = report.get("host", {})
-    out.append(f"<p>Measured on this host: {e(str(host.get('machine', '?')))}, "
-               f"{host.get('cpus', '?')} CPUs, {e(str(host.get('system', '?')))}.</p>")
-    out.append("<h2>Artifacts: latency, size, parity (measured)</h2>")
+
+
+def _artifacts_section(report: dict[str, Any]) -> list[str]:
     rows = []
     for a in report["artifacts"]:
         lat = a.get("latency") or {}
@@ -147,67 +171,126 @@ def render_html(report: dict[str, Any], out_dir: Path) -> str:
             f"{e2e['psnr_db']:.1f}" if e2e.get("psnr_db") is not None else "-",
             "yes" if a.get("runnable", True) else "no (not runnable here)",
         ])
-    out.append(_table(["artifact", "target", "precision", "size", "median ms", "p90 ms",
-                       "step PSNR dB", "max abs err", "image PSNR dB", "ran here"], rows))
+    out = ["<h2>Artifacts: latency, size, parity (measured)</h2>",
+           _table(["artifact", "target", "precision", "size", "median ms", "p90 ms",
+                   "step PSNR dB", "max abs err", "image PSNR dB", "ran here"], rows)]
     bars = latency_bars(report)
     if bars.items:
         out.append(bars.svg())
-    out += coverage_html(report)
-    out.append("<h2>Where the time goes</h2>")
-    out.append(time_bars(report).svg())
-    blocks = report.get("blocks")
-    if blocks:
-        out.append(f"<p>Each distinct block exported on its own at its real input shape and timed "
-                   f"in {e(blocks['runtime'])} ({blocks['threads']} threads, median of "
-                   f"{blocks['runs']} runs after {blocks['warmup']} warm-up).</p>")
-        out.append(_table(
-            ["block", "kind", "count", "input shapes", "GMAC", "params", "median ms", "x count ms"],
-            [[r["block"], r["kind"], r["count"], r["input_shapes"], f"{r['macs'] / 1e9:.4f}",
-              f"{r['params']:,}", f"{r['latency_ms']:.3f}", f"{r['total_ms']:.3f}"]
-             for r in blocks["rows"]]))
-        out.append(f"<p>Table sum (less {blocks['call_overhead_ms']:.3f} ms of per-call overhead "
-                   f"for each extra part): {blocks['sum_ms']:.3f} ms; whole model measured: "
-                   f"{blocks['whole_ms']:.3f} ms; error {blocks['error_pct']:+.1f}% (on per-run "
-                   f"minima {blocks['error_min_pct']:+.1f}%).</p>")
-        prof = blocks.get("op_profile")
-        if prof:
-            out.append(f"<p>onnxruntime profiler, whole model: attention "
-                       f"{100 * prof['attention_share']:.1f}% of kernel time (core "
-                       f"{100 * prof['attention_core_share']:.1f}%, projections "
-                       f"{100 * prof['attention_proj_share']:.1f}%). {e(prof['attribution'])}.</p>")
-            out.append(_table(["op type", "ms", "share"],
-                              [[o["op"], f"{o['ms']:.3f}", f"{100 * o['share']:.1f}%"]
-                               for o in prof["top_ops"]]))
-    est = report.get("estimates")
-    if est:
-        out.append("<h2>Device estimates (ESTIMATES, not measurements)</h2>")
-        out.append(f"<div class='est'><p>{e(est['label'])}.</p>")
-        out.append(_table(["target", "device", "estimate ms", "calibration error (held-out)"],
-                          [[r["profile"], r["device"], f"~{r['latency_ms']:.1f}",
-                            f"±{r['calibration_error_pct']:.0f}%"] for r in est["rows"]]))
-        held = est.get("calibration", {}).get("held_out", [])
-        if held:
-            out.append(_table(["held-out device", "model", "published ms", "estimate ms", "error"],
-                              [[h["device"], h["model"], h["published_ms"],
-                                f"{h['estimate_ms']:.1f}", f"{h['error_pct']:+.1f}%"]
-                               for h in held]))
-        out.append("</div>")
-    out.append("<h2>Samples</h2>")
-    grids = [(f"PyTorch reference ({name})", path)
+    return out
+
+
+def _blocks_section(blocks: dict[str, Any] | None) -> list[str]:
+    if not blocks:
+        return []
+    e = html.escape
+    out = [f"<p>Each distinct block exported on its own at its real input shape and timed "
+           f"in {e(blocks['runtime'])} ({blocks['threads']} threads, median of "
+           f"{blocks['runs']} runs after {blocks['warmup']} warm-up).</p>",
+           _table(["block", "kind", "count", "input shapes", "GMAC", "params", "median ms",
+                   "x count ms"],
+                  [[r["block"], r["kind"], r["count"], r["input_shapes"],
+                    f"{r['macs'] / 1e9:.4f}", f"{r['params']:,}", f"{r['latency_ms']:.3f}",
+                    f"{r['total_ms']:.3f}"] for r in blocks["rows"]]),
+           f"<p>Table sum (less {blocks['call_overhead_ms']:.3f} ms of per-call overhead "
+           f"for each extra part): {blocks['sum_ms']:.3f} ms; whole model measured: "
+           f"{blocks['whole_ms']:.3f} ms; error {blocks['error_pct']:+.1f}% (on per-run "
+           f"minima {blocks['error_min_pct']:+.1f}%).</p>"]
+    prof = blocks.get("op_profile")
+    if prof:
+        out.append(f"<p>onnxruntime profiler, whole model: attention "
+                   f"{100 * prof['attention_share']:.1f}% of kernel time (core "
+                   f"{100 * prof['attention_core_share']:.1f}%, projections "
+                   f"{100 * prof['attention_proj_share']:.1f}%). {e(prof['attribution'])}.</p>")
+        out.append(_table(["op type", "ms", "share"],
+                          [[o["op"], f"{o['ms']:.3f}", f"{100 * o['share']:.1f}%"]
+                           for o in prof["top_ops"]]))
+    return out
+
+
+def _estimates_section(est: dict[str, Any] | None) -> list[str]:
+    if not est:
+        return []
+    out = ["<h2>Device estimates (ESTIMATES, not measurements)</h2>",
+           f"<div class='est'><p>{html.escape(est['label'])}.</p>",
+           _table(["target", "device", "estimate ms", "calibration error (held-out)"],
+                  [[r["profile"], r["device"], f"~{r['latency_ms']:.1f}",
+                    f"±{r['calibration_error_pct']:.0f}%"] for r in est["rows"]])]
+    held = est.get("calibration", {}).get("held_out", [])
+    if held:
+        out.append(_table(["held-out device", "model", "published ms", "estimate ms", "error"],
+                          [[h["device"], h["model"], h["published_ms"],
+                            f"{h['estimate_ms']:.1f}", f"{h['error_pct']:+.1f}%"]
+                           for h in held]))
+    out.append("</div>")
+    return out
+
+
+def _sampling_run(report: dict[str, Any], out_dir: Path) -> str:
+    """What every sample grid of this export shows, from the manifest beside the report (the
+    report alone does not hold the sampler); '' when there is none."""
+    import json
+
+    try:
+        comp = json.loads((out_dir / "manifest.json").read_text())["components"][0]
+        s = comp["sampler"]
+    except (OSError, ValueError, KeyError, IndexError):
+        return ""
+    size = report["model"].get("image_size", "?")
+    labels = (comp.get("conditioning") or {}).get("labels")
+    per_row = (f"; one column per class label ({', '.join(map(str, labels))})"
+               if labels and len(labels) <= 16 else "")
+    return (f"{s['num_images']} samples of {size}x{size} px, {s['kind']} {s['steps']} steps, "
+            f"guidance {s['guidance_scale']}, seed {s['seed']}{per_row}")
+
+
+def sample_grids(report: dict[str, Any], run: str) -> list[tuple[str, str]]:
+    """(file, caption) for every sample grid the report names: the PyTorch reference, each
+    artifact's run of the same sampler (same seed and noise), each module pass's run."""
+    run = f" {run}." if run else ""
+    grids = [(path, f"PyTorch reference ({name}):{run}")
              for name, path in report.get("sample_grids", {}).items()]
-    grids += [(a["artifact"], a["end_to_end"]["grid"]) for a in report["artifacts"]
-              if (a.get("end_to_end") or {}).get("grid")]
-    for caption, name in grids:
+    for a in report["artifacts"]:
+        e2e = a.get("end_to_end") or {}
+        if e2e.get("grid"):
+            psnr = "" if e2e.get("psnr_db") is None else f"; image PSNR {e2e['psnr_db']:.1f} dB"
+            grids.append((e2e["grid"], f"{a['artifact']} ({a['precision']}), the same run "
+                          f"through the artifact in its runtime{psnr} vs PyTorch."))
+    for p in report.get("passes", []):
+        e2e = p.get("end_to_end") or {}
+        if e2e.get("grid"):
+            psnr = "" if e2e.get("psnr_db") is None else f"; image PSNR {e2e['psnr_db']:.1f} dB"
+            grids.append((e2e["grid"], f"After pass {p.get('name', '?')}, the same run in "
+                          f"PyTorch{psnr} vs {e2e.get('against', 'the model before')}."))
+    return grids
+
+
+def _display_size(path: Path) -> tuple[int, int]:
+    """An integer upscale (never smoothed: CSS pixelated) to about 1000 x 480 CSS pixels, so a
+    row of 16x16 digits is readable; a large grid stays at its own size."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        w, h = img.size
+    k = max(1, min(1000 // max(w, 1), 480 // max(h, 1)))
+    return w * k, h * k
+
+
+def _samples_section(report: dict[str, Any], out_dir: Path) -> list[str]:
+    e = html.escape
+    out = ["<h2>Samples</h2>"]
+    run = _sampling_run(report, out_dir)
+    for name, caption in sample_grids(report, run):
         uri = _data_uri(out_dir / name)
-        body = (f"<img class='grid' src='{uri}' alt='{e(caption)}'>" if uri
-                else f"<p class='fail'>missing image {e(name)}</p>")
-        out.append(f"<figure>{body}<figcaption>{e(caption)}</figcaption></figure>")
-    failures = report.get("gates", {}).get("failures", [])
-    out.append("<h2>Gates</h2>")
-    out.append("".join(f"<p class='fail'>FAILED {e(f)}</p>" for f in failures)
-               or "<p class='ok'>all gates passed</p>")
-    out.append("</body></html>")
-    return "\n".join(out)
+        if uri is None:
+            body = f"<p class='fail'>missing image {e(name)}</p>"
+        else:
+            w, h = _display_size(out_dir / name)
+            body = (f"<img class='grid' src='{uri}' width='{w}' height='{h}' "
+                    f"alt='{e(caption)}'>")
+        out.append(f"<figure>{body}<figcaption>{e(caption)} <code>{e(name)}</code>"
+                   "</figcaption></figure>")
+    return out
 
 
 def coverage_html(report: dict[str, Any]) -> list[str]:
