@@ -11,6 +11,7 @@ by ai-edge-quantizer.
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 import tempfile
 from collections import Counter
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from mobilegen.errors import ExportError
-from mobilegen.passes.precision import PrecisionSpec
+from mobilegen.passes.precision import PrecisionSpec, matches
 from mobilegen.signature import ModelIO
 from mobilegen.targets.base import Artifact, ExportRequest, Runner, base_is_already
 from mobilegen.targets.coverage import litert_gpu_coverage
@@ -86,12 +87,12 @@ def export_precision(req: ExportRequest, spec: PrecisionSpec) -> list[Artifact]:
                                 "has fp16 weights")]
     fp32 = workdir / f"{stem}.tflite"
     if profile.precision == "fp32" and fp32.is_file():
-        details = _quantize(fp32, out, spec, calibration, io, example)
+        details = _quantize(fp32, out, spec, calibration, io, example, program)
     else:
         with tempfile.TemporaryDirectory(prefix="mobilegen-tflite-") as tmp:
             fp32 = Path(tmp) / f"{stem}.tflite"
             _convert(program, example, fp32, param_bytes, stem)
-            details = _quantize(fp32, out, spec, calibration, io, example)
+            details = _quantize(fp32, out, spec, calibration, io, example, program)
     return [_artifact(out, io, example, profile, spec.tag, details)]
 
 
@@ -117,12 +118,13 @@ def _convert(program: Any, example: tuple[Any, ...], out: Path, param_bytes: int
 
 
 def _quantize(src: Path, dst: Path, spec: PrecisionSpec, calibration: list[dict[str, np.ndarray]],
-              io: ModelIO, example: tuple[Any, ...]) -> dict[str, Any]:
+              io: ModelIO, example: tuple[Any, ...], program: Any = None) -> dict[str, Any]:
     from ai_edge_quantizer import quantizer, recipe
     from ai_edge_quantizer.recipe import AlgorithmName, TFLOperationName
 
     qt = quantizer.Quantizer(str(src))
     calib_result = None
+    extra: dict[str, Any] = {}
     if spec.kind == "fp16":
         qt.add_weight_only_config(regex=".*", operation_name=TFLOperationName.ALL_SUPPORTED,
                                   num_bits=16, algorithm_key=AlgorithmName.FLOAT_CASTING)
@@ -135,25 +137,70 @@ def _quantize(src: Path, dst: Path, spec: PrecisionSpec, calibration: list[dict[
         method = ("ai-edge-quantizer dynamic_wi8_afp32: int8 per-channel weights, activations "
                   "quantized per call")
     else:
-        # Only ops inside submodules (tensor names "Model/Sub..."): the root's own ops, the raw
-        # timestep and its sinusoid (t * freqs up to ~1000), stay float. Quantizing them too gave
-        # a max error of ~100 on a tiny STOIC whose outputs are ~0.1; scoped, ~5e-3.
-        qt.add_static_config(regex=".*/.*", operation_name=TFLOperationName.ALL_SUPPORTED,
-                             activation_num_bits=8, weight_num_bits=8)
+        plan = static_plan(program, spec) if program is not None else {"keep": [], "kept": []}
+        for op in (TFLOperationName.FULLY_CONNECTED, TFLOperationName.CONV_2D):
+            qt.add_static_config(regex=".*", operation_name=op,
+                                 activation_num_bits=spec.activation_bits, weight_num_bits=8)
+        for path in plan["keep"]:  # the latest matching rule wins in ai-edge-quantizer
+            qt.update_quantization_recipe(regex=module_regex(path),
+                                          operation_name=TFLOperationName.ALL_SUPPORTED,
+                                          algorithm_key=AlgorithmName.NO_QUANTIZE)
         batch = int(example[0].shape[0])
         feeds = [_signature_feeds(chunk, io, src)
                  for feed in calibration for chunk in _chunks(feed, io, batch)]
         calib_result = qt.calibrate({SIGNATURE: feeds}, num_threads=2)
-        method = ("ai-edge-quantizer static W8A8 on every op inside a submodule (root-level "
-                  f"timestep ops stay float); activation ranges from {len(feeds)} calibration "
-                  "calls")
+        method = (f"ai-edge-quantizer static W8A{spec.activation_bits}: FULLY_CONNECTED and "
+                  "CONV_2D only (per-channel symmetric int8 weights, min/max activation ranges "
+                  f"from {len(feeds)} calibration calls along sampling trajectories)")
+        extra = {"kept_float": plan["kept"],
+                 "kept_float_ops": "every op other than FULLY_CONNECTED / CONV_2D (adds, "
+                                   "norms, softmax, BATCH_MATMUL of attention, sin/cos)"}
     try:
         with contextlib.redirect_stdout(sys.stderr):
             qt.quantize(calib_result).export_model(str(dst), overwrite=True)
     except Exception as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ExportError(f"{spec.tag} quantization failed for {src.name}: {first}") from e
-    return {"method": method}
+    return {"method": method, **extra}
+
+
+def static_plan(program: Any, spec: PrecisionSpec) -> dict[str, Any]:
+    """What static int8 leaves float, from the captured program (the same rule as the ONNX
+    target): linear/conv layers off the image path (time/conditioning), the first and last
+    weight layers on it, and `spec.keep_float`. Returns module paths and reasons."""
+    graph = program.module().graph
+    image = next(n for n in graph.nodes if n.op == "placeholder" and not n.name.startswith(
+        ("p_", "b_", "c_")))
+    reach = {image}
+    for n in graph.nodes:
+        if n.op == "call_function" and any(a in reach for a in n.all_input_nodes):
+            reach.add(n)
+    weighted = [n for n in graph.nodes if n.op == "call_function"
+                and getattr(n.target, "__name__", "").split(".")[0] in ("linear", "conv2d")]
+    path = {n: list((n.meta.get("nn_module_stack") or {"": ("", None)}).values())[-1][0]
+            for n in weighted}
+    on_image = [n for n in weighted if n in reach]
+    kept = [{"layer": path[n], "reason": "time/conditioning path (depends only on t and the "
+             "label or context)"} for n in weighted if n not in reach]
+    kept += [{"layer": path[n], "reason": "first/last weight layer"}
+             for n in {on_image[0], on_image[-1]} if on_image]
+    kept += [{"layer": path[n], "reason": "kept float by the recipe"} for n in on_image
+             if matches(path[n], spec.keep_float) and n not in (on_image[0], on_image[-1])]
+    return {"keep": sorted({k["layer"] for k in kept}), "kept": kept}
+
+
+def module_regex(path: str) -> str:
+    """A module path as a pattern over litert-torch tensor names, which name each module
+    `<Class>_<attribute>` ("StoicBlock_0/Attention_attn/linear.Linear_to_q"); a ModuleList adds
+    no segment of its own and a Sequential does, so a container followed by an index is
+    optional."""
+    parts = path.split(".")
+    segs = []
+    for i, part in enumerate(parts):
+        seg = rf"[^/;]*_{re.escape(part)}"
+        optional = i + 1 < len(parts) and parts[i + 1].isdigit()
+        segs.append(f"(?:{seg}/)?" if optional else f"{seg}/")
+    return r"(?:^|/)" + "".join(segs).rstrip("/") + r"(?:;|/|$)"
 
 
 # ---------------------------------------------------------------- inspection
