@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import write_recipe
 from typer.testing import CliRunner
 
+from conftest import write_recipe
 from mobilegen.cli.main import app
 from mobilegen.cli.progress import PlainSteps, export_progress, split_step, timing_line
 from mobilegen.export.progress import Silent
