@@ -112,6 +112,7 @@ class LiveSteps:
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
         self.ticker.join()
+        self.live.transient = not self.lines  # nothing ran (a cached result): leave no trace
         self.live.stop()
 
     def _tick(self) -> None:
