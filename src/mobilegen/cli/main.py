@@ -17,6 +17,7 @@ from mobilegen.cli import (
     recipes_cmd,
     report_cmd,
     sample_cmd,
+    sensitivity_cmd,
     targets_cmd,
 )
 
@@ -37,6 +38,7 @@ app.command("prune")(prune_cmd.prune)
 app.command("distill-decoder")(distill_cmd.distill_decoder)
 app.command("report")(report_cmd.report)
 app.command("bench")(bench_cmd.bench)
+app.command("sensitivity")(sensitivity_cmd.sensitivity)
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

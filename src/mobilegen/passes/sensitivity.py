@@ -57,7 +57,7 @@ def group_of(path: str, granularity: str) -> str:
     if granularity == "layer":
         return path
     parts = path.split(".")
-    return ".".join(parts[:2]) if len(parts) > 1 and parts[1].isdigit() else parts[0]
+    return ".".join(parts[:2]) if len(parts) > 2 and parts[1].isdigit() else parts[0]
 
 
 def _weight_counts(model: Any) -> dict[str, int]:

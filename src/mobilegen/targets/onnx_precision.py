@@ -10,6 +10,7 @@ PyTorch model (fp16 safety) or by the sensitivity analysis names the same layers
 from __future__ import annotations
 
 import ast
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,14 +146,19 @@ def quantize_static_nodes(src: Path, dst: Path, spec: PrecisionSpec, nodes: list
                              "OpTypesToExcludeOutputQuantization": list(INT8_WEIGHT_OPS)}
     if spec.calibration_method == "percentile":
         extra["CalibPercentile"] = PERCENTILE
-    quantize_static(
-        str(src), str(dst), FeedReader(calibration), quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=list(INT8_WEIGHT_OPS), nodes_to_quantize=nodes or ["-none-"],
-        per_channel=True, reduce_range=False,
-        activation_type=QuantType.QUInt16 if a16 else QuantType.QUInt8,
-        weight_type=QuantType.QInt8, use_external_data_format=external,
-        calibrate_method=getattr(CalibrationMethod, CALIBRATION[spec.calibration_method]),
-        extra_options=extra, calibration_cache_path=cache)
+    root = logging.getLogger()
+    level, root.level = root.level, max(root.level, logging.ERROR)  # "consider pre-processing"
+    try:
+        quantize_static(
+            str(src), str(dst), FeedReader(calibration), quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(INT8_WEIGHT_OPS), nodes_to_quantize=nodes or ["-none-"],
+            per_channel=True, reduce_range=False,
+            activation_type=QuantType.QUInt16 if a16 else QuantType.QUInt8,
+            weight_type=QuantType.QInt8, use_external_data_format=external,
+            calibrate_method=getattr(CalibrationMethod, CALIBRATION[spec.calibration_method]),
+            extra_options=extra, calibration_cache_path=cache)
+    finally:
+        root.setLevel(level)
 
 
 def convert(src: Path, dst: Path, spec: PrecisionSpec, calibration: list[dict[str, np.ndarray]],
