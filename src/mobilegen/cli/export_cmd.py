@@ -117,7 +117,7 @@ def _show(report: dict, out_dir: Path, json_output: bool, cached: str | None = N
     for line in latency_lines(report):
         console.print(line, highlight=False)
     if timing := timing_line(report.get("timings_s") or {}, cached=cached is not None):
-        console.print(timing, highlight=False)
+        console.print(timing, highlight=False, soft_wrap=True)
     note = f" (cached result {cached}; --no-cache to redo)" if cached else ""
     console.print(f"wrote {out_dir}/ (manifest.json, report.json, report.md, report.html){note}",
                   highlight=False)
