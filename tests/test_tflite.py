@@ -72,22 +72,44 @@ def test_precision_variants_are_smaller_and_close(exported, tag, tol):
     assert "DEQUANTIZE" in v.details["operators"] or tag == "int8-dynamic"
 
 
-def test_static_int8_uses_calibration_and_keeps_timestep_float(exported):
+def test_static_int8_quantizes_weight_ops_only_and_keeps_float_paths_float(exported):
     model, io, program, example, profile, workdir, *_ = exported
     calib = [io.feeds(model.example_inputs(2, seed=s, t=t))
              for s, t in enumerate((999.0, 750.0, 500.0, 250.0, 1.0))]
-    (v,) = tflite.export_precision(ExportRequest(
-        program, io, example, profile, workdir, "denoiser", 0, calibration=tuple(calib)),
-        PrecisionSpec("int8", "static"))
-    assert "5 calibration calls" in v.details["method"]
+    req = ExportRequest(program, io, example, profile, workdir, "denoiser", 0,
+                        calibration=tuple(calib))
+    (v,) = tflite.export_precision(req, PrecisionSpec("int8", "static"))
+    assert "5 calibration calls" in v.details["method"] and "W8A8" in v.details["method"]
     assert "QUANTIZE" in v.details["operators"]
+    kept = {k["layer"]: k["reason"] for k in v.details["kept_float"]}
+    assert kept["time_mlp.0"].startswith("time/conditioning") and "stem.0" in kept
+    assert "blocks.0.mlp.fc1" not in kept
+    # No quantized BATCH_MATMUL / softmax / norm math: attention and adds stay float.
+    ops = v.details["operators"]
+    assert ops.get("BATCH_MATMUL", 0) >= 2 and ops["FULLY_CONNECTED"] >= 12
     for t in (999.0, 1.0):
         ref, got = _run(model, io, workdir / v.file, 2, seed=7, t=t)
-        assert np.abs(got - ref).max() < 0.25 * np.abs(ref).max()
+        assert np.abs(got - ref).max() < 0.1 * np.abs(ref).max()
+    (a16,) = tflite.export_precision(req, PrecisionSpec("int8", "static", activation_bits=16))
+    assert a16.precision == "int8-static-a16" and "W8A16" in a16.details["method"]
+    ref, got = _run(model, io, workdir / a16.file, 2, seed=7, t=500.0)
+    assert np.abs(got - ref).max() < 0.05 * np.abs(ref).max()
     with pytest.raises(ExportError, match="no calibration feeds"):
         tflite.export_precision(ExportRequest(
             program, io, example, profile, workdir, "denoiser", 0), PrecisionSpec("int8",
             "static"))
+
+
+def test_module_regex_matches_litert_tensor_names():
+    import re
+
+    names = {"stem.2": "Stoic/container.Sequential_stem/conv.Conv2d_2;2",
+             "blocks.0.attn.to_q": "Stoic/StoicBlock_0/Attention_attn/linear.Linear_to_q;;x",
+             "blocks.1.adaln.1": "Stoic/StoicBlock_1/container.Sequential_adaln/linear.Linear_1"}
+    for path, name in names.items():
+        assert re.search(tflite.module_regex(path), name), path
+    assert not re.search(tflite.module_regex("blocks.1.attn.to_q"), names["blocks.0.attn.to_q"])
+    assert not re.search(tflite.module_regex("blocks.1"), "Stoic/StoicBlock_10/Mlp_mlp")
 
 
 def test_palettization_is_refused_with_a_reason():
