@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from conftest import write_recipe, write_tiny_checkpoint
 from mobilegen.cli.main import app
-from mobilegen.export.staging import sha256_file
+from mobilegen.export.staging import sha256_file, write_marker
 
 runner = CliRunner()
 
@@ -129,6 +129,7 @@ def test_bad_checkpoint_fails_cleanly_and_keeps_previous_output(tmp_path, export
     out = tmp_path / "out"
     out.mkdir()
     (out / "report.json").write_text(json.dumps({"previous": True}))  # an earlier export
+    write_marker(out)  # ... by mobilegen (a foreign folder is refused before the checkpoint loads)
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes((good_out / "ort-mobile-cpu" / "denoiser.onnx").read_bytes()[:100])
     recipe = write_recipe(tmp_path / "r.toml", bad)
