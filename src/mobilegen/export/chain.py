@@ -86,8 +86,9 @@ def run_pipeline_export(
             "schema_version": SCHEMA,
             "kind": "pipeline",
             "recipe": prec.name,
-            "components": [{**manifests[s]["components"][0], "slot": s, "dir": s,
-                            "manifest": f"{s}/manifest.json"} for s in slots],
+            "components": [{**(comps[s] if prec.sd is None else sd_chain.in_chain(s, comps[s])),
+                            "slot": s, "dir": s, "manifest": f"{s}/manifest.json"}
+                           for s in slots],
             "chain": chain,
             "files": [{**f, "path": f"{s}/{f['path']}", "component": s}
                       for s in slots for f in manifests[s]["files"]] + shipped,

@@ -100,6 +100,18 @@ def chain_entry(prec: PipelineRecipe, comps: dict[str, dict[str, Any]],
     }
 
 
+def in_chain(slot: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """A component's manifest entry as the text-to-image chain uses it: the UNet's own export
+    describes a standalone UNet (the VP sampler, a Gaussian context stand-in); in the chain the
+    text encoder conditions it and `chain.scheduler` drives it, so those keys point there."""
+    if slot != "unet":
+        return entry
+    out = {k: v for k, v in entry.items() if k not in ("sampler", "guidance", "prediction")}
+    out["conditioning"] = {"kind": "text", "see": "chain.conditioning"}
+    out["scheduler"] = "chain.scheduler (its `prediction` says epsilon or v)"
+    return out
+
+
 def run_chain(recipes: dict[str, Recipe], reports: dict[str, dict[str, Any]],
               arts: dict[str, dict[tuple[str, str], str]], comps: dict[str, dict[str, Any]],
               chain: dict[str, Any], out: StagedOutput) -> dict[str, Any]:

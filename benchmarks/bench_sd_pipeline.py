@@ -1,0 +1,113 @@
+"""Export an SD-1.5-size text-to-image pipeline, component by component (random weights, the real
+architectures: CLIP ViT-L/14 text encoder 123M, UNet 859.5M, VAE decoder 49.5M), to each target:
+export time, peak RSS, artifact bytes, parity and host latency per component, next to
+SnapFusion's published per-component iPhone 14 Pro figures (text encoder 4 ms, UNet ~1,700 ms
+per step, decoder 369 ms: a phone's Neural Engine, not this host; shown for scale only).
+
+Each component runs `mobilegen`'s own export (run_export) in its own subprocess so its peak RSS
+(ru_maxrss) is its own. Heavy: the UNet alone needs ~4 GB per target and minutes of CPU per
+target on 2 cores; run it alone, on a quiet machine.
+
+    .venv/bin/python benchmarks/bench_sd_pipeline.py [--components text_encoder unet decoder]
+        [--targets ort-mobile-cpu android-cpu ios-gpu] [--out DIR]
+
+The results land in benchmarks/results/sd_pipeline.json, with the components that were run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SNAPFUSION_IPHONE_MS = {"text_encoder": 4.0, "unet": 1700.0, "decoder": 369.0}  # SD-1.5 rows
+COMPONENTS = {  # slot -> (family, variant, validation points)
+    "text_encoder": ("clip-text", "clip-vit-l14", [1.0, 2.0]),
+    "unet": ("unet", "sd15", [999.0, 1.0]),
+    "decoder": ("vae-decoder", "sd-vae", [0.0]),
+}
+
+
+def worker(slot: str, targets: list[str], out: Path, runs: int) -> dict:
+    from mobilegen.export.run import run_export
+    from mobilegen.recipe import load_recipe
+
+    family, variant, points = COMPONENTS[slot]
+    data = {"name": f"sd15-{slot.replace('_', '-')}", "targets": targets,
+            "model": {"family": family, "init": "random", "variant": variant},
+            "validate": {"timesteps": points, "batch": 2, "end_to_end": False},
+            "latency": {"warmup": 1, "runs": runs}}
+    path = out / f"{slot}.toml"  # the recipe it was, for the report's provenance
+    path.write_text(json.dumps(data))
+    t0 = time.perf_counter()
+    result = run_export(load_recipe(path, data), out / slot)
+    wall = time.perf_counter() - t0
+    rep = result.report.to_dict()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    rows = [{"artifact": a["artifact"], "format": a["format"], "runnable": a["runnable"],
+             "bytes": a["bytes"], "max_abs_error": (a.get("parity") or {}).get("max_abs_error"),
+             "median_ms": (a.get("latency") or {}).get("median_ms"),
+             "note": (a.get("details") or {}).get("skipped") or ""}
+            for a in rep["artifacts"]]
+    return {"component": slot, "params": rep["model"]["params"], "gmac": rep["model"]["gmac"],
+            "wall_s": round(wall, 1), "timings_s": rep["timings_s"], "artifacts": rows,
+            "pytorch_median_ms": next((a.get("pytorch_latency", {}) or {}).get("median_ms")
+                                      for a in rep["artifacts"] if a.get("pytorch_latency")),
+            "peak_rss_gb": round(usage.ru_maxrss / 1024**2, 2),
+            # CPU seconds next to wall seconds: on a shared host a wall far above cpu / cores
+            # means the figures were taken under contention
+            "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+            "failures": rep["gates"]["failures"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--components", nargs="+", default=list(COMPONENTS), choices=COMPONENTS)
+    ap.add_argument("--targets", nargs="+", default=["ort-mobile-cpu", "android-cpu", "ios-gpu"])
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--out", type=Path,
+                    default=Path(tempfile.gettempdir()) / "mobilegen-sd-pipeline")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.targets, args.out, args.runs)))
+        return
+    rows = []
+    for slot in args.components:
+        proc = subprocess.run([sys.executable, __file__, "--worker", slot, "--out", str(args.out),
+                               "--runs", str(args.runs), "--targets", *args.targets],
+                              capture_output=True, text=True)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+        if proc.returncode != 0 or not lines:
+            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            rows.append({"component": slot, "status": f"crashed (exit {proc.returncode})",
+                         "error": tail})
+        else:
+            rows.append({"status": "ok", **json.loads(lines[-1])})
+        print(json.dumps(rows[-1])[:400], file=sys.stderr)
+    doc = {"components_run": args.components, "targets": args.targets,
+           "host": "shared 2-core CPU host; latencies are host medians, not device figures",
+           "snapfusion_iphone14pro_ms": SNAPFUSION_IPHONE_MS, "rows": rows}
+    results = Path(__file__).resolve().parent / "results"
+    results.mkdir(exist_ok=True)
+    (results / "sd_pipeline.json").write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"{'component':13} {'artifact':40} {'MB':>8} {'max err':>9} {'host ms':>9} "
+          f"{'SnapFusion iPhone ms':>20} {'peak RSS GB':>11}")
+    for r in rows:
+        for a in r.get("artifacts", [{"artifact": r.get("error", "?")}]):
+            mb = f"{a['bytes'] / 1e6:.1f}" if "bytes" in a else "-"
+            err = f"{a['max_abs_error']:.2g}" if a.get("max_abs_error") is not None else "-"
+            ms = f"{a['median_ms']:.1f}" if a.get("median_ms") is not None else "-"
+            print(f"{r['component']:13} {a['artifact'][:40]:40} {mb:>8} {err:>9} {ms:>9} "
+                  f"{SNAPFUSION_IPHONE_MS[r['component']]:20.0f} "
+                  f"{r.get('peak_rss_gb', float('nan')):11.2f}")
+
+
+if __name__ == "__main__":
+    main()
