@@ -126,3 +126,23 @@ def test_export_to_every_host_target(folders: Path, tmp_path: Path) -> None:
     comp = manifest["components"][0]
     assert comp["family"] == "clip-text" and comp["inputs"][0]["dtype"] == "int64"
     assert "sampler" not in comp
+
+
+def test_snapdragon_htp_takes_the_whole_text_encoder(folders: Path, tmp_path: Path) -> None:
+    """The Snapdragon NPU target (QNN HTP through onnxruntime-qnn; Qualcomm's simulator on
+    x86_64): with CPU fallback disabled, every node of the tiny text encoder is on HTP and the
+    W8A16 context binary stays close to PyTorch."""
+    pytest.importorskip("onnxruntime_qnn")
+    from mobilegen.export.run import run_export
+    from mobilegen.recipe import load_recipe
+
+    recipe = tmp_path / "te.toml"
+    recipe.write_text(f'name = "te-htp"\ntargets = ["snapdragon-8gen3-htp"]\n'
+                      f'[model]\nfamily = "clip-text"\ncheckpoint = "{folders / "text_encoder"}"\n'
+                      '[validate]\ntimesteps = [1.0, 2.0]\n[latency]\nwarmup = 1\nruns = 2\n')
+    result = run_export(load_recipe(recipe), tmp_path / "out")
+    assert not result.failures, result.failures
+    (row,) = [r for r in result.report.artifacts if r.runnable]
+    coverage = {c["accelerator"]: c for c in row.details["coverage"]}
+    assert coverage["qnn-htp"]["verdict"] == "full", coverage
+    assert row.parity["cosine"] >= 0.999, row.parity
