@@ -196,6 +196,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                              f"{_fmt_psnr(p['psnr_db'])} |")
         if a["details"].get("method"):
             lines += ["", f"Conversion: {a['details']['method']}."]
+        lines += precision_markdown(a["details"])
         if a.get("end_to_end"):
             lines += ["", f"![samples]({a['end_to_end']['grid']})"]
         if a["details"].get("skipped"):
@@ -213,6 +214,29 @@ def render_markdown(report: dict[str, Any]) -> str:
     top = sorted(m["modules"], key=lambda r: -r["macs"])[:12]
     lines += [f"| {r['module']} | {r['params']:,} | {r['macs'] / 1e9:.4f} |" for r in top]
     return "\n".join(lines) + "\n"
+
+
+def precision_markdown(details: dict[str, Any]) -> list[str]:
+    """What a precision artifact kept in float and why; fp16 headroom; the sensitivity plan."""
+    lines = []
+    reasons: dict[str, list[str]] = {}
+    for k in details.get("kept_float", []):
+        reasons.setdefault(k["reason"], []).append(k["layer"])
+    for reason, layers in reasons.items():
+        lines += [f"- kept float: {', '.join(layers[:8])}"
+                  f"{f' (+{len(layers) - 8} more)' if len(layers) > 8 else ''}: {reason}"]
+    if details.get("kept_float_ops"):
+        lines.append(f"- kept float (ops): {details['kept_float_ops']}")
+    if plan := details.get("sensitivity_plan"):
+        lines.append(f"- sensitivity plan: kept {plan['keep_float'] or 'nothing'} float for worst "
+                     f"step PSNR >= {plan['target_step_psnr_db']:g} dB (reached "
+                     f"{plan['achieved_step_psnr_db']:g}, +{plan['extra_bytes_vs_all_int8']:,} B)")
+    if safety := details.get("fp16_safety"):
+        worst = safety["layers"][0] if safety["layers"] else {"layer": "-", "max_abs": 0}
+        lines.append(f"- fp16 safety: kept fp32 {safety['kept_fp32'] or 'nothing'}; largest "
+                     f"|activation| {worst['max_abs']:.4g} ({worst['layer']}); inf/NaN in fp16 "
+                     f"before the fix: {safety['nonfinite_before'] or 'none'}")
+    return ["", *lines] if lines else []
 
 
 def htp_markdown(details: dict[str, Any]) -> list[str]:
@@ -237,12 +261,14 @@ def htp_markdown(details: dict[str, Any]) -> list[str]:
               "|---|---|---|"]
     for st in sim["parity"]:
         f, q = st["vs_fp32_onnx"], st["vs_qdq_cpu"]
-        lines.append(f"| {st['t'] if st['t'] is not None else '-'} | {_fmt_psnr(f['psnr_db'])} / "
+        lines.append(f"| {'-' if st['t'] is None else format(st['t'], '.4g')} | "
+                     f"{_fmt_psnr(f['psnr_db'])} / "
                      f"{f['max_abs_error']:.2e} | {_fmt_psnr(q['psnr_db'])} / "
                      f"{q['max_abs_error']:.2e} |")
     cyc = sim["cycles"]
     if "total" in cyc:
-        lines += ["", f"Simulator cycles ({cyc['unit']}; not a phone's latency): total "
+        lines += ["", f"Simulator cycles: {cyc['unit']}, the simulator's count, not a phone's "
+                  f"latency (a phone's milliseconds need a calibration not done here): total "
                   f"{cyc['total']:,}.", "", "| block | simulator cycles | share |", "|---|---|---|"]
         node_sum = sum(r["cycles"] for r in cyc["by_block"]) or 1
         lines += [f"| {r['block']} | {r['cycles']:,} | {100 * r['cycles'] / node_sum:.1f}% |"
