@@ -29,7 +29,7 @@ def export(
         "--quiet", "-q", help="No progress: errors and the final summary only.")] = False,
     verbose: Annotated[bool, typer.Option(
         "--verbose", "-v", help="Progress as plain lines, and what the converters print shown "
-        "live (instead of only in logs/toolchain.log).")] = False,
+        "live, on the terminal instead of in logs/toolchain.log.")] = False,
     json_output: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
