@@ -34,7 +34,9 @@ RUNTIMES: dict[str, RuntimeEntry] = {
                            ".mlpackage (ML program; dynamic batch)"),
     "qnn": RuntimeEntry("mobilegen.targets.qnn", "onnxruntime_qnn", "qnn",
                         ("htp_arch", "allow_cpu_fallback", "fixed_batch", "simulate",
-                         "calibration_feeds")),
+                         "calibration_feeds"),
+                        "QNN context binary _ctx.onnx + _ctx_qnn.bin for htp_arch (+ the QDQ "
+                        ".onnx it was compiled from; fixed batch)"),
 }
 
 
