@@ -38,7 +38,7 @@ def inspect(
     ] = None,
     image_size: Annotated[int | None, typer.Option(help="Resolution for the MAC count.")] = None,
     component: Annotated[str | None, typer.Option(
-        help="Of a diffusers pipeline root: 'unet' (default) or 'vae'.")] = None,
+        help="Of a diffusers pipeline root: 'unet' (default), 'vae' or 'text_encoder'.")] = None,
     json_output: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
