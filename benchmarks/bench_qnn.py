@@ -60,9 +60,10 @@ def default_recipe(out: Path) -> Any:
         print(f"{row.target} (v{d['htp_arch']}) | {res['htp_nodes']}/{res['total_nodes']} | "
               f"{step} dB | {vs_onnx} dB | {e2e} dB | {comp['quantize']:.1f} + "
               f"{comp['context_binary']:.1f}")
-        if "cycles" in d.get("simulator", {}):
-            print(f"    simulator cycles, one call (not latency): "
-                  f"{d['simulator']['cycles'].get('total', 0):,}")
+        cyc = d.get("simulator", {}).get("cycles", {})
+        if "total" in cyc:
+            print(f"    HTP simulator cycles per call (not latency): median {cyc['total']:,}, "
+                  f"calls ranged {cyc['total_range'][0]:,}-{cyc['total_range'][1]:,}")
     return result
 
 

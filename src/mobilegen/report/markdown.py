@@ -269,7 +269,9 @@ def htp_markdown(details: dict[str, Any]) -> list[str]:
     if "total" in cyc:
         lines += ["", f"Simulator cycles: {cyc['unit']}, the simulator's count, not a phone's "
                   f"latency (a phone's milliseconds need a calibration not done here): total "
-                  f"{cyc['total']:,}.", "", "| block | simulator cycles | share |", "|---|---|---|"]
+                  f"{cyc['total']:,} (calls ranged {cyc['total_range'][0]:,} to "
+                  f"{cyc['total_range'][1]:,} on this host).", "",
+                  "| block | simulator cycles | share |", "|---|---|---|"]
         node_sum = sum(r["cycles"] for r in cyc["by_block"]) or 1
         lines += [f"| {r['block']} | {r['cycles']:,} | {100 * r['cycles'] / node_sum:.1f}% |"
                   for r in cyc["by_block"]]
