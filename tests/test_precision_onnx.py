@@ -258,3 +258,51 @@ def test_unsupported_precision_says_why():
     assert onnx_target.supports(PrecisionSpec("fp16")) is None
     assert onnx_target.supports(PrecisionSpec("int8", "static")) is None
     assert "palettiz" in onnx_target.supports(PrecisionSpec("palettize", bits=4))
+
+
+def test_shipped_int8_recipe_plans_every_mode():
+    from mobilegen.passes.precision import precision_plan
+    from mobilegen.recipe import load_recipe, resolve_recipe
+
+    plan = precision_plan(load_recipe(resolve_recipe("stoic-digits-int8")))
+    assert [s.tag for _, s, _ in plan.specs] == ["fp16", "int8-weight_only", "int8-dynamic",
+                                                 "int8-static", "int8-static-a16"]
+    assert plan.limits["int8-static"]["min_psnr_db"] == 35.0 and plan.calibration_feeds == 20
+    assert plan.limits["fp16"]["min_fp16_headroom"] == 2.0
+
+
+@pytest.mark.parametrize("name", ["stoic-digits-mobile"])
+def test_shipped_precision_recipes_export_at_small_settings(name, tmp_path):
+    """The shipped recipes as written (passes, options, gates), on a tiny random STOIC with a
+    short sampler, ORT only and 2 recovery steps: every precision row is produced, runs, and
+    says what it kept float and why."""
+    from mobilegen.export.run import run_export
+    from mobilegen.recipe import Recipe, resolve_recipe
+    from mobilegen.toml_schema import read_toml
+
+    path = resolve_recipe(name)
+    data = read_toml(path)
+    data["model"] = {"family": "stoic", "init": "random",
+                     "config": tiny_config(conditioning="class", num_classes=10,
+                                           time_injection="adaln").to_dict()}
+    small = {"recover_steps": 2, "recover_batch": 4, "calibration_feeds": 4}
+    data["passes"] = [{**p, **{k: v for k, v in small.items() if k in p}} for p in data["passes"]]
+    data.update(targets=["ort-mobile-cpu"], report={"blocks": False, "estimates": False})
+    data["sampler"].update(steps=4, num_images=3, labels=[0, 1, 2])
+    data["validate"] = {"timesteps": [999.0, 1.0], "batch": 2}
+    data["latency"] = {"warmup": 1, "runs": 2, "batch": 1}
+    recipe = Recipe.model_validate({**data, "path": path})
+    report = run_export(recipe, tmp_path / "out").report
+    rows = {r.precision: r for r in report.artifacts if r.format == "onnx"}
+    tags = {"fp32", "fp16", "int8-static", "int8-static-a16"}
+    assert tags <= set(rows), sorted(rows)
+    assert all(rows[t].runnable and rows[t].end_to_end is not None for t in tags)
+    assert rows["fp16"].gate_limits["min_fp16_headroom"] == 2.0
+    assert "fp16_safety" in rows["fp16"].details
+    static = rows["int8-static"].details
+    assert static["sensitivity_plan"]["target_step_psnr_db"] == 45.0
+    assert any(k["reason"].startswith("time/conditioning") for k in static["kept_float"])
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "kept float: " in md and "time/conditioning path" in md and "fp16 safety" in md
+    if name == "stoic-digits-mobile":
+        assert [p["name"] for p in report.passes[:2]] == ["gelu_to_silu", "relu_attention"]

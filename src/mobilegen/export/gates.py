@@ -55,6 +55,9 @@ def artifact_failures(row: ArtifactResult, gates: Gates) -> list[GateFailure]:
     if row.end_to_end is not None:
         found.append(check(art, "min_psnr_db", row.end_to_end["psnr_db"], lim["min_psnr_db"],
                            True))
+    if "fp16_safety" in row.details:  # headroom to 65504 left in fp16 (passes/fp16_safety.py)
+        found.append(check(art, "min_fp16_headroom", row.details["fp16_safety"][
+            "min_headroom_after"], lim.get("min_fp16_headroom"), True))
     return [f for f in found if f is not None]
 
 

@@ -23,6 +23,10 @@ class Options(PrecisionGateOptions):
     min_headroom: float = Field(2.0, ge=1.0)
     keep_float: list[str] = Field(default_factory=list)  # module paths kept fp32 regardless
 
+    def limits(self, tag: str) -> dict[str, float | None]:
+        """The fp16 row is also gated on the headroom left after the fix (min_fp16_headroom)."""
+        return {**super().limits(tag), "min_fp16_headroom": self.min_headroom}
+
 
 def precision_spec(options: Options) -> PrecisionSpec:
     return PrecisionSpec(kind="fp16", fp16_min_headroom=options.min_headroom,

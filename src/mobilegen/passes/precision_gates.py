@@ -29,16 +29,20 @@ class PrecisionGateOptions(BaseModel):
         return base
 
 
-# Documented tolerances, per precision tag. Chosen from measurements on the tiny test STOIC and the
-# digits STOIC (see the report of issue 4): fp16 keeps ~50-60 dB step PSNR, weight-only int8
-# ~35-45 dB, dynamic int8 ~30-40 dB; static W8A8 (activations quantized too) is the loosest.
+# Documented tolerances, per precision tag: floors a working conversion clears with margin, from
+# the measurements of issue 12 (benchmarks/bench_passes.py on the trained digits STOIC, guidance 4:
+# image PSNR fp16 ~60+ dB, weight-only/dynamic int8 ~40-45 dB, static W8A16 ~44 dB, static W8A8
+# ~35 dB). Image PSNR at guidance 4 is far harsher than per-step PSNR; recipes may raise these
+# (Apple's W8A8 tool refuses a conversion below 35 dB).
 DEFAULT_LIMITS: dict[str, dict[str, float | None]] = {
     "fp16": {"min_psnr_db": 35.0, "min_step_psnr_db": 40.0, "min_cosine": 0.9999,
              "max_abs_error": None},
-    "int8-weight_only": {"min_psnr_db": 25.0, "min_step_psnr_db": 28.0, "min_cosine": 0.999,
+    "int8-weight_only": {"min_psnr_db": 30.0, "min_step_psnr_db": 30.0, "min_cosine": 0.999,
                          "max_abs_error": None},
-    "int8-dynamic": {"min_psnr_db": 20.0, "min_step_psnr_db": 22.0, "min_cosine": 0.995,
+    "int8-dynamic": {"min_psnr_db": 25.0, "min_step_psnr_db": 25.0, "min_cosine": 0.995,
                      "max_abs_error": None},
-    "int8-static": {"min_psnr_db": 15.0, "min_step_psnr_db": 15.0, "min_cosine": 0.98,
+    "int8-static": {"min_psnr_db": 25.0, "min_step_psnr_db": 25.0, "min_cosine": 0.99,
                     "max_abs_error": None},
+    "int8-static-a16": {"min_psnr_db": 30.0, "min_step_psnr_db": 35.0, "min_cosine": 0.999,
+                        "max_abs_error": None},
 }

@@ -230,7 +230,8 @@ def precision_markdown(details: dict[str, Any]) -> list[str]:
     if plan := details.get("sensitivity_plan"):
         lines.append(f"- sensitivity plan: kept {plan['keep_float'] or 'nothing'} float for worst "
                      f"step PSNR >= {plan['target_step_psnr_db']:g} dB (reached "
-                     f"{plan['achieved_step_psnr_db']:g}, +{plan['extra_bytes_vs_all_int8']:,} B)")
+                     f"{_fmt_psnr(plan['achieved_step_psnr_db'])}, "
+                     f"+{plan['extra_bytes_vs_all_int8']:,} B)")
     if safety := details.get("fp16_safety"):
         worst = safety["layers"][0] if safety["layers"] else {"layer": "-", "max_abs": 0}
         lines.append(f"- fp16 safety: kept fp32 {safety['kept_fp32'] or 'nothing'}; largest "
