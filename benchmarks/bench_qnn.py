@@ -103,14 +103,14 @@ def classifier_accuracy(result: Any, profile: str, images: int, steps: int) -> N
 
 
 # ------------------------------------------------------------------ part 2: compile-only
-def _large_model(kind: str) -> tuple[Any, int]:
+def _large_model(kind: str, latent: int) -> tuple[Any, int]:
     from mobilegen.checkpoints.loader import build_random
     from mobilegen.models import get_family
 
     if kind == "decoder":
         from mobilegen.models.vae_decoder import VAEDecoderConfig
 
-        return build_random("vae-decoder", VAEDecoderConfig.uniform(), seed=0).model, 64
+        return build_random("vae-decoder", VAEDecoderConfig.uniform(), seed=0).model, latent
     if kind == "snapfusion":
         cfg = get_family("unet").variants()["snapfusion"]
         return build_random("unet", cfg, seed=0).model, 64
@@ -118,22 +118,23 @@ def _large_model(kind: str) -> tuple[Any, int]:
     return build_random("stoic", cfg, seed=0).model, cfg.image_size
 
 
-def _compile_job(kind: str, queue: Any) -> None:
+def _compile_job(kind: str, latent: int, queue: Any) -> None:
     from mobilegen.export.run import capture
     from mobilegen.targets import qnn
     from mobilegen.targets.base import ExportRequest
     from mobilegen.targets.profile import load_target
 
     t0 = time.perf_counter()
-    model, size = _large_model(kind)
+    model, size = _large_model(kind, latent)
     family = {"decoder": "vae-decoder", "snapfusion": "unet"}.get(kind, "stoic")
     from mobilegen.models import get_family
 
     io = get_family(family).io_spec(model.config, size)
     batch = 1 if kind == "decoder" else 2  # one image; [cond; null] under guidance
-    example = model.example_inputs(batch, seed=0, image_size=size)
+    # captured at batch 2 (a dynamic axis cannot be captured at 1); compiled for `batch`
+    example = model.example_inputs(2, seed=0, image_size=size)
     program = capture(model, example)
-    feeds = tuple(io.feeds(model.example_inputs(batch, seed=s, image_size=size)) for s in (1, 2))
+    feeds = tuple(io.feeds(model.example_inputs(2, seed=s, image_size=size)) for s in (1, 2))
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     capture_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
@@ -157,13 +158,13 @@ def _compile_job(kind: str, queue: Any) -> None:
                "error": error})
 
 
-def large(kinds: list[str]) -> None:
+def large(kinds: list[str], latent: int) -> None:
     print("model | params | capture s | qnn export s (fp32 ONNX + W8A16 + context) | of which "
           "quantize / context s | peak RSS | context binary | residency (HTP/total)")
     ctx = mp.get_context("spawn")
     for kind in kinds:
         queue = ctx.Queue()
-        proc = ctx.Process(target=_compile_job, args=(kind, queue))
+        proc = ctx.Process(target=_compile_job, args=(kind, latent, queue))
         proc.start()
         proc.join()
         if proc.exitcode != 0 or queue.empty():
@@ -176,7 +177,8 @@ def large(kinds: list[str]) -> None:
             continue
         d = r["details"]
         res, comp = d["residency"], d["compile_s"]
-        print(f"{kind} | {r['params_m']:.1f}M | {r['capture_s']:.0f} | {r['export_s']:.0f} | "
+        name = f"{kind} (latent {latent})" if kind == "decoder" else kind
+        print(f"{name} | {r['params_m']:.1f}M | {r['capture_s']:.0f} | {r['export_s']:.0f} | "
               f"{comp['quantize']:.0f} / {comp['context_binary']:.0f} | "
               f"{r['peak_rss_gb']:.1f} GB | {r['ctx_bytes'] / 1e6:.1f} MB | "
               f"{res['htp_nodes']}/{res['total_nodes']}"
@@ -190,13 +192,16 @@ def main() -> None:
     ap.add_argument("--arch-profile", default="snapdragon-8gen3-htp")
     ap.add_argument("--large", default="stoic,decoder,snapfusion")
     ap.add_argument("--skip-recipe", action="store_true")
+    # 64 = SD's 512x512 decoder; its W8A16 calibration held 22 GB (ORT's MinMax calibrator keeps
+    # every intermediate output) and was killed for memory on a 24 GB host: 32 = 256x256
+    ap.add_argument("--decoder-latent", type=int, default=64)
     args = ap.parse_args()
     if not args.skip_recipe:
         with tempfile.TemporaryDirectory() as tmp:
             result = default_recipe(Path(tmp) / "out")
             classifier_accuracy(result, args.arch_profile, args.images, args.steps)
     if args.large != "none":
-        large(args.large.split(","))
+        large(args.large.split(","), args.decoder_latent)
 
 
 if __name__ == "__main__":
