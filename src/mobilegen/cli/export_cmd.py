@@ -65,24 +65,17 @@ def _export_one(recipe: Any, out_dir: Path, no_cache: bool, json_output: bool,
     import sys
 
     from mobilegen.errors import GateFailedError
-    from mobilegen.export import cache
-    from mobilegen.export.run import run_export
+    from mobilegen.export.single import export_recipe
 
-    key = cache.export_key(recipe)
-    entry = None if no_cache else cache.lookup(key)
-    if entry is not None:
-        report = cache.restore(entry, out_dir)
-        _show(report, out_dir, json_output, cached=key)
-        if report["status"] == "gate_failed":
-            raise GateFailedError("; ".join(report["gates"]["failures"]) + " (cached result)")
-        return
     with export_progress(quiet, verbose) as progress:
-        result = run_export(recipe, out_dir, progress, argv=sys.argv)
-    cache.store(key, result.out_dir)
-    _show(result.report.to_dict(), result.out_dir, json_output)
-    if result.failures:
-        raise GateFailedError(f"{len(result.failures)} gate(s) failed: "
-                              + "; ".join(result.failures))
+        outcome = export_recipe(recipe, out_dir, use_cache=not no_cache, argv=sys.argv,
+                                progress=progress)
+    _show(outcome.report, outcome.out_dir, json_output,
+          cached=outcome.cache_key if outcome.cached else None)
+    if outcome.failures:
+        note = " (cached result)" if outcome.cached else ""
+        raise GateFailedError(f"{len(outcome.failures)} gate(s) failed: "
+                              + "; ".join(outcome.failures) + note)
 
 
 def _export_many(recipes: list[Path], outs: list[Path], jobs: int, no_cache: bool,

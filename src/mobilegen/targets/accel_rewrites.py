@@ -34,7 +34,7 @@ ACCEL_REWRITES = ("time_sin_only", "label_one_hot", "gelu_tanh", "layer_norm_dec
                   "group_norm_decomposed")
 
 
-def sin_only_cos(input: Any, *, out: Any = None) -> Any:  # noqa: A002 (torch.cos's signature)
+def sin_only_cos(input: Any, *, out: Any = None) -> Any:
     """torch.cos as a phase-shifted sine (NNAPI has Sin, not Cos)."""
     import torch
 
