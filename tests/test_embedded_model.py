@@ -1,7 +1,8 @@
 """The embedded default model (checkpoints/stoic-digits.safetensors) is really trained.
 
-A digit classifier fit on scikit-learn's real digits must recognise the model's class-conditional
-samples; the same classifier on noise images scores near chance, so the check can fail.
+mobilegen.digits_classifier (an SVC fit on scikit-learn's real digits, 99.4% on held-out real
+digits) must recognise the model's class-conditional samples; the same classifier on noise images
+scores near chance, so the check can fail.
 """
 
 from __future__ import annotations
@@ -12,16 +13,21 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-sklearn_datasets = pytest.importorskip("sklearn.datasets")
-from sklearn.svm import SVC  # noqa: E402
+pytest.importorskip("sklearn")
 
-from mobilegen.checkpoints import load_checkpoint  # noqa: E402
+from mobilegen import digits_classifier  # noqa: E402
+from mobilegen.checkpoints.loader import load_checkpoint  # noqa: E402
 from mobilegen.models.stoic import StoicConfig  # noqa: E402
-from mobilegen.sampling import SamplerConfig, VPSchedule, sample  # noqa: E402
+from mobilegen.sampling.samplers import SamplerConfig, VPSchedule, sample  # noqa: E402
 
 CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "stoic-digits.safetensors"
-LABELS = np.repeat(np.arange(10, dtype=np.int64), 4)  # 40 samples, 4 per class
-MIN_ACCURACY = 0.5  # the shipped model scores ~0.65 here (docs/training.md); noise ~0.1
+SHIPPED_GUIDANCE = 4.0  # recipes/stoic-digits.toml [sampler] guidance_scale
+LABELS = np.repeat(np.arange(10, dtype=np.int64), 5)  # 50 samples, 5 per class, seed 0
+# Floors on these 50 samples (docs/training.md has the 100-sample figures). Measured here: 100% at
+# guidance 4.0 and 94% at 1.0 (seeds 1 and 2: 100% / 94% and 100% / 90%). The floors are the goals
+# of issue 16 on the shipped sampler, 90% at the shipped guidance, and 80% at guidance 1.0 (the
+# goal there is 60%; 80% leaves a margin of 7 samples for other CPUs' float differences).
+MIN_ACCURACY = {SHIPPED_GUIDANCE: 0.90, 1.0: 0.80}
 
 
 @pytest.fixture(scope="module")
@@ -32,16 +38,8 @@ def loaded():
 
 
 @pytest.fixture(scope="module")
-def classifier() -> SVC:
-    d = sklearn_datasets.load_digits()
-    return SVC(gamma=0.001, C=10.0).fit(d.data, d.target)
-
-
-def to_8x8_features(images: np.ndarray) -> np.ndarray:
-    """(N, 1, 16, 16) in [-1, 1] -> (N, 64) on the digits' 0..16 scale (2x2 average pooling)."""
-    x = np.clip(np.asarray(images, dtype=np.float64), -1.0, 1.0)
-    x = x.reshape(len(x), 8, 2, 8, 2).mean(axis=(2, 4))
-    return ((x + 1.0) * 8.0).reshape(len(x), 64)
+def classifier():
+    return digits_classifier.fit_classifier()
 
 
 def test_family_and_config(loaded) -> None:
@@ -53,7 +51,8 @@ def test_family_and_config(loaded) -> None:
     assert CHECKPOINT.stat().st_size < 10 * 1024 * 1024  # a few MB: fits in the repository
 
 
-def test_samples_are_class_faithful_digits(loaded, classifier) -> None:
+@pytest.mark.parametrize("guidance", sorted(MIN_ACCURACY, reverse=True))
+def test_samples_are_class_faithful_digits(loaded, classifier, guidance: float) -> None:
     model = loaded.model
     torch.set_num_threads(1)
 
@@ -62,16 +61,19 @@ def test_samples_are_class_faithful_digits(loaded, classifier) -> None:
         x_t, t_t = torch.from_numpy(x).float(), torch.from_numpy(t).float()
         return model(x_t, t_t, torch.from_numpy(cond).long()).numpy()
 
-    config = SamplerConfig(kind="dpm++2m", steps=20, guidance_scale=4.0, seed=0)
+    config = SamplerConfig(kind="dpm++2m", steps=20, guidance_scale=guidance, seed=0)
     images = sample(denoise, (len(LABELS), 1, 16, 16), config, VPSchedule(), cond=LABELS,
-                    null_cond=np.full(len(LABELS), 10, dtype=np.int64))
+                    null_cond=np.full(len(LABELS), digits_classifier.NULL_LABEL, dtype=np.int64))
     assert images.shape == (len(LABELS), 1, 16, 16)
     assert np.isfinite(images).all()
-    accuracy = (classifier.predict(to_8x8_features(images)) == LABELS).mean()
-    assert accuracy >= MIN_ACCURACY, f"classifier accuracy on samples {accuracy:.0%}"
+    accuracy = digits_classifier.accuracy(classifier, images, LABELS)
+    assert accuracy >= MIN_ACCURACY[guidance], (
+        f"classifier accuracy on samples at guidance {guidance:g}: {accuracy:.0%}"
+    )
 
-    # The check can fail: noise images in the same value range score near chance.
+
+def test_the_check_can_fail(classifier) -> None:
+    """Noise images in the same value range score near chance."""
     noise = np.random.default_rng(0).uniform(-1, 1, size=(200, 1, 16, 16))
-    noise_labels = np.resize(np.arange(10), 200)
-    noise_acc = (classifier.predict(to_8x8_features(noise)) == noise_labels).mean()
+    noise_acc = digits_classifier.accuracy(classifier, noise, np.resize(np.arange(10), 200))
     assert noise_acc < 0.3, f"classifier accuracy on noise {noise_acc:.0%}"
