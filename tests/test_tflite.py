@@ -83,7 +83,8 @@ def test_static_int8_quantizes_weight_ops_only_and_keeps_float_paths_float(expor
     assert "QUANTIZE" in v.details["operators"]
     kept = {k["layer"]: k["reason"] for k in v.details["kept_float"]}
     assert kept["time_mlp.0"].startswith("time/conditioning") and "stem.0" in kept
-    assert "blocks.0.mlp.fc1" not in kept
+    assert "blocks.0.mlp.fc1" not in kept and "blocks.0.mlp.fc1" in v.details["quantized_layers"]
+    assert not any(p.startswith("time_mlp") or "adaln" in p for p in v.details["quantized_layers"])
     # No quantized BATCH_MATMUL / softmax / norm math: attention and adds stay float.
     ops = v.details["operators"]
     assert ops.get("BATCH_MATMUL", 0) >= 2 and ops["FULLY_CONNECTED"] >= 12
@@ -103,13 +104,17 @@ def test_static_int8_quantizes_weight_ops_only_and_keeps_float_paths_float(expor
 def test_module_regex_matches_litert_tensor_names():
     import re
 
-    names = {"stem.2": "Stoic/container.Sequential_stem/conv.Conv2d_2;2",
-             "blocks.0.attn.to_q": "Stoic/StoicBlock_0/Attention_attn/linear.Linear_to_q;;x",
-             "blocks.1.adaln.1": "Stoic/StoicBlock_1/container.Sequential_adaln/linear.Linear_1"}
-    for path, name in names.items():
-        assert re.search(tflite.module_regex(path), name), path
-    assert not re.search(tflite.module_regex("blocks.1.attn.to_q"), names["blocks.0.attn.to_q"])
-    assert not re.search(tflite.module_regex("blocks.1"), "Stoic/StoicBlock_10/Mlp_mlp")
+    names = {("stem", "stem.2"): "Stoic/container.Sequential_stem/conv.Conv2d_2;2",
+             ("blocks.0", "blocks.0.attn", "blocks.0.attn.to_q"):
+                 "Stoic/StoicBlock_0/Attention_attn/linear.Linear_to_q;;x",
+             ("blocks.1", "blocks.1.adaln", "blocks.1.adaln.1"):
+                 "Stoic/StoicBlock_1/container.Sequential_adaln/linear.Linear_1"}
+    for stack, name in names.items():
+        assert re.search(tflite.module_regex(list(stack)), name), stack
+    assert not re.search(tflite.module_regex(["blocks.1", "blocks.1.attn", "blocks.1.attn.to_q"]),
+                         names[("blocks.0", "blocks.0.attn", "blocks.0.attn.to_q")])
+    assert not re.search(tflite.module_regex(["blocks.1"]), "Stoic/StoicBlock_10/Mlp_mlp")
+    assert not re.search(tflite.module_regex(["stem", "stem.2"]), "Stoic/StoicBlock_2/x")
 
 
 def test_palettization_is_refused_with_a_reason():
