@@ -119,9 +119,11 @@ def ort_variants(case: Case, big: bool) -> list[tuple[str, Any]]:
         ("int8 static W8A8 percentile", replace(static, calibration_method="percentile")),
         ("int8 static W8A16", replace(static, activation_bits=16)),
     ]
-    if not big:
-        out.append(("int8 static W8A8 + plan (step >= 45 dB)",
-                    replace(static, target_step_psnr_db=45.0)))
+    if big:  # random weights: latency and step PSNR are the questions (fp16/W8A16 compute in
+        # fp32 on this CPU, and the fp16 check interprets the graph op by op)
+        return [v for v in out if "fp16" not in v[0] and "W8A16" not in v[0]]
+    out.append(("int8 static W8A8 + plan (step >= 45 dB)",
+                replace(static, target_step_psnr_db=45.0)))
     return out
 
 

@@ -63,7 +63,7 @@ def test_passes_accept_names_and_tables(tmp_path):
     configs = [p.config() for p in r.passes]
     assert configs[1].recover_steps == 200 and configs[1].scale == 1.0
     assert configs[2].mode == "static" and configs[0].recover_steps == 0
-    assert set(PASSES) == {"gelu_to_silu", "relu_attention", "fp16", "int8"}
+    assert set(PASSES) == {"gelu_to_silu", "relu_attention", "fp16", "int8", "palettize"}
     assert load_recipe(_recipe_with(tmp_path, "[]")).passes == []
 
 
