@@ -65,6 +65,10 @@ def test_batch_runs_in_parallel_and_exits_with_the_worst(tmp_path, tiny_ckpt):
     assert "max_latency_ms" in by_name["gated.toml"]["error"]
     assert (tmp_path / "out" / "tiny" / "report.json").is_file()
     assert (tmp_path / "out" / "gated" / "report.json").is_file()
+    # not on a terminal: one plain line per recipe with its wall time (a live line on one)
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip().endswith(("export:tiny",
+                                                                           "export:gated"))]
+    assert len(lines) == 2 and all(ln.split()[1] == "s" for ln in lines), result.stderr
     # an error outranks a gate failure
     bad = write_recipe(tmp_path / "bad.toml", tmp_path / "gone.safetensors")
     bad.write_text(bad.read_text().replace('name = "tiny"', 'name = "bad"'))

@@ -57,7 +57,8 @@ def export(
 
         dup = next(n for n in names if names.count(n) > 1)
         raise RecipeError(f"two recipes are named '{dup}': their output folders would collide")
-    _export_many(recipes, [(out or Path("out")) / n for n in names], jobs, no_cache, json_output)
+    _export_many(recipes, [(out or Path("out")) / n for n in names], jobs, no_cache, json_output,
+                 quiet, verbose)
 
 
 def _export_one(recipe: Any, out_dir: Path, no_cache: bool, json_output: bool,
@@ -79,10 +80,11 @@ def _export_one(recipe: Any, out_dir: Path, no_cache: bool, json_output: bool,
 
 
 def _export_many(recipes: list[Path], outs: list[Path], jobs: int, no_cache: bool,
-                 json_output: bool) -> None:
+                 json_output: bool, quiet: bool = False, verbose: bool = False) -> None:
     from mobilegen.export.batch import run_batch, worst_exit_code
 
-    results = run_batch(list(zip(recipes, outs, strict=True)), jobs, no_cache)
+    with export_progress(quiet, verbose) as progress:  # one line per recipe
+        results = run_batch(list(zip(recipes, outs, strict=True)), jobs, no_cache, progress)
     code = worst_exit_code(results)
     if json_output:
         print_json({"exit_code": code, "results": [

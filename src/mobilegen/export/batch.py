@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import multiprocessing
 import signal
-from concurrent.futures import ProcessPoolExecutor
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mobilegen.errors import EXIT_ERROR, EXIT_GATE, EXIT_INTERRUPTED, EXIT_OK, SEVERITY
+from mobilegen.export.progress import Progress, Silent
 
 
 @dataclass
@@ -54,13 +56,31 @@ def export_one(recipe_path: Path, out_dir: Path, no_cache: bool) -> BatchResult:
     return BatchResult(recipe_path, outcome.out_dir, EXIT_OK, outcome.report, None)
 
 
-def run_batch(items: list[tuple[Path, Path]], jobs: int, no_cache: bool) -> list[BatchResult]:
-    """(recipe, out_dir) pairs, `jobs` processes at a time; results in the order given."""
+def run_batch(items: list[tuple[Path, Path]], jobs: int, no_cache: bool,
+              progress: Progress | None = None) -> list[BatchResult]:
+    """(recipe, out_dir) pairs, `jobs` processes at a time; results in the order given. Each
+    recipe is one step of `progress` (`export:<out folder name>`), started when a worker takes
+    it and finished with its wall time, so a display can keep one line per recipe."""
+    progress = progress or Silent()
     ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
+    results: dict[int, BatchResult] = {}
+    running: dict[Future[BatchResult], tuple[int, str, float]] = {}
+    queue = list(enumerate(items))
     with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=ctx,
                              initializer=_init_worker) as pool:
-        futures = [pool.submit(export_one, recipe, out, no_cache) for recipe, out in items]
-        return [f.result() for f in futures]
+        while queue or running:
+            while queue and len(running) < max(1, jobs):  # a worker is free: start the next
+                i, (recipe, out) = queue.pop(0)
+                step = f"export:{out.name}"
+                progress.step_started(step)
+                running[pool.submit(export_one, recipe, out, no_cache)] = (i, step,
+                                                                           time.perf_counter())
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                i, step, t0 = running.pop(future)
+                results[i] = future.result()
+                progress.step_finished(step, time.perf_counter() - t0, True)
+    return [results[i] for i in range(len(items))]
 
 
 def worst_exit_code(results: list[BatchResult]) -> int:

@@ -27,7 +27,7 @@ from typing import Any
 from mobilegen.export.manifest import checkpoint_digest
 from mobilegen.export.staging import StagedOutput, sha256_file, sweep_leftovers
 from mobilegen.recipe import Recipe
-from mobilegen.targets.profile import PROFILES_DIR
+from mobilegen.targets.profile import profile_path
 
 KEY_SCHEMA = 2  # 2: entries carry .cache-index.json (every file's sha256)
 INDEX = ".cache-index.json"
@@ -60,7 +60,7 @@ def export_key(recipe: Recipe) -> str:
     parts: dict[str, Any] = {
         "schema": KEY_SCHEMA,
         "recipe": sha256_file(recipe.path) if recipe.path else recipe.model_dump_json(),
-        "targets": {t: sha256_file(PROFILES_DIR / f"{t}.toml") for t in recipe.targets},
+        "targets": {t: sha256_file(profile_path(t)) for t in recipe.targets},
         "versions": library_versions(),
         "source": _source_digest(),
         "host": host_info(),

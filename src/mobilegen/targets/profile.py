@@ -136,8 +136,13 @@ def list_target_names() -> list[str]:
     return sorted(p.stem for p in PROFILES_DIR.glob("*.toml"))
 
 
+def profile_path(name: str) -> Path:
+    """Where the profile `name` lives (read at call time: tests point PROFILES_DIR elsewhere)."""
+    return PROFILES_DIR / f"{name}.toml"
+
+
 def load_target(name: str) -> TargetProfile:
-    path = PROFILES_DIR / f"{name}.toml"
+    path = profile_path(name)
     try:
         return TargetProfile.model_validate({**read_toml(path), "path": path})
     except ValidationError as e:
