@@ -61,8 +61,8 @@ def rich_table(report: dict[str, Any]) -> Any:
     title = (f"{report['recipe']['name']}: {m['family']} {m['params'] / 1e6:.2f}M params, "
              f"{m['gmac']:.3f} GMAC at {m['image_size']}x{m['image_size']}")
     table = Table(title=title)
-    for _, header in COLUMNS:
-        table.add_column(header)
+    for key, header in COLUMNS:  # the artifact's name is never cut: other cells wrap instead
+        table.add_column(header, no_wrap=key == "artifact")
     for row in summary_rows(report):
         style = "red" if row["gate"] == "FAIL" else None
         table.add_row(*(row[k] for k, _ in COLUMNS), style=style)
