@@ -236,15 +236,13 @@ def _component_summary(slot: str, report: dict[str, Any]) -> dict[str, Any]:
 
 
 def _notes(recipes: dict[str, Recipe], unet_c: dict[str, Any], dec_c: dict[str, Any]) -> list[str]:
-    notes = [f"{s}: weights are RANDOM (init = \"random\"): chain images are meaningless, "
-             "parity and latency are real" for s, r in recipes.items() if r.model.init == "random"]
+    from mobilegen.export.manifest import pipeline_notes
+
+    notes = pipeline_notes(recipes)
     if unet_c.get("latent_scaling_factor") != dec_c["latent_scaling_factor"]:
         notes.append(f"the UNet config says latent_scaling_factor "
                      f"{unet_c.get('latent_scaling_factor')}, the decoder "
                      f"{dec_c['latent_scaling_factor']}: the chain uses the decoder's")
-    if any(r.passes for r in recipes.values()):
-        notes.append("component recipes have passes: the chain's PyTorch reference is the model "
-                     "before them, so chain PSNR includes their effect")
     notes.append("conditioning is a seeded Gaussian stand-in for text-encoder states "
                  "(no text encoder ships with the pipeline)")
     return notes

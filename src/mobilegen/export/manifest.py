@@ -88,6 +88,16 @@ def model_notes(recipe: Recipe, component: dict[str, Any]) -> list[str]:
 COVERAGE_KEYS = ("accelerator", "verdict", "supported_nodes", "total_nodes", "unsupported_ops")
 
 
+def pipeline_notes(recipes: dict[str, Recipe]) -> list[str]:
+    """What a pipeline report must say about its components (random weights, passes)."""
+    out = [f"{s}: weights are RANDOM (init = \"random\"): chain images are meaningless, "
+           "parity and latency are real" for s, r in recipes.items() if r.model.init == "random"]
+    if any(r.passes for r in recipes.values()):
+        out.append("component recipes have passes: the chain's PyTorch reference is the model "
+                   "before them, so chain PSNR includes their effect")
+    return out
+
+
 def file_entries(artifacts: list[Artifact], root: Path) -> list[dict[str, Any]]:
     """Every shipped file with its size and sha256 (.ort files also get a content hash)."""
     files = []

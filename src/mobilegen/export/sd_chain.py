@@ -164,11 +164,9 @@ def run_chain(recipes: dict[str, Recipe], reports: dict[str, dict[str, Any]],
 
 
 def notes(recipes: dict[str, Recipe]) -> list[str]:
-    out = [f"{s}: weights are RANDOM (init = \"random\"): chain images are meaningless, "
-           "parity and latency are real" for s, r in recipes.items() if r.model.init == "random"]
-    if any(r.passes for r in recipes.values()):
-        out.append("component recipes have passes: the chain's PyTorch reference is the model "
-                   "before them, so chain PSNR includes their effect")
+    from mobilegen.export.manifest import pipeline_notes
+
+    out = pipeline_notes(recipes)
     out.append("conditioning: the prompt and the negative prompt through the shipped tokenizer "
                "and text encoder; the UNet samples on the pipeline's own discrete scheduler")
     return out
