@@ -41,7 +41,8 @@ def test_metric_properties(a, b):
     assert -1.0 - 1e-9 <= c <= 1.0 + 1e-9
     assert abs(c - cosine(b, a)) < 1e-9
     p = compare(a, b)
-    assert p.max_abs_error >= p.mean_abs_error >= 0
+    # the mean of n equal errors may round one ulp above their max
+    assert p.max_abs_error * (1 + 1e-12) >= p.mean_abs_error >= 0
     if np.array_equal(a, b):
         assert math.isinf(p.psnr_db)
     else:
