@@ -51,3 +51,10 @@ class GateFailedError(MobilegenError):
     """A quality or latency gate failed; the report was still written."""
 
     exit_code = EXIT_GATE
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's text (or its type): what a one-line error quotes from a
+    library that raised something long."""
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__

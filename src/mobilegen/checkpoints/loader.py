@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mobilegen.checkpoints.guards import check_archive, check_param_bytes, regular_file
-from mobilegen.errors import CheckpointError, ConfigError
+from mobilegen.errors import CheckpointError, ConfigError, first_line
 from mobilegen.models import get_family
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ def _safetensors_meta(path: Path) -> dict[str, str]:
         with safe_open(str(path), framework="pt") as f:
             return f.metadata() or {}
     except Exception as e:  # the library raises several types for corrupt headers
-        raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(e)})") from e
+        raise CheckpointError(f"{path}: not a readable safetensors file ({first_line(e)})") from e
 
 
 def is_mobilegen_checkpoint(path: Path) -> bool:
@@ -87,7 +87,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         with safe_open(str(path), framework="pt") as f:
             return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not iterable)
     except Exception as e:  # the library raises several types for corrupt headers
-        raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(e)})") from e
+        raise CheckpointError(f"{path}: not a readable safetensors file ({first_line(e)})") from e
 
 
 def _read_pickle(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -101,10 +101,10 @@ def _read_pickle(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"{path}: refused: the pickle holds objects other than tensors and plain data "
-            f"(loaded with weights_only=True; {_first_line(e)})"
+            f"(loaded with weights_only=True; {first_line(e)})"
         ) from e
     except Exception as e:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({_first_line(e)})") from e
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({first_line(e)})") from e
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
     info: dict[str, Any] = {}
@@ -116,11 +116,6 @@ def _read_pickle(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     if extra:
         raise CheckpointError(f"{path}: entry '{extra[0]}' is not a tensor")
     return tensors, info
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 def check_state_dict(path: Any, expected: dict[str, Any], found: dict[str, Any]) -> None:
@@ -255,7 +250,7 @@ def _config(path: Path, fam: str, cfg_dict: Any) -> Any:
     try:
         return get_family(fam).config_from_dict(dict(cfg_dict))
     except (TypeError, ValueError, ConfigError) as e:
-        raise ConfigError(f"{path}: bad config: {_first_line(e)}") from e
+        raise ConfigError(f"{path}: bad config: {first_line(e)}") from e
 
 
 def _shell(fam: str, cfg: Any) -> Any:

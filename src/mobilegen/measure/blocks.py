@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mobilegen.errors import ConfigError, ExportError
+from mobilegen.errors import ConfigError, ExportError, first_line
 from mobilegen.measure.costs import LatencyStats, count_macs, count_params
 
 
@@ -221,7 +221,7 @@ def export_onnx(module: Any, args: tuple[Any, ...], path: Path, opset: int = 20)
                               input_names=names, external_data=False, verbose=False)
     except Exception as e:
         raise ExportError(f"torch.onnx.export failed for {path.name}: "
-                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+                          f"{first_line(e)}") from e
     return path
 
 

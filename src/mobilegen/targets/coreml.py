@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from mobilegen.errors import ExportError
+from mobilegen.errors import ExportError, first_line
 from mobilegen.passes.precision import PrecisionSpec
 from mobilegen.signature import ModelIO
 from mobilegen.targets.base import Artifact, ExportRequest, Runner, base_is_already
@@ -96,7 +96,7 @@ def export_precision(req: ExportRequest, spec: PrecisionSpec) -> list[Artifact]:
         with contextlib.redirect_stdout(sys.stderr):
             compressed = compress(base, cto.OptimizationConfig(global_config=op))
     except Exception as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        first = first_line(e)
         raise ExportError(f"{spec.tag} compression failed for {stem}: {first}") from e
     _save(compressed, out)
     return [_artifact(out, workdir, io, profile, spec.tag, {"method": method})]
@@ -134,7 +134,7 @@ def _convert(program: Any, io: ModelIO, profile: TargetProfile, precision: str, 
         try:
             model = convert(torch.export.export(program.module(), tuple(example)))
         except Exception as e:
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            first = first_line(e)
             raise ExportError(f"coremltools.convert failed for {stem}: {first}") from e
         reason = str(dynamic_error).splitlines()[0] if str(dynamic_error) else "unknown"
         model.user_defined_metadata["mobilegen.fixed_batch_reason"] = reason[:200]

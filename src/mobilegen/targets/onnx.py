@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mobilegen.errors import ExportError
+from mobilegen.errors import ExportError, first_line
 from mobilegen.passes.precision import PrecisionSpec
 from mobilegen.signature import ModelIO
 from mobilegen.targets.base import Artifact, ExportRequest, Runner
@@ -204,7 +204,7 @@ def export_precision(req: ExportRequest, spec: PrecisionSpec) -> list[Artifact]:
         details = convert(fp32, out, spec, calibration, external)
     except Exception as e:  # onnx/onnxruntime raise many types; report one line
         raise ExportError(f"{spec.tag} conversion failed for {fp32.name}: "
-                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+                          f"{first_line(e)}") from e
     details.update(checks)
     model = onnx.load(str(out), load_external_data=False)
     details["operators"] = sorted({f"{n.domain or 'ai.onnx'}:{n.op_type}"

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from mobilegen.errors import ExportError
+from mobilegen.errors import ExportError, first_line
 from mobilegen.passes.precision import PrecisionSpec
 from mobilegen.targets.base import Artifact, ExportRequest, Runner
 from mobilegen.targets.profile import TargetProfile
@@ -254,7 +254,7 @@ def precision_model(fp32: Path, precision: str, feeds: list[dict[str, np.ndarray
         quantize(str(fp32), str(out), cfg)
     except Exception as e:  # onnxruntime.quantization raises many types; one line
         raise ExportError(f"{precision} QDQ quantization failed for {fp32.name}: "
-                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+                          f"{first_line(e)}") from e
     return out, (f"onnxruntime get_qnn_qdq_config + quantize: QDQ {precision.upper()} (uint8 "
                  f"weights, {ACTIVATION_TYPES[precision][1:].lower()} activations, MinMax on "
                  f"{len(feeds)} calibration feeds)")
@@ -272,7 +272,7 @@ def compile_context(model: Path, ctx: Path, options: dict[str, str]) -> dict[str
         sess = session(model, options, fallback=True, config=config)
     except Exception as e:
         raise ExportError(f"QNN HTP compile failed for {model.name}: "
-                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+                          f"{first_line(e)}") from e
     htp, cpu = [], []
     for sub in sess.get_provider_graph_assignment_info():
         nodes = [{"name": n.name, "op_type": n.op_type} for n in sub.get_nodes()]

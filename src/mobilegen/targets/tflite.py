@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from mobilegen.errors import ExportError
+from mobilegen.errors import ExportError, first_line
 from mobilegen.passes.precision import PrecisionSpec, matches
 from mobilegen.signature import ModelIO
 from mobilegen.targets.base import Artifact, ExportRequest, Runner, base_is_already
@@ -113,7 +113,7 @@ def _convert(program: Any, example: tuple[Any, ...], out: Path, param_bytes: int
             edge = litert_torch.convert(module, tuple(example))
             edge.export(str(out))
     except Exception as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        first = first_line(e)
         raise ExportError(f"litert_torch.convert failed for {stem}: {first}") from e
 
 
@@ -159,7 +159,7 @@ def _quantize(src: Path, dst: Path, spec: PrecisionSpec, calibration: list[dict[
         with contextlib.redirect_stdout(sys.stderr):
             qt.quantize(calib_result).export_model(str(dst), overwrite=True)
     except Exception as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        first = first_line(e)
         raise ExportError(f"{spec.tag} quantization failed for {src.name}: {first}") from e
     return {"method": method, **extra}
 
