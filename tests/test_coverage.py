@@ -190,3 +190,22 @@ def test_export_gates_each_accelerator_profile(tmp_path, monkeypatch, profiles_w
     entry = next(f for f in manifest["files"] if f["path"] == row["artifact"])
     assert {"accelerator": "coreml-mlprogram", "verdict": "full"}.items() <= next(
         c for c in entry["coverage"] if c["accelerator"] == "coreml-mlprogram").items()
+
+
+def test_a_checker_that_cannot_analyse_the_model_gives_unknown_not_a_crash(tmp_path, monkeypatch):
+    """ORT's checker fails on some models (seen: the SD-1.5 UNet past 2 GB); the export goes on
+    and each EP's entry says 'unknown' with the checker's own error, never a guessed verdict."""
+    from onnxruntime.tools import onnx_model_utils
+
+    from mobilegen.targets import coverage
+
+    def refuse(*args, **kwargs):
+        raise AttributeError("'ModelProtoWithShapeInfo' object has no attribute '_tmp_model_path'")
+
+    monkeypatch.setattr(onnx_model_utils, "ModelProtoWithShapeInfo", refuse)
+    onnx_path = tmp_path / "m.onnx"
+    onnx_path.write_bytes(b"")  # never read: optimize_model is replaced too
+    monkeypatch.setattr(onnx_model_utils, "optimize_model", lambda *a, **k: None)
+    entries = coverage.ort_coverage(onnx_path)
+    assert {e["accelerator"] for e in entries} == set(coverage.ORT_EPS)
+    assert all(e["verdict"] == "unknown" and "_tmp_model_path" in e["note"] for e in entries)

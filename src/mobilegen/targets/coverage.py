@@ -20,6 +20,8 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from mobilegen.errors import first_line
+
 ORT_TOOL = "onnxruntime check_onnx_model_mobile_usability (mobile_helpers.usability_checker)"
 LITERT_TOOL = "ai_edge_litert ModelAnalyzer (gpu_compatibility=True)"
 COREML_TOOL = "coremltools (ML program inspection)"
@@ -90,8 +92,12 @@ def ort_coverage(onnx_path: Path) -> list[dict[str, Any]]:
 
     with tempfile.TemporaryDirectory(prefix="mobilegen-coverage-") as tmp:
         optimized = Path(tmp) / onnx_path.name
-        optimize_model(onnx_path, optimized, use_external_initializers=True)
-        model = ModelProtoWithShapeInfo(optimized).model_with_shape_info
+        try:
+            optimize_model(onnx_path, optimized, use_external_initializers=True)
+            model = ModelProtoWithShapeInfo(optimized).model_with_shape_info
+        except Exception as e:  # the checker's own limits (e.g. models past 2 GB): no verdict
+            why = f"the checker could not analyse this model: {type(e).__name__}: {first_line(e)}"
+            return [entry(acc, ORT_TOOL, "unknown", None, None, (), why) for acc in ORT_EPS]
         dynamic_inputs, _ = uc.check_shapes(model.graph)
         return [_ort_entry(model, acc, bool(dynamic_inputs)) for acc in ORT_EPS]
 
