@@ -209,3 +209,5 @@ def test_a_checker_that_cannot_analyse_the_model_gives_unknown_not_a_crash(tmp_p
     entries = coverage.ort_coverage(onnx_path)
     assert {e["accelerator"] for e in entries} == set(coverage.ORT_EPS)
     assert all(e["verdict"] == "unknown" and "_tmp_model_path" in e["note"] for e in entries)
+    usability = coverage.mobile_usability(entries)  # the older view of the same run
+    assert usability and all("_tmp_model_path" in v["error"] for v in usability.values())

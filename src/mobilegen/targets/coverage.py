@@ -108,7 +108,9 @@ def mobile_usability(entries: list[dict[str, Any]]) -> dict[str, Any]:
     names = {acc: name for acc, (name, _) in ORT_EPS.items()}
     out: dict[str, Any] = {}
     for e in entries:
-        if e["accelerator"] in names:
+        if e["accelerator"] in names and "checker_verdict" not in e:  # the checker failed
+            out[names[e["accelerator"]]] = {"error": e["note"]}
+        elif e["accelerator"] in names:
             out[names[e["accelerator"]]] = {
                 "verdict": e["checker_verdict"],
                 "verdict_fixed_shapes": e["fixed_shapes"]["checker_verdict"],
