@@ -181,6 +181,9 @@ def fixed_fp32_onnx(req: ExportRequest, batch: int) -> Path:
     for name in params:  # the only named axis our signatures have is the batch
         make_dim_param_fixed(model.graph, name, batch)
     fix_output_shapes(model)
+    from mobilegen.targets.qnn_graph import prepare_for_htp
+
+    prepare_for_htp(model, path.parent)  # lossless graph-form fixes (qnn_graph.py)
     onnx.save(model, str(path))
     return path
 

@@ -1,0 +1,122 @@
+"""The fp32-graph fixes for HTP (targets/qnn_graph.py) and the VAE decoder family on HTP, with the
+real onnxruntime quantizer, onnxruntime-qnn's HTP graph preparation and its x86_64 simulator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime_qnn")
+
+TINY_DECODER = dict(block_out_channels=[8, 16], layers_per_block=1, norm_num_groups=4,
+                    latent_size=4)
+
+
+def _decoder_request(tmp: Path, batch: int = 1):
+    """A tiny SD-shaped VAE decoder (GroupNorm -> SiLU -> Conv ResNets, mid attention, nearest
+    upsampling), captured as the export does, for the v75 profile."""
+    from mobilegen.checkpoints.loader import build_random
+    from mobilegen.export.run import capture
+    from mobilegen.models import get_family
+    from mobilegen.models.vae_decoder import VAEDecoderConfig
+    from mobilegen.targets.base import ExportRequest
+    from mobilegen.targets.profile import load_target
+
+    model = build_random("vae-decoder", VAEDecoderConfig.from_dict(TINY_DECODER), seed=0).model
+    io = get_family("vae-decoder").io_spec(model.config, 4)
+    example = model.example_inputs(2, seed=0, image_size=4)
+    feeds = tuple(io.feeds(model.example_inputs(2, seed=s, image_size=4)) for s in (1, 2))
+    param_bytes = sum(p.numel() * 4 for p in model.parameters())
+    return ExportRequest(program=capture(model, example), io=io, example=example,
+                         profile=load_target("snapdragon-8gen3-htp"), workdir=tmp,
+                         stem="decoder", param_bytes=param_bytes, calibration=feeds,
+                         sample_batch=batch)
+
+
+def _cpu(path: Path, feed: dict[str, np.ndarray]) -> np.ndarray:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+
+
+@pytest.fixture(scope="module")
+def exported_graphs(tmp_path_factory):
+    """The decoder's fixed-shape fp32 ONNX as the exporter writes it, and after the fixes."""
+    import onnx
+    from onnxruntime.tools.make_dynamic_shape_fixed import make_dim_param_fixed
+
+    from mobilegen.targets.onnx import write_onnx
+    from mobilegen.targets.qnn_graph import prepare_for_htp
+
+    tmp = tmp_path_factory.mktemp("graphs")
+    req = _decoder_request(tmp)
+    raw = tmp / "raw.onnx"
+    write_onnx(req.program, req.example, req.io, raw, 20, external=False)
+    model = onnx.load(str(raw))
+    make_dim_param_fixed(model.graph, "batch", 1)
+    onnx.save(model, str(raw))
+    changed = prepare_for_htp(model)
+    fixed = tmp / "fixed.onnx"
+    onnx.save(model, str(fixed))
+    feeds = [{k: v[:1] for k, v in f.items()} for f in req.calibration]
+    return raw, fixed, changed, feeds
+
+
+def test_fixes_are_lossless_and_counted(exported_graphs):
+    import onnx
+
+    raw, fixed, changed, feeds = exported_graphs
+    norms = sum(n.op_type == "InstanceNormalization" for n in onnx.load(str(raw)).graph.node)
+    # 14 GroupNorms (2 per ResNet: 2 mid + 2 x 2 up, the attention's, norm_out): every one but
+    # the attention's is followed by SiLU
+    assert norms == 14 and changed["group_norm_silu_in_group_view"] == norms - 1
+    assert changed["unshared_bias_copies"] == norms - 1  # the shared zero bias, once per norm
+    names = [n.name for n in onnx.load(str(fixed)).graph.node]
+    assert len(names) == len(set(names))
+    for feed in feeds:
+        np.testing.assert_allclose(_cpu(fixed, feed), _cpu(raw, feed), rtol=0, atol=1e-5)
+
+
+def test_the_quantizer_failure_and_its_cause(exported_graphs, tmp_path):
+    """Without the fix ORT's QDQ quantizer copies the GroupNorms' shared zero bias under names
+    the exporter already gave to node outputs and stops; with it, it quantizes."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize
+    from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
+
+    from mobilegen.targets.onnx_precision import FeedReader
+
+    raw, fixed, _, feeds = exported_graphs
+    graph = onnx.load(str(raw)).graph
+    outputs = {o for n in graph.node for o in n.output}
+    norms = [n for n in graph.node if n.op_type == "InstanceNormalization"]
+    bias = {n.input[2] for n in norms}
+    assert len(bias) == 1  # one zeros initializer shared by every norm; the quantizer names
+    (name,) = bias  # its copies f"{name}{k}", and the exporter already named outputs so
+    assert {f"{name}{k}" for k in range(len(norms) - 1)} & outputs
+
+    def qdq(src: Path) -> None:
+        cfg = get_qnn_qdq_config(str(src), FeedReader(list(feeds)),
+                                 activation_type=QuantType.QUInt16, weight_type=QuantType.QUInt8)
+        quantize(str(src), str(tmp_path / f"{src.stem}.qdq.onnx"), cfg)
+
+    with pytest.raises(ValueError, match="shared mode is not supported for weight"):
+        qdq(raw)
+    qdq(fixed)
+    assert (tmp_path / "fixed.qdq.onnx").stat().st_size > 0
+
+
+def test_tiny_decoder_runs_whole_on_htp_and_matches_fp32_in_the_simulator(tmp_path):
+    from mobilegen.targets import qnn
+
+    (art,) = qnn.export(_decoder_request(tmp_path))
+    d = art.details
+    assert d["residency"]["cpu_nodes"] == [] and d["coverage"][0]["verdict"] == "full"
+    assert d["residency"]["htp_nodes"] == d["residency"]["total_nodes"] > 300
+    assert art.runnable and d["simulated"]
+    for step in d["simulator"]["parity"]:  # measured 49-54 dB; 18 dB before the SiLU fix
+        assert step["vs_fp32_onnx"]["psnr_db"] > 40
+        assert step["vs_fp32_onnx"]["cosine"] > 0.999
+    assert (tmp_path / "decoder_ctx_qnn.bin").stat().st_size > 0
