@@ -170,8 +170,9 @@ def test_int8_static_quantizes_weight_ops_only_and_keeps_float_paths_float(setup
     reasons = {k["layer"]: k["reason"] for k in d["kept_float"]}
     assert all(reasons[p].startswith("time/conditioning") for p in
                ("time_mlp.0", "time_mlp.2", "blocks.0.adaln.1", "blocks.1.adaln.1"))
-    assert reasons["stem.0"].startswith("first/last") and reasons["conv_out"].startswith(
-        "first/last")
+    # the stem (both convs before the first residual Add) and the head stay float
+    assert all(reasons[p].startswith("stem/head") for p in
+               ("stem.0", "stem.2", "conv_out")), reasons
     assert any(r.startswith("activation x activation") for r in reasons.values())
     assert "blocks.0.mlp.fc2" in d["quantized_layers"] and "conv_out" not in d["quantized_layers"]
     m = onnx.load(str(path))
@@ -194,21 +195,22 @@ def test_int8_static_quantizes_weight_ops_only_and_keeps_float_paths_float(setup
 
 
 def test_int8_static_sensitivity_plan_meets_its_target(setup, feeds):
-    """This model's second stem conv loses the t=999 output at 8 bits (one static scale for
-    every timestep): the plan finds it, keeps it float and meets the target."""
+    """A target 3 dB above what the default static selection reaches: the plan keeps the most
+    sensitive trunk layers float until it is met."""
     path, art = _convert(setup, PrecisionSpec("int8", "static"), feeds)
     run = onnx_target.load(path, 2)
     ref = torch_runner(setup[0], setup[1])
     before = min(compare(ref(f), run(f)).psnr_db for f in feeds)
-    spec = PrecisionSpec("int8", "static", target_step_psnr_db=INT8_STATIC_MIN_STEP_PSNR)
+    target = round(before + 3.0, 1)
+    spec = PrecisionSpec("int8", "static", target_step_psnr_db=target)
     path, art = _convert(setup, spec, feeds)
     plan = art.details["sensitivity_plan"]
-    assert plan["met"] and plan["keep_float"] and plan["achieved_step_psnr_db"] >= 30.0
+    assert plan["met"] and plan["keep_float"] and plan["achieved_step_psnr_db"] >= target
     assert plan["most_sensitive"][0]["layer"] == plan["keep_float"][0]
     assert plan["extra_bytes_vs_all_int8"] > 0
     run = onnx_target.load(path, 2)
     after = min(compare(ref(f), run(f)).psnr_db for f in feeds)
-    assert before < INT8_STATIC_MIN_STEP_PSNR <= after, (before, after)
+    assert INT8_STATIC_MIN_STEP_PSNR <= before < target <= after, (before, after)
     assert set(plan["keep_float"]).isdisjoint(art.details["quantized_layers"])
 
 
@@ -220,10 +222,11 @@ def test_int8_static_w8a16_and_calibration_methods(setup, feeds):
     zps = [i for i in m.graph.initializer if i.data_type == onnx.TensorProto.UINT16]
     assert zps  # 16-bit activation zero points
     a16 = _worst_parity(setup, path)
-    assert a16.psnr_db > a8.psnr_db + 6, (a16, a8)
+    # with the stem float, int8 weights dominate the error here: 16-bit activations only add
+    assert a16.psnr_db >= a8.psnr_db >= INT8_STATIC_MIN_STEP_PSNR, (a16, a8)
     scales = {}
-    for method in ("minmax", "percentile", "entropy"):  # the stem is this model's weak spot
-        spec = PrecisionSpec("int8", "static", calibration_method=method, keep_float=("stem",))
+    for method in ("minmax", "percentile", "entropy"):
+        spec = PrecisionSpec("int8", "static", calibration_method=method)
         p, art = _convert(setup, spec, feeds)
         assert {"minmax": "MinMax"}.get(method, method.capitalize()) in art.details["method"]
         assert _worst_parity(setup, p).psnr_db >= INT8_STATIC_MIN_STEP_PSNR

@@ -33,7 +33,7 @@ def test_sensitivity_table_plan_and_plot(tiny_recipe, tmp_path):
     psnr = [x["step_psnr_db"] for x in layers]
     assert psnr == sorted(psnr)  # most sensitive first
     reasons = {k["reason"].split(" (")[0] for k in out["always_float"]}
-    assert {"time/conditioning path", "first/last weight layer"} <= reasons
+    assert {"time/conditioning path", "stem/head outside the residual trunk"} <= reasons
     plan = out["plan"]
     assert plan["met"] and plan["achieved_step_psnr_db"] >= 60
     assert plan["keep_float"] == [x["layer"] for x in layers[:len(plan["keep_float"])]]

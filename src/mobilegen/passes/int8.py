@@ -8,7 +8,8 @@ Modes:
 - static: int8 weights and calibrated activations (W8A8, or W8A16 with `activation_bits = 16`,
   what phone NPUs run). Only weight-bearing ops are quantized (Conv, Gemm, MatMul with a constant
   B), with symmetric per-channel weights; the time/conditioning path (every node that does not
-  depend on the image input), the first and last weight layers, activation-by-activation MatMuls
+  depend on the image input), the stem and head outside the residual trunk (ONNX; the first and
+  last weight layers where a graph has no residual Add), activation-by-activation MatMuls
   (QK^T, attention x V), residual adds, norms and softmax stay float (the artifact's details list
   each with its reason). Activation ranges come from feeds along the model's own sampling
   trajectories, stratified over t (passes/calibration.py), by `calibration_method`.

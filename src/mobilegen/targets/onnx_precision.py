@@ -37,6 +37,12 @@ CALIBRATION = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entro
 PERCENTILE = 99.999
 # Weight-only MatMul: MatMulNBits, 8-bit symmetric blocks of this many K values.
 NBITS_BLOCK = 32
+# Why the stem and head stay float in static int8. Measured on STOIC S2 N12 L512 (random
+# weights): the second stem conv alone at W8A8 cost 30.7 dB worst step PSNR (71 dB at A16: the
+# loss is its 8-bit input), every trunk layer together 43 dB.
+EDGE_REASON = ("stem/head outside the residual trunk (the stem's output is the trunk itself and "
+               "the head writes the noise prediction: their 8-bit activation error reaches the "
+               "output undiluted by residual connections)")
 
 
 @dataclass(frozen=True)
@@ -95,18 +101,61 @@ def weight_layers(model: Any) -> tuple[list[Layer], list[dict[str, str]]]:
     return layers, kept
 
 
+def _merge_adds(model: Any) -> list[Any]:
+    """The Adds whose two inputs both depend on the image (residual connections `x + f(x)` and
+    `shortcut(x) + f(x)`), in graph order."""
+    on_path = image_dependent(model)
+    image_values = {model.graph.input[0].name} | {
+        o for n in model.graph.node if n.name in on_path for o in n.output}
+    return [n for n in model.graph.node if n.op_type == "Add" and len(n.input) == 2
+            and all(i in image_values for i in n.input)]
+
+
+def _ancestors(producer: dict[str, Any], value: str) -> set[str]:
+    """Names of the nodes `value` is computed from (its producer included)."""
+    found: set[str] = set()
+    stack = [value]
+    while stack:
+        node = producer.get(stack.pop())
+        if node is not None and node.name not in found:
+            found.add(node.name)
+            stack.extend(node.input)
+    return found
+
+
+def stem_and_head(model: Any) -> set[str]:
+    """Names of the nodes outside the residual trunk: the stem (what both inputs of the first
+    residual Add are computed from: its output is the trunk) and the head (everything after the
+    last residual Add). Empty when the graph has no residual Add."""
+    adds = _merge_adds(model)
+    if not adds:
+        return set()
+    producer = {out: n for n in model.graph.node for out in n.output}
+    first, last = adds[0], adds[-1]
+    outside = _ancestors(producer, first.input[0]) & _ancestors(producer, first.input[1])
+    reach = set(last.output)
+    after = False
+    for node in model.graph.node:  # topologically sorted: the head follows `last`
+        after = after or node.name == last.name
+        if after and any(i in reach for i in node.input):
+            outside.add(node.name)
+            reach.update(node.output)
+    return outside
+
+
 def static_selection(model: Any, spec: PrecisionSpec) -> tuple[list[Layer], list[dict[str, str]]]:
     """What static int8 quantizes, and every weight op it keeps float with the reason: the
-    time/conditioning path, activation x activation MatMuls, the first and last weight layers
-    (the image in and the noise prediction out), and `spec.keep_float`."""
+    time/conditioning path, activation x activation MatMuls, the stem and head outside the
+    residual trunk (or the first and last weight layers of a model without residual Adds), and
+    `spec.keep_float`."""
     layers, kept = weight_layers(model)
-    edges = {layers[0].path, layers[-1].path} if layers else set()
+    outside = stem_and_head(model)
+    edges = ({x.path for x in layers if x.node in outside} if outside
+             else {layers[0].path, layers[-1].path} if layers else set())
     chosen = []
     for layer in layers:
         if layer.path in edges:
-            kept.append({"layer": layer.path, "op": layer.op,
-                         "reason": "first/last weight layer (image in, noise prediction out: "
-                                   "its 256 levels land on the output directly)"})
+            kept.append({"layer": layer.path, "op": layer.op, "reason": EDGE_REASON})
         elif matches(layer.path, spec.keep_float):
             kept.append({"layer": layer.path, "op": layer.op,
                          "reason": "kept float by the recipe or the sensitivity plan"})
