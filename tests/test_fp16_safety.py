@@ -119,3 +119,46 @@ def test_a_model_without_overflow_keeps_nothing(hot):
     safety = check_fp16(capture(Small().eval(), example), [IO.feeds(example)])
     assert safety.kept_fp32 == [] and not safety.nonfinite_before
     assert safety.layers[0].headroom > 1000 and safety.step_psnr_after_db > 50
+
+
+def _mil_ops(package) -> list[tuple[str, str, int]]:
+    """(op type, output name, output dtype) of each non-const op of a saved ML program."""
+    import coremltools as ct
+
+    spec = ct.models.MLModel(str(package), skip_model_load=True).get_spec()
+    main = spec.mlProgram.functions["main"]
+    return [(op.type, op.outputs[0].name, op.outputs[0].type.tensorType.dataType)
+            for op in main.block_specializations[main.opset].operations if op.type != "const"]
+
+
+def test_coreml_fp16_keeps_the_layer_fp32(hot, tmp_path):
+    """Core ML fp16 (FP16ComputePrecision): the overflowing layer's linear and the norm reading
+    its output stay fp32 in the saved program, the next layer is fp16; the profile's fp16 base
+    and the fp16 pass on an fp32 profile both carry the fix, and say so in their details.
+    (Prediction needs macOS: the program is inspected.)"""
+    pytest.importorskip("coremltools")
+    from coremltools.proto import MIL_pb2
+
+    from mobilegen.targets import coreml
+
+    fp16, fp32 = MIL_pb2.DataType.FLOAT16, MIL_pb2.DataType.FLOAT32
+    _, example, req, _ = hot
+    gpu = load_target("ios-gpu")
+    assert gpu.precision == "fp16"
+    plain = coreml._convert(req.program, IO, gpu, "fp16", "hot", example)
+    plain.save(str(tmp_path / "plain.mlpackage"))
+    assert [d for t, _, d in _mil_ops(tmp_path / "plain.mlpackage") if t == "linear"] == [
+        fp16, fp16]
+    base = req.__class__(req.program, IO, example, gpu, tmp_path, "hot", 1000)
+    fp32_profile = gpu.model_copy(update={"precision": "fp32"})
+    arts = [coreml.export(base)[0], coreml.export_precision(
+        req.__class__(req.program, IO, example, fp32_profile, tmp_path, "hot", 1000),
+        PrecisionSpec("fp16"))[0]]
+    for art in arts:
+        d = art.details
+        assert d["fp16_safety"]["kept_fp32"] == ["up"] and d["fp32_layers"] == ["up"]
+        assert "layer_norm" in d["fp32_layer_ops"]
+        ops = _mil_ops(tmp_path / art.file)
+        assert [dt for t, _, dt in ops if t == "linear"] == [fp32, fp16]  # up, down
+        assert [dt for t, _, dt in ops if t == "layer_norm"] == [fp32]
+        assert ops[-1][1] == "y" and ops[-1][2] == fp32

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from mobilegen.errors import ExportError, first_line
-from mobilegen.passes.precision import PrecisionSpec
+from mobilegen.passes.precision import PrecisionSpec, matches
 from mobilegen.signature import ModelIO
 from mobilegen.targets.base import Artifact, ExportRequest, Runner, base_is_already
 from mobilegen.targets.coverage import coreml_coverage
@@ -40,10 +40,33 @@ def export(req: ExportRequest) -> list[Artifact]:
     program, io, example, profile = req.program, req.io, req.example, req.profile
     workdir, stem = req.workdir, req.stem
     out = workdir / f"{stem}.mlpackage"
-    model = _convert(program, io, profile, profile.precision, stem, example)
+    details: dict[str, Any] = {}
+    keep: tuple[str, ...] = ()
+    if profile.precision == "fp16":  # the base artifact computes in fp16: the same safety check
+        keep, details = _fp16_safety(req, PrecisionSpec("fp16"))
+    kept_ops: list[str] = []
+    model = _convert(program, io, profile, profile.precision, stem, example, keep, kept_ops)
     _save(model, out)
-    details = {"method": f"coremltools.convert (mlprogram, {profile.precision} compute)"}
+    details = {"method": f"coremltools.convert (mlprogram, {profile.precision} compute)",
+               **details, **_kept_details(keep, kept_ops, profile.precision)}
     return [_artifact(out, workdir, io, profile, profile.precision, details)]
+
+
+def _fp16_safety(req: ExportRequest, spec: PrecisionSpec) -> tuple[tuple[str, ...],
+                                                                    dict[str, Any]]:
+    """The fp16 safety check (passes/fp16_safety.py) on the captured program: the layers to keep
+    in fp32 and the check's summary for the artifact's details."""
+    from mobilegen.passes.fp16_safety import safe_fp16_spec
+
+    feeds = list(req.calibration) or [req.io.feeds(req.example)]
+    safe, summary = safe_fp16_spec(req.program, spec, feeds)
+    return safe.keep_float, {"fp16_safety": summary}
+
+
+def _kept_details(keep: tuple[str, ...], kept_ops: list[str], precision: str) -> dict[str, Any]:
+    if precision != "fp16":
+        return {}
+    return {"fp32_layers": list(keep), "fp32_layer_ops": sorted(set(kept_ops))}
 
 
 def supports(spec: PrecisionSpec) -> str | None:
@@ -73,8 +96,11 @@ def export_precision(req: ExportRequest, spec: PrecisionSpec) -> list[Artifact]:
         return [base_is_already(stem, spec.tag, profile, f"{stem}.mlpackage",
                                 "computes in fp16")]
     if spec.kind == "fp16":
-        _save(_convert(program, io, profile, "fp16", stem, example), out)
-        details = {"method": "coremltools.convert (mlprogram, fp16 compute)"}
+        keep, details = _fp16_safety(req, spec)
+        kept_ops: list[str] = []
+        _save(_convert(program, io, profile, "fp16", stem, example, keep, kept_ops), out)
+        details = {"method": "coremltools.convert (mlprogram, fp16 compute)", **details,
+                   **_kept_details(keep, kept_ops, "fp16")}
         return [_artifact(out, workdir, io, profile, spec.tag, details)]
     base_path = workdir / f"{stem}.mlpackage"
     if base_path.is_dir():
@@ -106,22 +132,27 @@ def export_precision(req: ExportRequest, spec: PrecisionSpec) -> list[Artifact]:
 
 
 def _convert(program: Any, io: ModelIO, profile: TargetProfile, precision: str, stem: str,
-             example: tuple[Any, ...]) -> Any:
+             example: tuple[Any, ...], keep_fp32: tuple[str, ...] = (),
+             kept_ops: list[str] | None = None) -> Any:
     """Convert the captured program (dynamic batch). Where coremltools cannot lower a symbolic
     batch (the UNet's attention reshapes fail as "Cannot add const [is0, ...]"), re-export the
-    same program at the example's fixed shapes and convert that; the package then records it."""
+    same program at the example's fixed shapes and convert that; the package then records it.
+    At fp16, the ops of the layers in `keep_fp32` (module paths) stay fp32, named in
+    `kept_ops`."""
     import coremltools as ct
     import torch
 
-    compute = ct.precision.FLOAT32
-    if precision == "fp16":
-        compute = ct.transform.FP16ComputePrecision(op_selector=_fp16_ok)
-
     def convert(ep: Any) -> Any:
+        ep = ep.run_decompositions({})  # coremltools reads ATen-level ops
+        if kept_ops is not None:
+            kept_ops.clear()  # a second attempt (fixed batch) lists its own
+        compute = ct.precision.FLOAT32
+        if precision == "fp16":
+            compute = ct.transform.FP16ComputePrecision(
+                op_selector=Fp16Selector(_fx_paths(ep), keep_fp32, kept_ops))
         with contextlib.redirect_stdout(sys.stderr):
-            # coremltools reads ATen-level ops: decompose the captured program's higher-level ones
             return ct.convert(
-                ep.run_decompositions({}), convert_to="mlprogram",
+                ep, convert_to="mlprogram",
                 minimum_deployment_target=getattr(ct.target, profile.deployment_target),
                 compute_precision=compute,
                 # without explicit outputs the name is generated and the dtype follows compute
@@ -139,6 +170,69 @@ def _convert(program: Any, io: ModelIO, profile: TargetProfile, precision: str, 
         reason = str(dynamic_error).splitlines()[0] if str(dynamic_error) else "unknown"
         model.user_defined_metadata["mobilegen.fixed_batch_reason"] = reason[:200]
     return _rename_inputs(model, io)
+
+
+# Core ML op types that keep a kept layer's output fp32 on its way to the next normalization
+# (the fp16 safety check runs norms, softmax and reductions in fp32, so its plan assumes a kept
+# layer's large output is normalized in fp32 before any fp16 op reads it).
+_MIL_SAME_VALUES = ("reshape", "transpose", "expand_dims", "squeeze", "slice_by_index",
+                    "slice_by_size", "identity", "split", "concat")
+_MIL_NORMS = ("layer_norm", "batch_norm", "instance_norm", "l2_norm", "softmax", "reduce_mean",
+              "reduce_sum", "reduce_max")
+
+
+def _fx_paths(ep: Any) -> dict[str, str]:
+    """FX node name -> the module path that ran it ('' for the root's own ops)."""
+    out = {}
+    for n in ep.graph.nodes:
+        stack = n.meta.get("nn_module_stack") or {}
+        out[n.name] = list(stack.values())[-1][0] if stack else ""
+    return out
+
+
+class Fp16Selector:
+    """FP16ComputePrecision's op_selector: fp16 except the timestep path (`_fp16_ok`), the ops of
+    the `keep` layers, and what carries their output to the next normalization. A MIL op is named
+    after the FX node it came from ("linear_3"), or that name plus "_<n>" where the converter made
+    it unique or emitted several ops for one node."""
+
+    def __init__(self, paths: dict[str, str], keep: tuple[str, ...],
+                 kept: list[str] | None) -> None:
+        self.paths, self.keep = paths, keep
+        self.kept = kept if kept is not None else []
+        self._carries: dict[int, bool] = {}
+
+    def path(self, name: str) -> str | None:
+        if name in self.paths:
+            return self.paths[name]
+        stem, _, suffix = name.rpartition("_")
+        while stem and suffix.isdigit():
+            if stem in self.paths:
+                return self.paths[stem]
+            stem, _, suffix = stem.rpartition("_")
+        return None
+
+    def carries(self, op: Any) -> bool:
+        """Whether `op`'s output is a kept layer's output (the layer's own ops, and value-moving
+        ops after them)."""
+        key = id(op)
+        if key not in self._carries:
+            path = self.path(op.name)
+            self._carries[key] = bool(self.keep) and (
+                (path is not None and matches(path, self.keep))
+                or (op.op_type in _MIL_SAME_VALUES and self._fed_by_kept(op)))
+        return self._carries[key]
+
+    def _fed_by_kept(self, op: Any) -> bool:
+        values = [v for x in op.inputs.values() for v in (x if isinstance(x, (list, tuple))
+                                                          else [x])]
+        return any(getattr(v, "op", None) is not None and self.carries(v.op) for v in values)
+
+    def __call__(self, op: Any) -> bool:
+        keep = self.carries(op) or (op.op_type in _MIL_NORMS and self._fed_by_kept(op))
+        if keep and op.op_type != "const":
+            self.kept.append(op.name)
+        return not keep and _fp16_ok(op)
 
 
 def _fp16_ok(op: Any, depth: int = 3) -> bool:
