@@ -227,3 +227,92 @@ def test_missing_extra_names_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime_qnn", None)  # import fails as if absent
     with pytest.raises(TargetUnavailableError, match=r"mobilegen\[qnn\]"):
         runtime_module("qnn")
+
+
+# ----------------------------------------------------------------------------- the tiny UNet
+# recipes/unet-tiny.toml's UNet with fewer attentions (same stages, ResNets and 8x8 / 4x4 norms)
+TINY_UNET = dict(block_out_channels=[16, 32], down_resnets=[2, 1], down_attentions=[0, 1],
+                 mid_resnets=1, mid_attentions=1, up_resnets=[2, 3], up_attentions=[1, 0],
+                 cross_attention_dim=16, attention_head_dim=2, norm_num_groups=8,
+                 sample_size=8, context_len=8)
+
+
+def test_tiny_unet_w8a16_numbers_hold_in_the_htp_simulator(tmp_path):
+    """A tiny UNet at the sampler's batch 2 (one image under guidance): its 8x8 stage has
+    GroupNorm -> SiLU -> Conv, which HTP computes wrongly in the exported form (this model
+    without qnn_graph's group-view SiLU: simulator vs fp32 ONNX 13.9-16.2 dB, cosine ~0, while
+    the same QDQ model on the CPU EP is at 54-57 dB: HTP's execution, not quantization; with
+    it 53.8-56.6 dB). Each simulated step must match the fp32 ONNX and the QDQ model on the
+    CPU EP, and the quantization-only split is reported."""
+    from mobilegen.checkpoints.loader import build_random
+    from mobilegen.export.run import capture
+    from mobilegen.models import get_family
+    from mobilegen.models.unet import UNetConfig
+    from mobilegen.targets import qnn
+    from mobilegen.targets.base import ExportRequest
+    from mobilegen.targets.profile import load_target
+
+    model = build_random("unet", UNetConfig.from_dict(TINY_UNET), seed=0).model
+    io = get_family("unet").io_spec(model.config)
+    example = model.example_inputs(2, seed=0, t=999.0)
+    feeds = tuple(io.feeds(model.example_inputs(2, seed=s, t=t))
+                  for s, t in ((1, 999.0), (2, 500.0), (3, 1.0)))
+    req = ExportRequest(program=capture(model, example), io=io, example=example,
+                        profile=load_target("snapdragon-8gen3-htp"), workdir=tmp_path,
+                        stem="unet", param_bytes=sum(p.numel() * 4 for p in model.parameters()),
+                        calibration=feeds, sample_batch=2)
+    (art,) = qnn.export(req)
+    d = art.details
+    assert art.runnable and d["residency"]["cpu_nodes"] == [] and d["fixed_batch"] == 2
+    steps = d["simulator"]["parity"]
+    assert [s["t"] for s in steps] == [999.0, 500.0, 1.0]
+    for s in steps:
+        assert s["vs_fp32_onnx"]["psnr_db"] > 40 and s["vs_fp32_onnx"]["cosine"] > 0.999, s
+        assert s["vs_qdq_cpu"]["psnr_db"] > 45, s  # HTP runs the QDQ model as the CPU EP does
+        assert s["qdq_cpu_vs_fp32_onnx"]["psnr_db"] > 40, s
+    assert "diagnosis" not in d["simulator"]
+
+
+def test_htp_divergence_names_htp_not_quantization():
+    from mobilegen.targets.qnn import htp_divergence
+
+    def step(htp, quant):
+        return {"vs_qdq_cpu": {"psnr_db": htp}, "qdq_cpu_vs_fp32_onnx": {"psnr_db": quant}}
+
+    assert htp_divergence([step(60.0, 41.0), step(None, 45.0)]) is None
+    msg = htp_divergence([step(15.3, 40.8), step(52.0, 44.0)])
+    assert msg is not None and "15.3 dB" in msg and "40.8 dB" in msg
+    assert "calibration ranges do not explain" in msg
+
+
+# ----------------------------------------------------------------------------- W8A8 and fp16
+@pytest.mark.parametrize("profile,arch", [("snapdragon-8gen3-htp-w8a8", "75"),
+                                          ("snapdragon-8gen3-htp-fp16", "75"),
+                                          ("snapdragon-8gen3-htp-fp16", "73"),
+                                          ("snapdragon-8gen3-htp-fp16", "79")])
+def test_w8a8_and_fp16_rows_compile_and_simulate(npu_export, tmp_path, profile, arch):
+    """The W8A8 and fp16 profiles on the tiny STOIC: whole on HTP, simulated. fp16 takes the
+    fp32 ONNX with enable_htp_fp16_precision + the SoC's soc_model (which the EP demands)."""
+    import dataclasses
+
+    from mobilegen.targets import qnn
+    from mobilegen.targets.profile import load_target
+
+    _, _, req = npu_export
+    prof = load_target(profile).model_copy(update={"htp_arch": arch})
+    (art,) = qnn.export(dataclasses.replace(req, profile=prof, workdir=tmp_path))
+    d = art.details
+    assert art.precision == prof.precision and art.runnable
+    assert d["residency"]["cpu_nodes"] == [] and d["coverage"][0]["verdict"] == "full"
+    steps = d["simulator"]["parity"]
+    if prof.precision == "fp16":
+        assert d["deploy"]["provider_options"]["soc_model"] == qnn.SOC_MODEL[arch]
+        assert all(s["vs_fp32_onnx"]["psnr_db"] > 33 for s in steps), steps
+        assert "qdq_cpu_vs_fp32_onnx" not in steps[0]
+    else:  # 8-bit activations: coarse on this tiny random-weight model, but HTP runs it as
+        # the CPU EP runs the same QDQ model
+        assert d["method"].startswith("onnxruntime get_qnn_qdq_config") and "W8A8" in d["method"]
+        # measured: 11.7 / 21.6 / 22.6 dB vs fp32 at t = 1000 / 604 / 75, where the same QDQ
+        # model on the CPU EP gives 12.7 / 27.4 / 45.8 dB: HTP's 8-bit kernels cost the rest
+        assert all(s["vs_fp32_onnx"]["psnr_db"] > 9 for s in steps), steps
+        assert all(s["vs_fp32_onnx"]["cosine"] > 0.7 for s in steps), steps

@@ -52,6 +52,13 @@ PARITY_FEEDS = 3  # trajectory feeds (spread over t) for the simulator-vs-fp32-O
 RANGE_HEADROOM = 1.5
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 ACTIVATION_TYPES = {"w8a16": "QUInt16", "w8a8": "QUInt8"}
+# QNN's SoC model number per Hexagon generation of the profiles' phones (QnnTypes.h
+# QNN_SOC_MODEL_*: SM8550 8 Gen 2 = 43 (v73), SM8650 8 Gen 3 = 57 (v75), SM8750 8 Elite = 69
+# (v79)). The EP refuses fp16 without it: "FP16 precision mode is enabled but soc_model is not
+# specified. Both parameters must be set together for FP16 precision support." (2.7.0)
+SOC_MODEL = {"73": "43", "75": "57", "79": "69"}
+# simulate_checks: below this simulator-vs-QDQ-on-CPU PSNR the HTP execution itself differs
+HTP_DIVERGES_BELOW_DB = 30.0
 
 
 def ep_name() -> str:
@@ -94,6 +101,8 @@ def provider_options(profile: TargetProfile) -> dict[str, str]:
         opts["htp_arch"] = profile.htp_arch
     if profile.precision == "fp16":
         opts["enable_htp_fp16_precision"] = "1"
+        if profile.htp_arch in SOC_MODEL:
+            opts["soc_model"] = SOC_MODEL[profile.htp_arch]
     return opts
 
 
@@ -367,11 +376,42 @@ def simulate_checks(ctx: Path, fp32: Path, model: Path, feeds: list[dict[str, np
     steps = []
     for f, s, ref, qdq in zip(picked, sim, fp32_out, qdq_out, strict=True):
         t = float(np.ravel(list(f.values())[1])[0]) if len(f) > 1 else None
-        steps.append({"t": t, "vs_fp32_onnx": compare(ref, s).to_dict(),
-                      "vs_qdq_cpu": compare(qdq, s).to_dict()})
-    return {"parity": steps, "cycles": cycles,
-            "note": "HTP simulator on this host: parity is numeric; cycles are the simulator's "
-                    "cycle counts for one call, not a phone's latency"}
+        step = {"t": t, "vs_fp32_onnx": compare(ref, s).to_dict(),
+                "vs_qdq_cpu": compare(qdq, s).to_dict()}
+        if model != fp32:  # the QDQ model's own error, on the CPU EP: quantization alone
+            step["qdq_cpu_vs_fp32_onnx"] = compare(ref, qdq).to_dict()
+        steps.append(step)
+    out = {"parity": steps, "cycles": cycles,
+           "note": "HTP simulator on this host: parity is numeric; cycles are the simulator's "
+                   "cycle counts for one call, not a phone's latency. The error splits into "
+                   "quantization (qdq_cpu_vs_fp32_onnx: the QDQ model on the CPU EP) and HTP's "
+                   "execution of that model (vs_qdq_cpu: simulator vs CPU EP, same model)"}
+    diverges = htp_divergence(steps)
+    if diverges:
+        out["diagnosis"] = diverges
+    return out
+
+
+def htp_divergence(steps: list[dict[str, Any]]) -> str | None:
+    """A one-line diagnosis when the simulator disagrees with the same model on the CPU EP
+    (below HTP_DIVERGES_BELOW_DB): HTP computes the graph differently, which calibration ranges
+    do not explain. Seen (onnxruntime-qnn 2.7.0, v68-v79 alike, W8A16): a per-channel constant
+    Mul/Add -> SiLU -> Conv at 8x8 with batch 2-8 (or 128 channels at batch 1; 16x16 and W8A8
+    were right) at 14-18 dB, while the QDQ model on the CPU EP was at 41-66 dB; exposing the Mul
+    output as a graph output made it right, so it is HTP's graph preparation. targets/qnn_graph.py
+    rewrites the GroupNorm form of it."""
+    def worst(key: str) -> float | None:  # psnr_db None: identical outputs
+        values = [s[key]["psnr_db"] for s in steps if key in s]
+        return min((v for v in values if v is not None), default=None)
+
+    htp, quant = worst("vs_qdq_cpu"), worst("qdq_cpu_vs_fp32_onnx")
+    if htp is None or htp >= HTP_DIVERGES_BELOW_DB:
+        return None
+    q = f"; quantization alone (QDQ model on the CPU EP vs fp32 ONNX) {quant:.1f} dB" \
+        if quant is not None else ""
+    return (f"the HTP simulator differs from the same model on the CPU EP ({htp:.1f} dB worst "
+            f"step){q}: the rest is HTP's execution of the graph (its integer kernels or graph "
+            "preparation), which the calibration ranges do not explain")
 
 
 def _cpu_run(model: Path, feed: dict[str, np.ndarray]) -> np.ndarray:
