@@ -119,6 +119,28 @@ def test_static_ranges_cover_every_calibration_call_not_only_the_last(exported, 
     assert np.abs(got - ref).max() < (0.04 if bits == 8 else 0.015) * np.abs(ref).max()
 
 
+def test_static_sensitivity_plan_keeps_layers_float_until_the_target(exported):
+    from mobilegen.measure.parity import compare
+
+    model, io, program, example, profile, workdir, art, _ = exported
+    calib = [io.feeds(model.example_inputs(2, seed=s, t=t))
+             for s, t in enumerate((999.0, 500.0, 1.0))]
+    req = ExportRequest(program, io, example, profile, workdir, "denoiser", 0,
+                        calibration=tuple(calib))
+    (v,) = tflite.export_precision(req, PrecisionSpec("int8", "static", target_step_psnr_db=58.0))
+    plan = v.details["sensitivity_plan"]
+    assert plan["trail"][0]["step_psnr_db"] < 58.0  # all quantized misses it: the plan must act
+    assert plan["met"] and plan["keep_float"] and plan["achieved_step_psnr_db"] >= 58.0
+    assert plan["most_sensitive"][0]["layer"] == plan["keep_float"][0]
+    kept = {k["layer"]: k["reason"] for k in v.details["kept_float"]}
+    for layer in plan["keep_float"]:
+        assert "sensitivity plan" in kept[layer] and layer not in v.details["quantized_layers"]
+    assert v.details["quantized_layers"]  # the rest is still int8
+    fp32, int8 = tflite.load(workdir / art.file, 1), tflite.load(workdir / v.file, 1)
+    worst = min(compare(fp32(f), int8(f)).psnr_db for f in calib)
+    assert worst >= 58.0 and abs(worst - plan["achieved_step_psnr_db"]) < 0.5
+
+
 def test_module_regex_matches_litert_tensor_names():
     import re
 
@@ -139,6 +161,9 @@ def test_palettization_is_refused_with_a_reason():
     why = tflite.supports(PrecisionSpec("palettize", bits=4))
     assert why is not None and "Core ML" in why
     assert tflite.supports(PrecisionSpec("fp16")) is None
+    why = tflite.supports(PrecisionSpec("int8", "static", calibration_method="percentile"))
+    assert why is not None and "percentile" in why and "min/max" in why
+    assert tflite.supports(PrecisionSpec("int8", "static")) is None
 
 
 def test_fp16_profile_base_artifact_is_fp16(exported, tmp_path):

@@ -15,6 +15,7 @@ import re
 import sys
 import tempfile
 from collections import Counter
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,9 @@ SIGNATURE = "serving_default"  # litert-torch's default signature; inputs args_0
 # the flatbuffer and points at them by offset; ai-edge-litert 2.3 loads such files (measured: a
 # 2.68 GB fp32 model converted in 211 s, ran with max abs error 1.1e-7 against PyTorch).
 FLATBUFFER_LIMIT_BYTES = 2 * 1024**3
+EDGE_REASON = ("stem/head outside the residual trunk (the stem's output is the trunk itself and "
+               "the head writes the noise prediction: their int8 error reaches the output "
+               "undiluted by residual connections)")
 
 
 def large_model_note(nbytes: int) -> str | None:
@@ -64,6 +68,9 @@ def export(req: ExportRequest) -> list[Artifact]:
 
 def supports(spec: PrecisionSpec) -> str | None:
     """None if this target can produce `spec`, else why not (shown in the report row)."""
+    if spec.kind == "int8" and spec.mode == "static" and spec.calibration_method != "minmax":
+        return (f"LiteRT static int8 calibrates min/max ranges only: ai-edge-quantizer 0.10 has "
+                f"no {spec.calibration_method} calibration (use calibration_method = \"minmax\")")
     if spec.kind in ("fp16", "int8"):
         return None
     return (f"{spec.kind} is a Core ML weight compression; LiteRT has no palettized weight "
@@ -139,21 +146,7 @@ def _quantize(src: Path, dst: Path, spec: PrecisionSpec, calibration: list[dict[
     else:
         if program is None:
             raise ExportError(f"{spec.tag} for {src.name}: static int8 needs the captured program")
-        plan = static_plan(program, spec)
-        ops = (TFLOperationName.FULLY_CONNECTED, TFLOperationName.CONV_2D)
-        for op in ops:
-            qt.add_static_config(regex="|".join(plan["regexes"]) or "^$", operation_name=op,
-                                 activation_num_bits=spec.activation_bits, weight_num_bits=8)
-        batch = int(example[0].shape[0])
-        feeds = [_signature_feeds(chunk, io, src)
-                 for feed in calibration for chunk in _chunks(feed, io, batch)]
-        calib_result = calibrate_min_max(qt, src, feeds)
-        method = (f"ai-edge-quantizer static W8A{spec.activation_bits}: FULLY_CONNECTED and "
-                  "CONV_2D (per-channel symmetric int8 weights, activation ranges: the min and "
-                  f"max over all {len(feeds)} calibration calls along sampling trajectories)")
-        extra = {"kept_float": plan["kept"], "quantized_layers": plan["quantized"],
-                 "kept_float_ops": "every op other than FULLY_CONNECTED and CONV_2D: adds, "
-                                   "norms, softmax, BATCH_MATMUL of attention, sin/cos"}
+        qt, calib_result, method, extra = _static(src, spec, calibration, io, example, program)
     try:
         with contextlib.redirect_stdout(sys.stderr):
             qt.quantize(calib_result).export_model(str(dst), overwrite=True)
@@ -161,6 +154,105 @@ def _quantize(src: Path, dst: Path, spec: PrecisionSpec, calibration: list[dict[
         first = first_line(e)
         raise ExportError(f"{spec.tag} quantization failed for {src.name}: {first}") from e
     return {"method": method, **extra}
+
+
+def _static(src: Path, spec: PrecisionSpec, calibration: list[dict[str, np.ndarray]],
+            io: ModelIO, example: tuple[Any, ...], program: Any) -> tuple[Any, Any, str, dict]:
+    """The static quantizer for `spec`, its activation ranges, method line and details; with
+    `spec.target_step_psnr_db`, after the sensitivity plan has chosen what else stays float."""
+    batch = int(example[0].shape[0])
+    groups = [[_signature_feeds(chunk, io, src) for chunk in _chunks(feed, io, batch)]
+              for feed in calibration]
+    feeds = [chunk for group in groups for chunk in group]
+    full = static_plan(program, spec)
+    calib_result = calibrate_min_max(_static_quantizer(src, full["layers"], spec), src, feeds)
+    checks: dict[str, Any] = {}
+    if spec.target_step_psnr_db is not None:
+        sens = sensitivity_plan(src, spec, full, groups, calib_result)
+        checks["sensitivity_plan"] = sens
+        spec = replace(spec, keep_float=(*spec.keep_float, *sens["keep_float"]))
+    plan = static_plan(program, spec)
+    method = (f"ai-edge-quantizer static W8A{spec.activation_bits}: FULLY_CONNECTED and "
+              "CONV_2D (per-channel symmetric int8 weights, activation ranges: the min and "
+              f"max over all {len(feeds)} calibration calls along sampling trajectories)")
+    details = {"kept_float": plan["kept"], "quantized_layers": plan["quantized"],
+               "kept_float_ops": "every op other than FULLY_CONNECTED and CONV_2D: adds, "
+                                 "norms, softmax, BATCH_MATMUL of attention, sin/cos", **checks}
+    return _static_quantizer(src, plan["layers"], spec), calib_result, method, details
+
+
+def _static_quantizer(src: Path, layers: list[Any], spec: PrecisionSpec) -> Any:
+    """An ai-edge-quantizer Quantizer with static int8 on exactly `layers` (StaticLayer)."""
+    from ai_edge_quantizer import quantizer
+    from ai_edge_quantizer.recipe import TFLOperationName
+
+    qt = quantizer.Quantizer(str(src))
+    for op in (TFLOperationName.FULLY_CONNECTED, TFLOperationName.CONV_2D):
+        regex = "|".join(sorted({x.node for x in layers if x.op == op.value})) or "^$"
+        qt.add_static_config(regex=regex, operation_name=op,
+                             activation_num_bits=spec.activation_bits, weight_num_bits=8)
+    return qt
+
+
+@dataclass(frozen=True)
+class StaticLayer:
+    """One layer static int8 may quantize, as passes.sensitivity reads a layer: `node` is its
+    pattern over litert-torch tensor names, `op` the TFLite op, `path` the module path."""
+
+    node: str
+    op: str
+    path: str
+
+
+class LiteStudy:
+    """passes.sensitivity's Study over a .tflite: quantizes a subset of layers (ai-edge-quantizer,
+    the ranges calibrated once) and scores it in the LiteRT interpreter against the fp32 file,
+    one PSNR per calibration feed (its batch-sized calls joined)."""
+
+    def __init__(self, src: Path, spec: PrecisionSpec, layers: list[StaticLayer],
+                 weights: dict[str, int], groups: list[list[dict[str, np.ndarray]]],
+                 calib_result: Any, work: Path) -> None:
+        self.src, self.spec, self.layers, self.weights = src, spec, layers, weights
+        self.validation, self.calib, self.work, self.runs = groups, calib_result, work, 0
+        self.reference = _outputs(src, groups)
+
+    def quantized(self, layers: list[StaticLayer]) -> tuple[list[float], Path]:
+        from mobilegen.passes.sensitivity import psnrs
+
+        self.runs += 1
+        out = self.work / f"q{self.runs % 2}.tflite"
+        with contextlib.redirect_stdout(sys.stderr):
+            _static_quantizer(self.src, layers, self.spec).quantize(self.calib).export_model(
+                str(out), overwrite=True)
+        return psnrs(self.reference, _outputs(out, self.validation)), out
+
+
+def _outputs(path: Path, groups: list[list[dict[str, np.ndarray]]]) -> list[np.ndarray]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_path=str(path), num_threads=2).get_signature_runner(SIGNATURE)
+    name = next(iter(runner.get_output_details()))
+    return [np.concatenate([runner(**call)[name] for call in group]) for group in groups]
+
+
+def sensitivity_plan(src: Path, spec: PrecisionSpec, full: dict[str, Any],
+                     groups: list[list[dict[str, np.ndarray]]], calib_result: Any,
+                     ) -> dict[str, Any]:
+    """passes.sensitivity's layer scores and greedy plan, measured in LiteRT: which of the
+    layers of `full` (static_plan before the plan's own choices) stay float for the worst
+    per-feed PSNR to reach `spec.target_step_psnr_db`, scored on the calibration trajectory
+    feeds as the ONNX target scores."""
+    from mobilegen.passes.sensitivity import greedy_plan, layer_sensitivity
+
+    assert spec.target_step_psnr_db is not None
+    with tempfile.TemporaryDirectory(prefix="mobilegen-tflite-sensitivity-") as tmp:
+        study = LiteStudy(src, spec, full["layers"], full["weights"], groups, calib_result,
+                          Path(tmp))
+        scores = layer_sensitivity(study)
+        plan = greedy_plan(study, scores, spec.target_step_psnr_db)
+    plan["scored_on"] = "calibration trajectory feeds (LiteRT interpreter)"
+    plan["most_sensitive"] = [asdict(s) for s in scores[:8]]
+    return plan
 
 
 def calibrate_min_max(qt: Any, src: Path, feeds: list[dict[str, np.ndarray]]) -> dict[str, Any]:
@@ -188,9 +280,11 @@ def calibrate_min_max(qt: Any, src: Path, feeds: list[dict[str, np.ndarray]]) ->
 
 def static_plan(program: Any, spec: PrecisionSpec) -> dict[str, Any]:
     """What static int8 quantizes and leaves float, from the captured program (the same rule as
-    the ONNX target): linear/conv layers off the image path (time/conditioning), the first and
-    last weight layers on it, and `spec.keep_float` stay float. Returns the quantized layers'
-    name patterns over litert-torch tensor names, and the kept layers with reasons."""
+    the ONNX target): linear/conv layers off the image path (time/conditioning), the stem and
+    head outside the residual trunk (without residual adds: the first and the last two weight
+    layers), and `spec.keep_float` stay float. Returns the quantized layers
+    (StaticLayer: a pattern over litert-torch tensor names), their weight counts, and the kept
+    layers with reasons."""
     graph = program.module().graph
     image = next(n for n in graph.nodes if n.op == "placeholder")
     reach = {image}
@@ -204,18 +298,59 @@ def static_plan(program: Any, spec: PrecisionSpec) -> dict[str, Any]:
              for n in weighted}
     path = {n: stack[n][-1] if stack[n] else "" for n in weighted}
     on_image = [n for n in weighted if n in reach]
-    # LiteRT quantizes a FULLY_CONNECTED's output as well, so the output head is the last two
-    # weight layers: the predicted noise itself would be int8 (digits STOIC with min/max ranges:
-    # decoder_proj quantized gave 12.3 dB image PSNR against 45.6 dB kept float, measured).
-    edges = {on_image[0], *on_image[-2:]} if on_image else set()
+    outside = _outside_trunk(graph, reach)
+    # Without residual Adds: the first layer and the last two, as LiteRT quantizes a
+    # FULLY_CONNECTED's output too, so the predicted noise itself would be int8 (digits STOIC
+    # with min/max ranges: decoder_proj quantized gave 12.3 dB image PSNR against 45.6, measured).
+    edges = ({n for n in on_image if n in outside} if outside
+             else {on_image[0], *on_image[-2:]} if on_image else set())
     kept = [{"layer": path[n], "reason": "time/conditioning path (depends only on t and the "
              "label or context)"} for n in weighted if n not in reach]
-    kept += [{"layer": path[n], "reason": "first weight layer / output head"} for n in edges]
-    kept += [{"layer": path[n], "reason": "kept float by the recipe"} for n in on_image
-             if matches(path[n], spec.keep_float) and n not in edges]
+    kept += [{"layer": path[n], "reason": EDGE_REASON if outside else "first weight layer / "
+              "output head (the model has no residual Add)"} for n in on_image if n in edges]
+    kept += [{"layer": path[n], "reason": "kept float by the recipe or the sensitivity plan"}
+             for n in on_image if matches(path[n], spec.keep_float) and n not in edges]
     chosen = [n for n in on_image if n not in edges and not matches(path[n], spec.keep_float)]
-    return {"quantized": [path[n] for n in chosen], "kept": kept,
-            "regexes": sorted({module_regex(stack[n]) for n in chosen})}
+    layers = [StaticLayer(module_regex(stack[n]), "CONV_2D" if "conv" in str(n.target)
+                          else "FULLY_CONNECTED", path[n]) for n in chosen]
+    return {"quantized": [path[n] for n in chosen], "kept": kept, "layers": layers,
+            "weights": {x.node: _numel(n.args[1]) for x, n in zip(layers, chosen, strict=True)}}
+
+
+def _outside_trunk(graph: Any, reach: set[Any]) -> set[Any]:
+    """The ONNX target's stem/head rule (onnx_precision.stem_and_head) on the FX graph: what
+    both inputs of the first residual add (both inputs on the image path) are computed from,
+    and everything after the last one. Empty without residual adds."""
+    adds = [n for n in graph.nodes if n.op == "call_function"
+            and str(n.target).startswith("aten.add") and len(n.all_input_nodes) == 2
+            and all(a in reach for a in n.all_input_nodes)]
+    if not adds:
+        return set()
+    first, last = adds[0], adds[-1]
+    a, b = first.all_input_nodes
+    outside = _fx_ancestors(a) & _fx_ancestors(b)
+    tail = {last}
+    for n in list(graph.nodes)[list(graph.nodes).index(last) + 1:]:
+        if any(i in tail for i in n.all_input_nodes):
+            tail.add(n)
+            outside.add(n)
+    return outside
+
+
+def _fx_ancestors(node: Any) -> set[Any]:
+    found: set[Any] = set()
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if n not in found:
+            found.add(n)
+            stack.extend(n.all_input_nodes)
+    return found
+
+
+def _numel(node: Any) -> int:
+    val = getattr(node, "meta", {}).get("val")
+    return int(val.numel()) if val is not None else 0
 
 
 def module_regex(stack: list[str]) -> str:
