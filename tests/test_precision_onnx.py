@@ -192,6 +192,10 @@ def test_int8_static_quantizes_weight_ops_only_and_keeps_float_paths_float(setup
         if n.op_type == "DequantizeLinear" and n.input[0] in inits:
             assert not onnx.numpy_helper.to_array(inits[n.input[2]]).any()
     assert np.isfinite(_worst_parity(setup, path).max_abs_error)
+    # onnxruntime fuses every quantized MatMul into its int8 GEMM (nothing falls back to fp32)
+    kernels = d["ort_cpu_kernels"]
+    assert kernels["int8"] == {"MatMulIntegerToFloat": len(d["quantized_layers"])}, kernels
+    assert kernels["float_fallback"] == []
 
 
 def test_int8_static_sensitivity_plan_meets_its_target(setup, feeds):
@@ -309,3 +313,33 @@ def test_shipped_precision_recipes_export_at_small_settings(name, tmp_path):
     assert "kept float: " in md and "time/conditioning path" in md and "fp16 safety" in md
     if name == "stoic-digits-mobile":
         assert [p["name"] for p in report.passes[:2]] == ["gelu_to_silu", "relu_attention"]
+
+
+def test_int8_static_on_a_unet_runs_int8_convs(tmp_path):
+    """A tiny UNet: conv_in (the stem) and conv_out (the head) stay float, the trunk's Convs
+    become onnxruntime QLinearConv and its MatMuls MatMulIntegerToFloat: no quantized weight op
+    is left computing in fp32 (a DequantizeLinear feeding a float Conv/MatMul)."""
+    from mobilegen.models import unet
+    from mobilegen.recipe import load_recipe, resolve_recipe
+
+    cfg = unet.UNetConfig(**load_recipe(resolve_recipe("unet-tiny")).model.config)
+    model = build_random("unet", cfg, 0).model.eval()
+    io = unet.io_spec(cfg)
+    example = model.example_inputs(2)
+    profile = load_target("ort-mobile-cpu").model_copy(update={"ort_format": False})
+    calib = tuple(io.feeds(model.example_inputs(2, seed=s, t=t))
+                  for s, t in enumerate((999.0, 500.0, 1.0)))
+    req = ExportRequest(capture(model, example), io, example, profile, tmp_path, "unet", 1000,
+                        calib)
+    art = onnx_target.export_precision(req, PrecisionSpec("int8", "static"))[0]
+    d = art.details
+    edges = {k["layer"] for k in d["kept_float"] if k["reason"].startswith("stem/head")}
+    assert edges == {"conv_in", "conv_out"}, edges
+    kernels = d["ort_cpu_kernels"]
+    int8 = kernels["int8"]
+    assert int8["QLinearConv"] > 10 and int8["MatMulIntegerToFloat"] > 10, kernels
+    assert int8["QLinearConv"] + int8["MatMulIntegerToFloat"] == len(d["quantized_layers"])
+    assert kernels["float_fallback"] == []
+    run = onnx_target.load(tmp_path / art.file, 2)
+    ref = torch_runner(model, io)
+    assert min(compare(ref(f), run(f)).psnr_db for f in calib) >= INT8_STATIC_MIN_STEP_PSNR

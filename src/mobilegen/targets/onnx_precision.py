@@ -188,11 +188,15 @@ def quantize_static_nodes(src: Path, dst: Path, spec: PrecisionSpec, nodes: list
     )
 
     a16 = spec.activation_bits == 16
-    # Outputs stay float: the bias/residual Add after a MatMul reads float, and onnxruntime
-    # fuses the DQ -> MatMul pair into MatMulIntegerToFloat (int8 GEMM, float out).
+    # MatMul/Gemm outputs stay float: the bias/residual Add after them reads float, and
+    # onnxruntime fuses DQ -> MatMul into MatMulIntegerToFloat (int8 GEMM, float out). A Conv
+    # needs its output quantized too for onnxruntime to run QLinearConv: with a float output it
+    # dequantizes the weights and convolves in fp32 on every call (slower than fp32). At A16 the
+    # CPU has no 16-bit kernels either way, so Conv outputs stay float there.
+    float_out = list(INT8_WEIGHT_OPS) if a16 else [o for o in INT8_WEIGHT_OPS if o != "Conv"]
     extra: dict[str, Any] = {"MatMulConstBOnly": True, "WeightSymmetric": True,
                              "UseQDQContribOps": a16,
-                             "OpTypesToExcludeOutputQuantization": list(INT8_WEIGHT_OPS)}
+                             "OpTypesToExcludeOutputQuantization": float_out}
     if spec.calibration_method == "percentile":
         extra["CalibPercentile"] = PERCENTILE
     root = logging.getLogger()
@@ -247,7 +251,39 @@ def _static(src: Path, dst: Path, spec: PrecisionSpec, calibration: list[dict[st
                           "pairs)",
         "calibration_feeds": len(calibration),
     }
+    if not external:  # the optimized copy of a >2 GB model would need its own external data
+        details["ort_cpu_kernels"] = ort_cpu_kernels(dst)
     return details
+
+
+# onnxruntime's integer kernels (CPU EP), and the float weight ops that read a dequantized input
+INT8_KERNELS = ("MatMulIntegerToFloat", "QLinearMatMul", "MatMulInteger", "QLinearConv",
+                "ConvInteger", "QGemm", "DynamicQuantizeMatMul", "MatMulNBits")
+FLOAT_WEIGHT_OPS = ("MatMul", "Gemm", "Conv", "FusedMatMul", "FusedConv", "FusedGemm")
+
+
+def ort_cpu_kernels(path: Path) -> dict[str, Any]:
+    """What onnxruntime's CPU EP makes of a quantized model after its graph optimizations: the
+    integer kernels by op type, and the float weight ops still reading a DequantizeLinear output
+    (a QDQ pattern it did not fuse, which computes in fp32)."""
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="mobilegen-ortopt-") as tmp:
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        model = onnx.load(opts.optimized_model_filepath, load_external_data=False)
+    dq = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    kernels = {op: sum(n.op_type == op for n in model.graph.node) for op in INT8_KERNELS}
+    return {"int8": {k: v for k, v in kernels.items() if v},
+            "float_fallback": sorted(f"{n.op_type}:{n.name}" for n in model.graph.node
+                                     if n.op_type in FLOAT_WEIGHT_OPS
+                                     and any(i in dq for i in n.input)),
+            "note": "onnxruntime CPU EP's optimized graph (this host's kernels)"}
 
 
 def _weight_only(src: Path, dst: Path, external: bool) -> dict[str, Any]:
