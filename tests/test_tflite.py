@@ -83,6 +83,9 @@ def test_static_int8_quantizes_weight_ops_only_and_keeps_float_paths_float(expor
     assert "QUANTIZE" in v.details["operators"]
     kept = {k["layer"]: k["reason"] for k in v.details["kept_float"]}
     assert kept["time_mlp.0"].startswith("time/conditioning") and "stem.0" in kept
+    # the ONNX target's rule: the stem (every conv before the first residual add) and the head
+    assert kept["stem.2"].startswith("stem/head") and kept["conv_out"].startswith("stem/head")
+    assert "blocks.1.mlp.fc2" in v.details["quantized_layers"]
     assert "blocks.0.mlp.fc1" not in kept and "blocks.0.mlp.fc1" in v.details["quantized_layers"]
     assert not any(p.startswith("time_mlp") or "adaln" in p for p in v.details["quantized_layers"])
     # No quantized BATCH_MATMUL / softmax / norm math: attention and adds stay float.
