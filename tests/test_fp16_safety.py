@@ -162,3 +162,16 @@ def test_coreml_fp16_keeps_the_layer_fp32(hot, tmp_path):
         assert [dt for t, _, dt in ops if t == "linear"] == [fp32, fp16]  # up, down
         assert [dt for t, _, dt in ops if t == "layer_norm"] == [fp32]
         assert ops[-1][1] == "y" and ops[-1][2] == fp32
+
+
+def test_coreml_fp16_base_of_a_large_model_says_the_check_was_skipped(hot, tmp_path):
+    pytest.importorskip("coremltools")
+    from mobilegen.targets import coreml
+
+    _, example, req, _ = hot
+    big = coreml.BASE_FP16_CHECK_MAX_BYTES + 1
+    art = coreml.export(req.__class__(req.program, IO, example, load_target("ios-gpu"), tmp_path,
+                                      "hot", big))[0]
+    assert "fp16_safety" not in art.details and "sensitivity" in art.details[
+        "fp16_safety_skipped"]
+    assert art.details["fp32_layers"] == []

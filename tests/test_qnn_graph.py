@@ -120,3 +120,36 @@ def test_tiny_decoder_runs_whole_on_htp_and_matches_fp32_in_the_simulator(tmp_pa
         assert step["vs_fp32_onnx"]["psnr_db"] > 40
         assert step["vs_fp32_onnx"]["cosine"] > 0.999
     assert (tmp_path / "decoder_ctx_qnn.bin").stat().st_size > 0
+
+
+def test_ordered_calibration_changes_the_order_not_the_ranges(exported_graphs, tmp_path):
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+    from onnxruntime.quantization import QuantType, calibrate, quantize
+    from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
+
+    from mobilegen.targets.onnx_precision import FeedReader
+    from mobilegen.targets.qnn_graph import ordered_calibration
+
+    _, fixed, _, feeds = exported_graphs
+    library = calibrate.CalibraterBase.create_inference_session
+
+    def scales(out: Path) -> dict[str, np.ndarray]:
+        cfg = get_qnn_qdq_config(str(fixed), FeedReader(list(feeds)),
+                                 activation_type=QuantType.QUInt16, weight_type=QuantType.QUInt8)
+        quantize(str(fixed), str(out), cfg)
+        return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer
+                if t.name.endswith("_scale")}
+
+    with ordered_calibration():
+        cal = calibrate.create_calibrator(str(fixed), augmented_model_path=str(
+            tmp_path / "augmented.onnx"))
+        order = cal.infer_session.get_session_options().execution_order
+        ordered = scales(tmp_path / "ordered.onnx")
+    assert order == ort.ExecutionOrder.PRIORITY_BASED
+    assert calibrate.CalibraterBase.create_inference_session is library  # restored
+    plain = scales(tmp_path / "plain.onnx")
+    assert ordered.keys() == plain.keys() and len(plain) > 50
+    for name, value in plain.items():
+        np.testing.assert_array_equal(ordered[name], value)

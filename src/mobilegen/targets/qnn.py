@@ -259,11 +259,14 @@ def precision_model(fp32: Path, precision: str, feeds: list[dict[str, np.ndarray
 
     out = fp32.with_name(fp32.name.replace(".fp32.onnx", f".{precision}.onnx"))
     act = getattr(QuantType, ACTIVATION_TYPES[precision])
+    from mobilegen.targets.qnn_graph import ordered_calibration
+
     try:
         cfg = get_qnn_qdq_config(str(fp32), FeedReader(feeds), activation_type=act,
                                  weight_type=QuantType.QUInt8)
         cfg.use_external_data_format = external  # above 2 GiB a protobuf cannot hold weights
-        quantize(str(fp32), str(out), cfg)
+        with ordered_calibration():  # one run's activations held, not all (qnn_graph.py)
+            quantize(str(fp32), str(out), cfg)
     except Exception as e:  # onnxruntime.quantization raises many types; one line
         raise ExportError(f"{precision} QDQ quantization failed for {fp32.name}: "
                           f"{first_line(e)}") from e
