@@ -8,13 +8,16 @@ compile time (quantize + context binary); then the digit classifier's accuracy o
 through one context binary in the simulator vs the same samples from PyTorch fp32
 (mobilegen.digits_classifier).
 
-Part 2, compile-only (random weights, Hexagon v75, W8A16 calibrated on random example inputs: a
-compile benchmark, not a quality one): STOIC S2 N12 L512, the SnapFusion UNet, the SD VAE decoder.
-Each in its own child process: compile time per stage, peak RSS, context binary bytes,
-residency.
+Part 2, compile-only (random weights, Hexagon v75, W8A16 calibrated on one random example input
+by default: a compile benchmark, not a quality one; above 64 MB of weights the QNN target is
+compile-only anyway): STOIC S2 N12 L512, the SnapFusion UNet, the SD VAE decoder at 512x512
+output, the SD-1.5 text encoder. Each in its own child process, stopped past RSS_LIMIT_GB (the
+host is shared): compile time per stage, peak RSS, context binary bytes, residency. The rows go
+to benchmarks/results/qnn_compile.json (one row per model, each with its own date and command).
 
     .venv/bin/python benchmarks/bench_qnn.py [--images 10] [--steps 20] [--arch-profile
-        snapdragon-8gen3-htp] [--large stoic,snapfusion,decoder | --large none]
+        snapdragon-8gen3-htp] [--large stoic,snapfusion,decoder,text | --large none]
+        [--skip-recipe] [--decoder-latent 64] [--calibration-feeds 1]
 
 Simulated numbers come from Qualcomm's HTP simulator on this host: the simulator's time is not a
 phone's latency and none is reported. Timings are wall clock on a shared 2-core machine.
@@ -24,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import queue as queue_mod
 import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -103,38 +108,40 @@ def classifier_accuracy(result: Any, profile: str, images: int, steps: int) -> N
 
 
 # ------------------------------------------------------------------ part 2: compile-only
-def _large_model(kind: str, latent: int) -> tuple[Any, int]:
+# kind -> (family, variant, latent/image size (None: the config's), compiled batch, what it is)
+LARGE = {
+    "stoic": ("stoic", "stoic-s2-n12-l512", None, 2, "STOIC S2 N12 L512, 32x32"),
+    "snapfusion": ("unet", "snapfusion", 64, 2, "SnapFusion UNet (recipes/unet-snapfusion.toml), "
+                   "64x64 latent"),
+    "decoder": ("vae-decoder", "sd-vae", None, 1, "SD VAE decoder (recipes/vae-decoder-sd.toml)"),
+    "text": ("clip-text", "clip-vit-l14", None, 1, "SD-1.5 text encoder (CLIP ViT-L/14 text), "
+             "77 tokens"),
+}
+RSS_LIMIT_GB = 11.0  # the host is shared (24 GB): a child above this is stopped, and says so
+
+
+def _compile_job(kind: str, size: int | None, feeds_n: int, queue: Any) -> None:
     from mobilegen.checkpoints.loader import build_random
-    from mobilegen.models import get_family
-
-    if kind == "decoder":
-        from mobilegen.models.vae_decoder import VAEDecoderConfig
-
-        return build_random("vae-decoder", VAEDecoderConfig.uniform(), seed=0).model, latent
-    if kind == "snapfusion":
-        cfg = get_family("unet").variants()["snapfusion"]
-        return build_random("unet", cfg, seed=0).model, 64
-    cfg = get_family("stoic").variants()["stoic-s2-n12-l512"]
-    return build_random("stoic", cfg, seed=0).model, cfg.image_size
-
-
-def _compile_job(kind: str, latent: int, queue: Any) -> None:
     from mobilegen.export.run import capture
+    from mobilegen.models import get_family
     from mobilegen.targets import qnn
     from mobilegen.targets.base import ExportRequest
     from mobilegen.targets.profile import load_target
 
+    family, variant, default_size, batch, _ = LARGE[kind]
+    size = size or default_size
     t0 = time.perf_counter()
-    model, size = _large_model(kind, latent)
-    family = {"decoder": "vae-decoder", "snapfusion": "unet"}.get(kind, "stoic")
-    from mobilegen.models import get_family
-
-    io = get_family(family).io_spec(model.config, size)
-    batch = 1 if kind == "decoder" else 2  # one image; [cond; null] under guidance
-    # captured at batch 2 (a dynamic axis cannot be captured at 1); compiled for `batch`
+    fam = get_family(family)
+    model = build_random(family, fam.variants()[variant], seed=0).model
+    size = size or getattr(model.config, "image_size", None)
+    io = fam.io_spec(model.config, size)
+    # captured with a dynamic batch at 2 (a dynamic axis cannot be captured at 1); the QNN
+    # target fixes it to `batch`. Calibration: `feeds_n` random example batches (compile-only
+    # figures with random weights: the ranges only have to exist)
     example = model.example_inputs(2, seed=0, image_size=size)
     program = capture(model, example)
-    feeds = tuple(io.feeds(model.example_inputs(2, seed=s, image_size=size)) for s in (1, 2))
+    feeds = tuple(io.feeds(model.example_inputs(batch, seed=s, image_size=size))
+                  for s in range(1, feeds_n + 1))
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     capture_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
@@ -149,40 +156,104 @@ def _compile_job(kind: str, latent: int, queue: Any) -> None:
         except Exception as e:  # the benchmark reports the failure line, not a traceback
             art, error = None, f"{type(e).__name__}: {str(e).splitlines()[0]}"
         export_s = time.perf_counter() - t1
-        ctx_bytes = sum(p.stat().st_size for p in Path(tmp).glob(f"{kind}_ctx*"))
-    queue.put({"kind": kind, "params_m": param_bytes / 4e6, "capture_s": capture_s,
+        ctx_bytes = {p.name: p.stat().st_size for p in Path(tmp).glob(f"{kind}_ctx*")}
+    queue.put({"kind": kind, "size": size, "batch": batch, "calibration_feeds": feeds_n,
+               "params": sum(p.numel() for p in model.parameters()), "capture_s": capture_s,
                "export_s": export_s, "peak_rss_gb": resource.getrusage(
                    resource.RUSAGE_SELF).ru_maxrss / 1024**2, "ctx_bytes": ctx_bytes,
-               "details": None if art is None else {k: art.details[k] for k in
+               "details": None if art is None else {k: art.details.get(k) for k in
                                                     ("residency", "compile_s", "not_run")},
                "error": error})
 
 
-def large(kinds: list[str], latent: int) -> None:
-    print("model | params | capture s | qnn export s (fp32 ONNX + W8A16 + context) | of which "
-          "quantize / context s | peak RSS | context binary | residency (HTP/total)")
+def _rss_gb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024**2
+    return 0.0
+
+
+def _run_child(kind: str, size: int | None, feeds_n: int) -> dict[str, Any]:
+    """One compile in a fresh process (peak RSS is that process's own), stopped past
+    RSS_LIMIT_GB."""
     ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_compile_job, args=(kind, size, feeds_n, queue))
+    proc.start()
+    seen, stopped = 0.0, False
+    while proc.is_alive() and queue.empty():
+        try:
+            seen = max(seen, _rss_gb(proc.pid))
+        except (FileNotFoundError, ProcessLookupError):  # it just ended
+            break
+        if seen > RSS_LIMIT_GB:
+            proc.kill()
+            stopped = True
+            break
+        time.sleep(0.5)
+    result = None
+    if not stopped:
+        try:  # read before join: a child with a queued result waits for it to be read
+            result = queue.get(timeout=30)
+        except queue_mod.Empty:
+            result = None
+    proc.join()
+    if result is None:
+        why = (f"stopped at {seen:.1f} GB RSS (limit {RSS_LIMIT_GB} GB on this shared host)"
+               if stopped else f"child process exited {proc.exitcode}")
+        return {"kind": kind, "error": why}
+    return result
+
+
+def _row(r: dict[str, Any]) -> str:
+    name = f"{r['kind']} ({LARGE[r['kind']][4]})"
+    if "params" not in r:
+        return f"{name} | {r['error']}"
+    head = (f"{name}, batch {r['batch']} | {r['params'] / 1e6:.1f}M | {r['capture_s']:.0f}")
+    if r["error"]:
+        return (f"{head} | failed after {r['export_s']:.0f} s: {r['error']} | "
+                f"{r['peak_rss_gb']:.1f} GB")
+    res, comp = r["details"]["residency"], r["details"]["compile_s"]
+    cpu = f" (CPU: {', '.join(res['cpu_op_types'])})" if res["cpu_nodes"] else ""
+    return (f"{head} | {r['export_s']:.0f} | {comp['quantize']:.0f} / "
+            f"{comp['context_binary']:.0f} | {r['peak_rss_gb']:.1f} GB | "
+            f"{sum(r['ctx_bytes'].values()):,} B | "
+            f"{res['htp_nodes']:,}/{res['total_nodes']:,}{cpu}")
+
+
+def large(kinds: list[str], decoder_latent: int | None, feeds_n: int) -> list[dict[str, Any]]:
+    print(f"compile-only, random weights, Hexagon v75 (snapdragon-8gen3-htp), W8A16 calibrated "
+          f"on {feeds_n} random example input(s); wall times on a shared 2-core host")
+    print("model | params | capture s | qnn export s (fp32 ONNX + W8A16 + context) | of which "
+          "quantize / context s | peak RSS | context binary (ctx.onnx + qnn.bin) | residency "
+          "(HTP/total)")
+    rows = []
     for kind in kinds:
-        queue = ctx.Queue()
-        proc = ctx.Process(target=_compile_job, args=(kind, latent, queue))
-        proc.start()
-        proc.join()
-        if proc.exitcode != 0 or queue.empty():
-            print(f"{kind} | child process exited {proc.exitcode} (killed for memory?)")
-            continue
-        r = queue.get()
-        if r["error"]:
-            print(f"{kind} | {r['params_m']:.1f}M | {r['capture_s']:.0f} | failed after "
-                  f"{r['export_s']:.0f} s: {r['error']} | peak RSS {r['peak_rss_gb']:.1f} GB")
-            continue
-        d = r["details"]
-        res, comp = d["residency"], d["compile_s"]
-        name = f"{kind} (latent {latent})" if kind == "decoder" else kind
-        print(f"{name} | {r['params_m']:.1f}M | {r['capture_s']:.0f} | {r['export_s']:.0f} | "
-              f"{comp['quantize']:.0f} / {comp['context_binary']:.0f} | "
-              f"{r['peak_rss_gb']:.1f} GB | {r['ctx_bytes'] / 1e6:.1f} MB | "
-              f"{res['htp_nodes']}/{res['total_nodes']}"
-              f"{' (CPU: ' + ', '.join(res['cpu_op_types']) + ')' if res['cpu_nodes'] else ''}")
+        if kind not in LARGE:
+            raise SystemExit(f"--large: unknown model '{kind}' (known: {', '.join(LARGE)})")
+        r = _run_child(kind, decoder_latent if kind == "decoder" else None, feeds_n)
+        print(_row(r), flush=True)
+        rows.append(r)
+    return rows
+
+
+def record(rows: list[dict[str, Any]], argv: list[str]) -> Path:
+    """benchmarks/results/qnn_compile.json: one row per model, each from the latest run that
+    compiled it (with its own date and command: the SD-size models run one at a time)."""
+    import datetime as dt
+    import json
+
+    out = REPO / "benchmarks" / "results" / "qnn_compile.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    old = json.loads(out.read_text())["rows"] if out.is_file() else []
+    stamp = {"command": " ".join([".venv/bin/python benchmarks/bench_qnn.py", *argv]),
+             "date_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")}
+    new = {r["kind"]: {**r, **stamp} for r in rows}
+    merged = [new.pop(r["kind"], r) for r in old] + list(new.values())
+    out.write_text(json.dumps({
+        "note": "random weights; compile-only (not simulated); wall times on a shared 2-core "
+                "host", "rows": merged}, indent=2) + "\n")
+    return out
 
 
 def main() -> None:
@@ -190,18 +261,18 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=10)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--arch-profile", default="snapdragon-8gen3-htp")
-    ap.add_argument("--large", default="stoic,decoder,snapfusion")
+    ap.add_argument("--large", default="stoic,snapfusion,decoder,text")
     ap.add_argument("--skip-recipe", action="store_true")
-    # 64 = SD's 512x512 decoder; its W8A16 calibration held 22 GB (ORT's MinMax calibrator keeps
-    # every intermediate output) and was killed for memory on a 24 GB host: 32 = 256x256
-    ap.add_argument("--decoder-latent", type=int, default=64)
+    ap.add_argument("--decoder-latent", type=int, default=64)  # 64: SD's 512x512 output
+    ap.add_argument("--calibration-feeds", type=int, default=1)
     args = ap.parse_args()
     if not args.skip_recipe:
         with tempfile.TemporaryDirectory() as tmp:
             result = default_recipe(Path(tmp) / "out")
             classifier_accuracy(result, args.arch_profile, args.images, args.steps)
     if args.large != "none":
-        large(args.large.split(","), args.decoder_latent)
+        rows = large(args.large.split(","), args.decoder_latent, args.calibration_feeds)
+        print(f"wrote {record(rows, sys.argv[1:])}")
 
 
 if __name__ == "__main__":
