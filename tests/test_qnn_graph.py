@@ -153,3 +153,22 @@ def test_ordered_calibration_changes_the_order_not_the_ranges(exported_graphs, t
     assert ordered.keys() == plain.keys() and len(plain) > 50
     for name, value in plain.items():
         np.testing.assert_array_equal(ordered[name], value)
+
+
+def test_a_model_with_external_weight_data_compiles(tmp_path):
+    """Past EXTERNAL_DATA_ABOVE_BYTES the fp32 ONNX keeps its weights in X.onnx.data; the QNN
+    path (shape fixing, graph fixes, quantizer) must find them (the SnapFusion UNet failed
+    in onnx's model check before weights_beside)."""
+    import dataclasses
+
+    from mobilegen.targets import qnn
+    from mobilegen.targets.onnx import EXTERNAL_DATA_ABOVE_BYTES
+
+    req = _decoder_request(tmp_path)
+    req = dataclasses.replace(req, param_bytes=EXTERNAL_DATA_ABOVE_BYTES + 1,
+                              profile=req.profile.model_copy(update={"simulate": "never"}))
+    (art,) = qnn.export(req)
+    assert (tmp_path / "decoder.fp32.onnx.data").stat().st_size > 0
+    res = art.details["residency"]
+    assert res["cpu_nodes"] == [] and res["htp_nodes"] == res["total_nodes"] > 300
+    assert art.details["not_run"] and not art.runnable

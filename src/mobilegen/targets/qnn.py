@@ -189,9 +189,10 @@ def fixed_fp32_onnx(req: ExportRequest, batch: int) -> Path:
               if d.dim_param}
     for name in params:  # the only named axis our signatures have is the batch
         make_dim_param_fixed(model.graph, name, batch)
-    fix_output_shapes(model)
-    from mobilegen.targets.qnn_graph import prepare_for_htp
+    from mobilegen.targets.qnn_graph import prepare_for_htp, weights_beside
 
+    with weights_beside(path):  # its model check reads external data by relative path
+        fix_output_shapes(model)
     prepare_for_htp(model, path.parent)  # lossless graph-form fixes (qnn_graph.py)
     onnx.save(model, str(path))
     return path

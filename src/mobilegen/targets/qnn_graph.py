@@ -330,3 +330,14 @@ def ordered_calibration() -> Iterator[None]:
         yield
     finally:
         calibrate.CalibraterBase.create_inference_session = original
+
+
+@contextlib.contextmanager
+def weights_beside(model_path: Path) -> Iterator[None]:
+    """Run a block in the model's folder: onnx's model checker (which onnxruntime's
+    `fix_output_shapes` calls on an in-memory model) finds external weight data by the path
+    the model records, relative to the current directory; without this a model past 2 GB
+    (the SnapFusion UNet) failed with "... should be stored in X.onnx.data, but it is not
+    regular file"."""
+    with contextlib.chdir(model_path.parent):
+        yield
