@@ -52,6 +52,10 @@ from typing import Any
 BIAS_INPUT = {"Conv": 2, "ConvTranspose": 2, "Gemm": 2, "InstanceNormalization": 2,
               "LayerNormalization": 2, "BatchNormalization": 2}
 FLOAT_TYPES = (1, 10, 16)  # onnx TensorProto FLOAT, FLOAT16, BFLOAT16
+# onnxruntime's quantizer raises a model to opset 21 for 16-bit QDQ itself, with onnx's version
+# converter on the whole model, weights included: past 2 GB (the SnapFusion UNet) protobuf
+# cannot serialize it ("Failed to serialize proto"). raise_opset does it on the weightless proto.
+QDQ16_OPSET = 21
 
 
 def unshare_biases(model: Any) -> int:
@@ -180,7 +184,20 @@ def prepare_for_htp(model: Any, base_dir: Path | None = None) -> dict[str, Any]:
     """The fp32 graph fixes for the QNN path, in place on an onnx ModelProto (loaded without
     its external data, which lies in `base_dir`); what each one changed."""
     return {"group_norm_silu_in_group_view": group_view_silu(model, base_dir),
-            "unshared_bias_copies": unshare_biases(model)}
+            "unshared_bias_copies": unshare_biases(model),
+            "opset_raised_from": raise_opset(model)}
+
+
+def raise_opset(model: Any, version: int = QDQ16_OPSET) -> int | None:
+    """Convert the model to `version` with onnx's version converter, here on the proto without
+    its weights; returns the opset it had, None when it was already there."""
+    import onnx
+
+    current = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if current is None or current >= version:
+        return None
+    model.CopyFrom(onnx.version_converter.convert_version(model, version))
+    return current
 
 
 class _Links:
