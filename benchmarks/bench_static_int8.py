@@ -1,6 +1,7 @@
 """Static int8 on ONNX Runtime, STOIC S=2 N=12 L=512 at 32x32 (random weights, as bench_passes.py
 builds it): what each layer type costs, what the static artifact reaches, which kernels ORT runs,
-and the latency of fp32 / static W8A8 / weight-only (MatMulNBits) in interleaved rounds.
+and the latency of fp32 / static W8A8 / weight-only (MatMulNBits), in blocks of calls, one
+session alive at a time.
 
     .venv/bin/python benchmarks/bench_static_int8.py [--rounds 20] [--threads 2] [--no-sensitivity]
 
@@ -51,6 +52,27 @@ def per_type(case, fp32: Path, calib: list, work: Path) -> None:
         print(f"{name:40} {len(members):6}  " + " / ".join(f"{x:.1f}" for x in p), flush=True)
 
 
+def time_blocks(paths: dict[str, Path], feeds: dict[str, np.ndarray], threads: int,
+                rounds: int, per_block: int = 5) -> dict[str, list[float]]:
+    """Latency samples per variant, one session alive at a time: blocks of `per_block` calls
+    (after 2 warm-up calls) cycling over the variants, so drift is shared. Two live sessions
+    would not do: an idle ORT session's worker threads spin after each call and take the cores
+    from the next session's call (interleaving calls of three live sessions measured fp32 at
+    200 ms and static at 0.65x; one session at a time, 150 ms and 0.39x)."""
+    ms: dict[str, list[float]] = {k: [] for k in paths}
+    for _ in range(max(1, rounds // per_block)):
+        for k, p in paths.items():
+            run = onnx_target.load(p, threads)
+            for _ in range(2):
+                run(feeds)
+            for _ in range(per_block):
+                t0 = time.perf_counter()
+                run(feeds)
+                ms[k].append(1000 * (time.perf_counter() - t0))
+            del run
+    return ms
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rounds", type=int, default=20)
@@ -77,21 +99,14 @@ def main() -> None:
                 print(f"{name}: ORT CPU kernels {k['int8']}, float fallbacks "
                       f"{len(k['float_fallback'])}; kept float "
                       f"{[x['layer'] for x in art.details['kept_float'] if 'stem' in x['reason']]}")
-        runs = {k: onnx_target.load(p, args.threads) for k, p in paths.items()}
-        for k, run in runs.items():
+        for k, p in paths.items():
+            run = onnx_target.load(p, args.threads)
             steps = [compare(case.ref[t], run(case.feeds(case.inputs[t]))).psnr_db
                      for t in TIMESTEPS]
             print(f"{k:12} step PSNR t=999/500/1: " + " / ".join(f"{x:.1f}" for x in steps))
+            del run
         feeds = case.feeds(case.model.example_inputs(1, image_size=case.size))
-        ms: dict[str, list[float]] = {k: [] for k in runs}
-        for run in runs.values():
-            for _ in range(3):
-                run(feeds)
-        for _ in range(args.rounds):
-            for k, run in runs.items():
-                t0 = time.perf_counter()
-                run(feeds)
-                ms[k].append(1000 * (time.perf_counter() - t0))
+        ms = time_blocks(paths, feeds, args.threads, args.rounds)
         base = float(np.median(ms["fp32"]))
         for k, v in ms.items():
             print(f"{k:12} median {np.median(v):8.1f} ms  {np.median(v) / base:.2f}x fp32 "
@@ -99,7 +114,7 @@ def main() -> None:
         if not args.no_sensitivity:
             per_type(case, paths["fp32"], calib, work)
     print(f"\n(ONNX Runtime CPU EP as the target loads it, {args.threads} threads, batch 1, "
-          f"{args.rounds} interleaved rounds; on shared cores unless said otherwise)")
+          f"{args.rounds} calls each in blocks of 5, one session alive at a time)")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 # Minutes each on 2 cores.
-LIGHT = ["bench_stoic_latency", "bench_cache", "bench_stoic_cost", "bench_blocks", "bench_passes"]
+LIGHT = ["bench_stoic_latency", "bench_cache", "bench_stoic_cost", "bench_blocks", "bench_passes",
+         "bench_static_int8"]
 # SD-size models: several GB of RAM and tens of minutes each; `make bench` runs them too.
 HEAVY = ["bench_unet_vae", "bench_large_export", "bench_qnn"]
 
