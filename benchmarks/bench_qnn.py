@@ -173,9 +173,10 @@ def _rss_gb(pid: int) -> float:
     return 0.0
 
 
-def _run_child(kind: str, size: int | None, feeds_n: int) -> dict[str, Any]:
+def _run_child(kind: str, size: int | None, feeds_n: int,
+               limit_gb: float = RSS_LIMIT_GB) -> dict[str, Any]:
     """One compile in a fresh process (peak RSS is that process's own), stopped past
-    RSS_LIMIT_GB."""
+    `limit_gb`."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_compile_job, args=(kind, size, feeds_n, queue))
@@ -186,7 +187,7 @@ def _run_child(kind: str, size: int | None, feeds_n: int) -> dict[str, Any]:
             seen = max(seen, _rss_gb(proc.pid))
         except (FileNotFoundError, ProcessLookupError):  # it just ended
             break
-        if seen > RSS_LIMIT_GB:
+        if seen > limit_gb:
             proc.kill()
             stopped = True
             break
@@ -199,7 +200,7 @@ def _run_child(kind: str, size: int | None, feeds_n: int) -> dict[str, Any]:
             result = None
     proc.join()
     if result is None:
-        why = (f"stopped at {seen:.1f} GB RSS (limit {RSS_LIMIT_GB} GB on this shared host)"
+        why = (f"stopped at {seen:.1f} GB RSS (limit {limit_gb} GB on this host)"
                if stopped else f"child process exited {proc.exitcode}")
         return {"kind": kind, "error": why}
     return result
@@ -221,7 +222,8 @@ def _row(r: dict[str, Any]) -> str:
             f"{res['htp_nodes']:,}/{res['total_nodes']:,}{cpu}")
 
 
-def large(kinds: list[str], decoder_latent: int | None, feeds_n: int) -> list[dict[str, Any]]:
+def large(kinds: list[str], decoder_latent: int | None, feeds_n: int,
+          limit_gb: float = RSS_LIMIT_GB) -> list[dict[str, Any]]:
     print(f"compile-only, random weights, Hexagon v75 (snapdragon-8gen3-htp), W8A16 calibrated "
           f"on {feeds_n} random example input(s); wall times on a shared 2-core host")
     print("model | params | capture s | qnn export s (fp32 ONNX + W8A16 + context) | of which "
@@ -231,7 +233,7 @@ def large(kinds: list[str], decoder_latent: int | None, feeds_n: int) -> list[di
     for kind in kinds:
         if kind not in LARGE:
             raise SystemExit(f"--large: unknown model '{kind}' (known: {', '.join(LARGE)})")
-        r = _run_child(kind, decoder_latent if kind == "decoder" else None, feeds_n)
+        r = _run_child(kind, decoder_latent if kind == "decoder" else None, feeds_n, limit_gb)
         print(_row(r), flush=True)
         rows.append(r)
     return rows
@@ -265,13 +267,16 @@ def main() -> None:
     ap.add_argument("--skip-recipe", action="store_true")
     ap.add_argument("--decoder-latent", type=int, default=64)  # 64: SD's 512x512 output
     ap.add_argument("--calibration-feeds", type=int, default=1)
+    ap.add_argument("--rss-limit-gb", type=float, default=RSS_LIMIT_GB,
+                    help="stop a compile child past this RSS (raise it on a host of your own)")
     args = ap.parse_args()
     if not args.skip_recipe:
         with tempfile.TemporaryDirectory() as tmp:
             result = default_recipe(Path(tmp) / "out")
             classifier_accuracy(result, args.arch_profile, args.images, args.steps)
     if args.large != "none":
-        rows = large(args.large.split(","), args.decoder_latent, args.calibration_feeds)
+        rows = large(args.large.split(","), args.decoder_latent, args.calibration_feeds,
+                     args.rss_limit_gb)
         print(f"wrote {record(rows, sys.argv[1:])}")
 
 
