@@ -138,6 +138,15 @@ def test_int8_dynamic_quantizes_matmuls(setup):
     ops = set(art.details["operators"])
     assert "ai.onnx:DynamicQuantizeLinear" in ops and "ai.onnx:ConvInteger" not in ops
     assert _worst_parity(setup, path).psnr_db >= INT8_DYNAMIC_MIN_STEP_PSNR
+    # the static path's selection: the time/conditioning Gemms stay float, block MatMuls don't
+    d = art.details
+    kept = {k["layer"]: k["reason"] for k in d["kept_float"]}
+    assert all(kept[p].startswith("time/conditioning") for p in ("time_mlp.0", "blocks.0.adaln.1"))
+    assert "blocks.0.mlp.fc2" in d["quantized_layers"] and "time_mlp.0" not in d["quantized_layers"]
+    m = onnx.load(str(path))
+    assert sum(n.op_type == "MatMulInteger" for n in m.graph.node) == len(d["quantized_layers"])
+    # every kept layer (time path, attention matmuls) is still a float MatMul/Gemm
+    assert sum(n.op_type in ("MatMul", "Gemm") for n in m.graph.node) >= len(kept) > 0
 
 
 def test_calibration_covers_the_trajectory(setup):
