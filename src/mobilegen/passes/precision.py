@@ -47,6 +47,14 @@ class PrecisionSpec:
         return self.kind
 
 
+# Why static int8 keeps the stem and head float on every target. Measured on STOIC S2 N12 L512
+# (random weights, ONNX Runtime): the second stem conv alone at W8A8 cost 30.7 dB worst step PSNR
+# (71 dB at A16: the loss is its 8-bit input), every trunk layer together 43 dB.
+EDGE_REASON = ("stem/head outside the residual trunk (the stem's output is the trunk itself and "
+               "the head writes the noise prediction: their 8-bit activation error reaches the "
+               "output undiluted by residual connections)")
+
+
 def matches(path: str, prefixes: tuple[str, ...] | list[str]) -> bool:
     """Module-path prefix match: 'blocks.3' matches 'blocks.3' and 'blocks.3.mlp.fc2', not
     'blocks.30'."""

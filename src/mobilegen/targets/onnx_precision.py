@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from mobilegen.passes.precision import PrecisionSpec, matches
+from mobilegen.passes.precision import EDGE_REASON, PrecisionSpec, matches
 
 # Ops kept in fp32 by the fp16 conversion: normalizations and reductions (variance in fp16
 # overflows/underflows), softmax (exp of large logits), and everything onnxruntime's own default
@@ -37,12 +37,6 @@ CALIBRATION = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entro
 PERCENTILE = 99.999
 # Weight-only MatMul: MatMulNBits, 8-bit symmetric blocks of this many K values.
 NBITS_BLOCK = 32
-# Why the stem and head stay float in static int8. Measured on STOIC S2 N12 L512 (random
-# weights): the second stem conv alone at W8A8 cost 30.7 dB worst step PSNR (71 dB at A16: the
-# loss is its 8-bit input), every trunk layer together 43 dB.
-EDGE_REASON = ("stem/head outside the residual trunk (the stem's output is the trunk itself and "
-               "the head writes the noise prediction: their 8-bit activation error reaches the "
-               "output undiluted by residual connections)")
 
 
 @dataclass(frozen=True)

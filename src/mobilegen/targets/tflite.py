@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from mobilegen.errors import ExportError, first_line
-from mobilegen.passes.precision import PrecisionSpec, matches
+from mobilegen.passes.precision import EDGE_REASON, PrecisionSpec, matches
 from mobilegen.signature import ModelIO
 from mobilegen.targets.base import Artifact, ExportRequest, Runner, base_is_already
 from mobilegen.targets.coverage import litert_gpu_coverage
@@ -35,9 +35,6 @@ SIGNATURE = "serving_default"  # litert-torch's default signature; inputs args_0
 # the flatbuffer and points at them by offset; ai-edge-litert 2.3 loads such files (measured: a
 # 2.68 GB fp32 model converted in 211 s, ran with max abs error 1.1e-7 against PyTorch).
 FLATBUFFER_LIMIT_BYTES = 2 * 1024**3
-EDGE_REASON = ("stem/head outside the residual trunk (the stem's output is the trunk itself and "
-               "the head writes the noise prediction: their int8 error reaches the output "
-               "undiluted by residual connections)")
 
 
 def large_model_note(nbytes: int) -> str | None:
