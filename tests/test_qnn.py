@@ -244,24 +244,11 @@ def test_tiny_unet_w8a16_numbers_hold_in_the_htp_simulator(tmp_path):
     the same QDQ model on the CPU EP is at 54-57 dB: HTP's execution, not quantization; with
     it 53.8-56.6 dB). Each simulated step must match the fp32 ONNX and the QDQ model on the
     CPU EP, and the quantization-only split is reported."""
-    from mobilegen.checkpoints.loader import build_random
-    from mobilegen.export.run import capture
-    from mobilegen.models import get_family
-    from mobilegen.models.unet import UNetConfig
-    from mobilegen.targets import qnn
-    from mobilegen.targets.base import ExportRequest
-    from mobilegen.targets.profile import load_target
+    from test_qnn_graph import unet_htp_request
 
-    model = build_random("unet", UNetConfig.from_dict(TINY_UNET), seed=0).model
-    io = get_family("unet").io_spec(model.config)
-    example = model.example_inputs(2, seed=0, t=999.0)
-    feeds = tuple(io.feeds(model.example_inputs(2, seed=s, t=t))
-                  for s, t in ((1, 999.0), (2, 500.0), (3, 1.0)))
-    req = ExportRequest(program=capture(model, example), io=io, example=example,
-                        profile=load_target("snapdragon-8gen3-htp"), workdir=tmp_path,
-                        stem="unet", param_bytes=sum(p.numel() * 4 for p in model.parameters()),
-                        calibration=feeds, sample_batch=2)
-    (art,) = qnn.export(req)
+    from mobilegen.targets import qnn
+
+    (art,) = qnn.export(unet_htp_request(TINY_UNET, tmp_path))
     d = art.details
     assert art.runnable and d["residency"]["cpu_nodes"] == [] and d["fixed_batch"] == 2
     steps = d["simulator"]["parity"]

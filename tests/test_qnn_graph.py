@@ -174,3 +174,44 @@ def test_a_model_with_external_weight_data_compiles(tmp_path):
     res = art.details["residency"]
     assert res["cpu_nodes"] == [] and res["htp_nodes"] == res["total_nodes"] > 300
     assert art.details["not_run"] and not art.runnable
+
+
+SMALL_UNET = dict(block_out_channels=[16, 32], down_resnets=[1, 1], down_attentions=[0, 1],
+                  mid_resnets=1, mid_attentions=0, up_resnets=[1, 1], up_attentions=[1, 0],
+                  cross_attention_dim=16, attention_head_dim=2, norm_num_groups=8,
+                  sample_size=8, context_len=8)
+
+
+def unet_htp_request(config: dict, workdir: Path) -> object:
+    """The HTP export request of a random-weight UNet at the sampler's batch 2, calibrated on
+    three trajectory-like inputs (t = 999, 500, 1); also used by tests/test_qnn.py."""
+    from mobilegen.checkpoints.loader import build_random
+    from mobilegen.export.run import capture
+    from mobilegen.models import get_family
+    from mobilegen.models.unet import UNetConfig
+    from mobilegen.targets.base import ExportRequest
+    from mobilegen.targets.profile import load_target
+
+    model = build_random("unet", UNetConfig.from_dict(config), seed=0).model
+    io = get_family("unet").io_spec(model.config)
+    example = model.example_inputs(2, seed=0, t=999.0)
+    feeds = tuple(io.feeds(model.example_inputs(2, seed=s, t=t))
+                  for s, t in ((1, 999.0), (2, 500.0), (3, 1.0)))
+    return ExportRequest(program=capture(model, example), io=io, example=example,
+                         profile=load_target("snapdragon-8gen3-htp"), workdir=workdir,
+                         stem="unet", param_bytes=sum(p.numel() * 4 for p in model.parameters()),
+                         calibration=feeds, sample_batch=2)
+
+
+def test_small_unet_group_view_silu_is_right_in_the_htp_simulator(tmp_path):
+    """This UNet's up-path GroupNorm (80 channels at 4x4, batch 2) -> SiLU was computed wrongly
+    by HTP in the 4-D group view (2, 8, 10, 16): simulator vs the same QDQ model on the CPU EP
+    25.0 dB per step (quantization alone 54.9 dB). In the 5-D view (B, G, C/G, H, W): 65-68 dB."""
+    from mobilegen.targets import qnn
+
+    (art,) = qnn.export(unet_htp_request(SMALL_UNET, tmp_path))
+    d = art.details
+    assert d["residency"]["cpu_nodes"] == [] and d["fixed_batch"] == 2
+    for step in d["simulator"]["parity"]:
+        assert step["vs_qdq_cpu"]["psnr_db"] > 45, step  # 25.0 dB with the 4-D view
+        assert step["vs_fp32_onnx"]["psnr_db"] > 40, step

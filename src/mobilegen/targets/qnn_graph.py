@@ -25,8 +25,14 @@ computed wrongly; the same with SiLU before the Reshape, or with Sigmoid, x*tanh
 its place, is right, and so is the W8A8 build. The QNN graph the EP hands over (its JSON dump) is
 correct, so it is HTP's own graph preparation. Every GroupNorm -> SiLU -> Conv of the SD decoder
 and UNet has this form. The fix keeps the GroupNorm's affine and the SiLU in the group view
-(B, G, C/G, H*W), where the per-channel gamma/beta are the same values viewed (G, C/G, 1), and
-reshapes to (B, C, H, W) after the SiLU: the same arithmetic (lossless), one more Reshape each.
+(B, G, C/G, H, W), where the per-channel gamma/beta are the same values viewed (G, C/G, 1, 1),
+and reshapes to (B, C, H, W) after the SiLU: the same arithmetic (lossless), one more Reshape
+each. The view is 5-D because the 4-D view (B, G, C/G, H*W) is computed wrongly too in some
+shapes: in a UNet with down_resnets [1, 1], mid_attentions 0 (tests/test_qnn_graph.py) the
+up-path norm of 80 channels at 4x4, batch 2, viewed (2, 8, 10, 16): InstanceNorm, Mul, Add and
+Sigmoid right (123 dB vs the CPU EP on the same QDQ nodes), the SiLU's Mul wrong (18.7 dB, input
+data independent); the same QDQ nodes viewed (2, 8, 10, 4, 4), (2, 80, 16) or (2, 80, 4, 4)
+are right (100 dB). Whole model simulator vs CPU EP: 25.0 dB with the 4-D view, 65-68 dB 5-D.
 ONNX's own GroupNormalization (opset 21, which the QNN EP maps to QNN GroupNorm) was tried first:
 graph finalize fails with QNN_COMMON_ERROR_MEM_ALLOC for W8A16 and W8A8 alike.
 
@@ -121,9 +127,10 @@ class _GroupNorm:
 
 def group_view_silu(model: Any, base_dir: Path | None = None) -> int:
     """Where an exported GroupNorm feeds a SiLU (Sigmoid + Mul), apply its affine and the SiLU
-    in the group view (B, G, C/G, H*W) and reshape to (B, C, H, W) after the SiLU instead of
-    before it (see the module docstring: HTP computes Reshape -> SiLU -> Conv wrongly). The
-    same arithmetic: the affine constants are the same values viewed (G, C/G, 1), and SiLU is
+    in the group view (B, G, C/G, H, W) and reshape to (B, C, H, W) after the SiLU instead of
+    before it (see the module docstring: HTP computes Reshape -> SiLU -> Conv wrongly, and the
+    SiLU in a 4-D group view in some shapes). The same arithmetic: the affine constants are the
+    same values viewed (G, C/G, 1, 1), and SiLU is
     elementwise. In place; returns the number of GroupNorms rewritten."""
     import numpy as np
     from onnx import helper, numpy_helper
@@ -137,7 +144,7 @@ def group_view_silu(model: Any, base_dir: Path | None = None) -> int:
         if gn is None or silu is None or len(gn.shape) != 4:
             continue
         b, c, h, w = gn.shape
-        view = [b, gn.groups, c // gn.groups, h * w]
+        view = [b, gn.groups, c // gn.groups, h, w]
         names = [_fresh_name(f"{gn.output}__{k}", links.names) for k in ("view", "shape", "pre")]
         links.names.update(names)
         graph.initializer.extend([numpy_helper.from_array(np.array(view, np.int64), names[0]),
@@ -147,7 +154,7 @@ def group_view_silu(model: Any, base_dir: Path | None = None) -> int:
         for node, const in gn.affine:
             k = _fresh_name(f"{const}__{node.name}_view", links.names)
             links.names.add(k)
-            value = links.const(const).reshape(view[1], view[2], 1)
+            value = links.const(const).reshape(view[1], view[2], 1, 1)
             graph.initializer.append(numpy_helper.from_array(value, k))
             node.input[list(node.input).index(const)] = k
         sig, mul = silu
