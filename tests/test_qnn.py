@@ -244,9 +244,8 @@ def test_tiny_unet_w8a16_numbers_hold_in_the_htp_simulator(tmp_path):
     the same QDQ model on the CPU EP is at 54-57 dB: HTP's execution, not quantization; with
     it 53.8-56.6 dB). Each simulated step must match the fp32 ONNX and the QDQ model on the
     CPU EP, and the quantization-only split is reported."""
-    from test_qnn_graph import unet_htp_request
-
     from mobilegen.targets import qnn
+    from test_qnn_graph import unet_htp_request
 
     (art,) = qnn.export(unet_htp_request(TINY_UNET, tmp_path))
     d = art.details
