@@ -41,7 +41,7 @@ def can_predict() -> bool:
 
 def export(req: ExportRequest) -> list[Artifact]:
     """{stem}.mlpackage at the profile's compute precision and deployment target."""
-    program, io, example, profile = req.program, req.io, req.example, req.profile
+    io, profile = req.io, req.profile
     workdir, stem = req.workdir, req.stem
     out = workdir / f"{stem}.mlpackage"
     details: dict[str, Any] = {}
@@ -53,11 +53,7 @@ def export(req: ExportRequest) -> list[Artifact]:
             "sensitivity RECIPE` runs it on its own")}
     elif profile.precision == "fp16":  # the base artifact computes in fp16: the same check
         keep, details = _fp16_safety(req, PrecisionSpec("fp16"))
-    kept_ops: list[str] = []
-    model = _convert(program, io, profile, profile.precision, stem, example, keep, kept_ops)
-    _save(model, out)
-    details = {"method": f"coremltools.convert (mlprogram, {profile.precision} compute)",
-               **details, **_kept_details(keep, kept_ops, profile.precision)}
+    details = {**_convert_and_save(req, profile.precision, keep, out), **details}
     return [_artifact(out, workdir, io, profile, profile.precision, details)]
 
 
@@ -72,10 +68,17 @@ def _fp16_safety(req: ExportRequest, spec: PrecisionSpec) -> tuple[tuple[str, ..
     return safe.keep_float, {"fp16_safety": summary}
 
 
-def _kept_details(keep: tuple[str, ...], kept_ops: list[str], precision: str) -> dict[str, Any]:
-    if precision != "fp16":
-        return {}
-    return {"fp32_layers": list(keep), "fp32_layer_ops": sorted(set(kept_ops))}
+def _convert_and_save(req: ExportRequest, precision: str, keep: tuple[str, ...],
+                      out: Path) -> dict[str, Any]:
+    """Convert the capture at `precision` (the layers in `keep` stay fp32 at fp16), save it to
+    `out`; returns the method line and, at fp16, the layers and MIL ops kept fp32."""
+    kept_ops: list[str] = []
+    _save(_convert(req.program, req.io, req.profile, precision, req.stem, req.example, keep,
+                   kept_ops), out)
+    details: dict[str, Any] = {"method": f"coremltools.convert (mlprogram, {precision} compute)"}
+    if precision == "fp16":
+        details.update(fp32_layers=list(keep), fp32_layer_ops=sorted(set(kept_ops)))
+    return details
 
 
 def supports(spec: PrecisionSpec) -> str | None:
@@ -106,10 +109,7 @@ def export_precision(req: ExportRequest, spec: PrecisionSpec) -> list[Artifact]:
                                 "computes in fp16")]
     if spec.kind == "fp16":
         keep, details = _fp16_safety(req, spec)
-        kept_ops: list[str] = []
-        _save(_convert(program, io, profile, "fp16", stem, example, keep, kept_ops), out)
-        details = {"method": "coremltools.convert (mlprogram, fp16 compute)", **details,
-                   **_kept_details(keep, kept_ops, "fp16")}
+        details = {**_convert_and_save(req, "fp16", keep, out), **details}
         return [_artifact(out, workdir, io, profile, spec.tag, details)]
     base_path = workdir / f"{stem}.mlpackage"
     if base_path.is_dir():
