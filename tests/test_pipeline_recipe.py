@@ -124,7 +124,7 @@ def _decoder(tmp_path, extra: str) -> str:
     ("missing", "key 'pipeline.decoder': component recipe not found"),
     ("wrong-family", "key 'pipeline.unet': expected a 'unet' recipe, vae-decoder-tiny.toml has "
                      "model.family 'vae-decoder'"),
-    ("channels", "latent channels differ: UNet out_channels is 4, decoder latent_channels is 3"),
+    ("channels", "latent channels differ: the denoiser gives 4, decoder latent_channels is 3"),
     ("size", "latent size differs: UNet samples 8x8, decoder reads 16x16"),
     ("unknown-key", "unknown key 'pipeline.vae'"),
     ("no-decoder", "missing key 'pipeline.decoder'"),

@@ -323,11 +323,13 @@ def _static_config(recipe: Recipe) -> Any | None:
 
 
 def check_chain(path: Path, unet: Recipe, unet_cfg: Any, decoder: Recipe, dec_cfg: Any) -> None:
-    """The UNet's output latents must be what the decoder reads: same channels, same size."""
-    if unet_cfg.out_channels != dec_cfg.latent_channels:
+    """The denoiser's output latents must be what the decoder reads: same channels, same size.
+    (A STOIC denoiser predicts in its input's channels.)"""
+    out_channels = getattr(unet_cfg, "out_channels", None) or unet_cfg.in_channels
+    if out_channels != dec_cfg.latent_channels:
         raise RecipeError(
-            f"{path}: key 'pipeline': latent channels differ: UNet out_channels is "
-            f"{unet_cfg.out_channels}, decoder latent_channels is {dec_cfg.latent_channels}")
+            f"{path}: key 'pipeline': latent channels differ: the denoiser gives "
+            f"{out_channels}, decoder latent_channels is {dec_cfg.latent_channels}")
     u_size = unet.image_size or unet_cfg.image_size
     d_size = decoder.image_size or dec_cfg.image_size
     if u_size != d_size:
@@ -350,6 +352,11 @@ class SDPipelineSlots(Strict):
     targets: list[str] = Field(default_factory=lambda: ["ort-mobile-cpu"])  # every component's
     prompt: str = "a photo of a cat"  # what the export's end-to-end check draws
     negative_prompt: str = ""  # the null branch of guidance, through the same text encoder
+    # mobilegen checkpoints (relative to the recipe) that replace a folder component: a STOIC
+    # with context conditioning reading the text encoder's states in place of unet/, a pruned
+    # (and distilled) decoder in place of vae/'s decoder
+    denoiser_checkpoint: str | None = None
+    decoder_checkpoint: str | None = None
     # per-component recipe keys (targets, passes, image_size, validate, latency, report, gates)
     text_encoder: dict[str, Any] = Field(default_factory=dict)
     unet: dict[str, Any] = Field(default_factory=dict)
@@ -374,9 +381,13 @@ def _load_sd_pipeline(path: Path, data: dict[str, Any]) -> PipelineRecipe:
         raise RecipeError(format_error(path, e)) from None
     rel = Path(spec.pipeline.diffusers).expanduser()
     root = rel if rel.is_absolute() else (path.resolve().parent / rel).resolve()
+    swaps = {slot: _swap_checkpoint(path, key, getattr(spec.pipeline, key), family)
+             for slot, key, family in (("unet", "denoiser_checkpoint", "stoic"),
+                                       ("decoder", "decoder_checkpoint", "vae-decoder"))
+             if getattr(spec.pipeline, key) is not None}
     try:
         read_model_index(root)
-        size = _sd_check_configs(root)
+        size = _sd_check_configs(root, swaps.get("unet"))
     except CheckpointError as e:
         raise RecipeError(f"{path}: key 'pipeline.diffusers': {e}") from None
     from mobilegen.checkpoints.pipeline_folder import scheduler_config
@@ -396,9 +407,11 @@ def _load_sd_pipeline(path: Path, data: dict[str, Any]) -> PipelineRecipe:
             if key in own:
                 raise RecipeError(f"{path}: unknown key 'pipeline.{slot}.{key}' (the folder "
                                   "fixes the model; [sampler] is the pipeline's)")
+        model = ({"family": swaps[slot][0], "checkpoint": str(swaps[slot][1])} if slot in swaps
+                 else {"family": family, "checkpoint": str(root / folder)})
         comp: dict[str, Any] = {
             "name": f"{spec.name}-{slot.replace('_', '-')}", "targets": spec.pipeline.targets,
-            "model": {"family": family, "checkpoint": str(root / folder)},
+            "model": model,
             **({"image_size": size} if slot != "text_encoder"
                else {"validate": {"timesteps": [1.0, 2.0, 3.0]}}),  # three prompts
             **own}
@@ -416,24 +429,54 @@ def _load_sd_pipeline(path: Path, data: dict[str, Any]) -> PipelineRecipe:
                           text_encoder=parts["text_encoder"], diffusers=root, sd=sd)
 
 
-def _sd_check_configs(root: Path) -> int:
-    """The text encoder's states must be what the UNet cross-attends to (width and token count);
-    the scheduler config must be readable. Returns the UNet's latent size. Reads configs only."""
+def _swap_checkpoint(path: Path, key: str, value: str, family: str) -> tuple[str, Path, Any]:
+    """`pipeline.<key>`: a mobilegen checkpoint of `family` -> (family, file, config); its
+    header is read, no tensor."""
+    from mobilegen.checkpoints.guards import regular_file
+    from mobilegen.checkpoints.loader import _config, _meta_config, _safetensors_meta
+    from mobilegen.errors import CheckpointError, ConfigError
+
+    rel = Path(value).expanduser()
+    file = rel if rel.is_absolute() else (path.resolve().parent / rel)
+    try:
+        meta = _safetensors_meta(regular_file(file))
+        found = meta.get("mobilegen.family")
+        if found != family:
+            raise CheckpointError(f"{file}: expected a mobilegen '{family}' checkpoint, found "
+                                  f"family {found!r}")
+        cfg = _config(file, family, _meta_config(file, meta))
+    except (CheckpointError, ConfigError) as e:
+        raise RecipeError(f"{path}: key 'pipeline.{key}': {e}") from None
+    if family == "stoic" and cfg.conditioning != "context":
+        raise RecipeError(f"{path}: key 'pipeline.{key}': the STOIC must read text states "
+                          f"(conditioning 'context'), found '{cfg.conditioning}'")
+    return family, file.resolve(), cfg
+
+
+def _sd_check_configs(root: Path, denoiser: tuple[str, Path, Any] | None = None) -> int:
+    """The text encoder's states must be what the denoiser cross-attends to (width and token
+    count); the scheduler config must be readable. Returns the denoiser's latent size. Reads
+    configs only. `denoiser`: a STOIC replacing unet/ (family, file, config)."""
     from mobilegen.checkpoints.diffusers import unet_config_from_diffusers
     from mobilegen.checkpoints.pipeline_folder import read_json, text_encoder_config
     from mobilegen.errors import CheckpointError
 
     te_path, unet_path = root / "text_encoder" / "config.json", root / "unet" / "config.json"
     te = text_encoder_config(read_json(te_path), str(te_path))
-    unet = unet_config_from_diffusers(read_json(unet_path), str(unet_path))
-    if unet.cross_attention_dim != te.hidden_size:
-        raise CheckpointError(f"the UNet cross-attends to width {unet.cross_attention_dim}, the "
-                              f"text encoder gives {te.hidden_size}")
-    if unet.context_len != te.max_position_embeddings:
-        raise CheckpointError(f"the UNet reads {unet.context_len} tokens, the text encoder "
-                              f"gives {te.max_position_embeddings}")
+    if denoiser is not None:
+        cfg, what = denoiser[2], f"the STOIC {denoiser[1].name}"
+        width, tokens, size = cfg.context_dim, cfg.context_len, cfg.image_size
+    else:
+        cfg, what = unet_config_from_diffusers(read_json(unet_path), str(unet_path)), "the UNet"
+        width, tokens, size = cfg.cross_attention_dim, cfg.context_len, cfg.image_size
+    if width != te.hidden_size:
+        raise CheckpointError(f"{what} cross-attends to width {width}, the text encoder gives "
+                              f"{te.hidden_size}")
+    if tokens != te.max_position_embeddings:
+        raise CheckpointError(f"{what} reads {tokens} tokens, the text encoder gives "
+                              f"{te.max_position_embeddings}")
     read_json(root / "scheduler" / "scheduler_config.json")
-    return int(unet.image_size)
+    return int(size)
 
 
 def load_any_recipe(path: str | Path) -> Recipe | PipelineRecipe:

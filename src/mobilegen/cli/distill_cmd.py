@@ -27,6 +27,9 @@ def distill_decoder(
     batch: Annotated[int, typer.Option(min=1, help="Random latents per step.")] = 2,
     latent_size: Annotated[int | None, typer.Option(help="Latent size to train at.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for latents.")] = 0,
+    latents: Annotated[Path | None, typer.Option(
+        help="Real latents to distill on: a .safetensors with a tensor 'latents' (N, C, h, w) "
+             "as the decoder reads them (default: Gaussian latents).")] = None,
     force: Annotated[bool, typer.Option(
         "--force", help="Overwrite --out even when mobilegen did not write it.")] = False,
     json_output: JsonOpt = False,
@@ -47,7 +50,8 @@ def distill_decoder(
     check_latent_size(latent_size)
     with distill_progress() as progress:
         info = run_distill_decoder(teacher, student, out, steps, lr, batch, latent_size,
-                                   seed=seed, progress=progress, force=force)
+                                   seed=seed, progress=progress, force=force,
+                                   latents=latents)
     if json_output:
         print_json(info)
         return

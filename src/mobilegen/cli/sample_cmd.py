@@ -16,7 +16,7 @@ import typer
 
 from mobilegen.cli.common import DebugOpt, JsonOpt, handle_errors, print_json, stdout_console
 
-MAX_STEPS, MAX_THREADS = 1000, 256
+MAX_STEPS, MAX_THREADS, MAX_IMAGES = 1000, 256, 64
 
 
 @handle_errors
@@ -35,6 +35,9 @@ def sample(
     negative_prompt: Annotated[str | None, typer.Option(
         help="Text-to-image exports: the guidance's null branch (default: the manifest's, "
              "usually empty).")] = None,
+    num_images: Annotated[int | None, typer.Option(
+        help=f"Text-to-image exports: images to draw (1 to {MAX_IMAGES}; default: 1 with "
+             "--prompt, written at its native size, else the manifest's).")] = None,
     no_hash_check: Annotated[bool, typer.Option(
         "--no-hash-check", help="Do not check the artifacts' sha256 against the manifest "
         "(for very large files; the output says it was skipped).")] = False,
@@ -47,18 +50,24 @@ def sample(
     from mobilegen.errors import MobilegenError
 
     _check_options(steps, threads, png)
+    if num_images is not None and not 1 <= num_images <= MAX_IMAGES:
+        from mobilegen.cli.common import OptionError
+
+        raise OptionError(f"--num-images must be in [1, {MAX_IMAGES}], found {num_images}")
+    if num_images is None and prompt is not None:
+        num_images = 1  # a prompt asks for one picture of it
     manifest = _read_manifest(outdir / "manifest.json")
     verify = not no_hash_check
     try:
         chain = manifest.get("chain")
         if isinstance(chain, dict) and chain.get("kind") == "text-to-image":  # tokenizer ..
             result = _sample_prompt(outdir, manifest, target, seed, steps, png, threads, verify,
-                                    (prompt, negative_prompt))
-        elif prompt is not None or negative_prompt is not None:
+                                    (prompt, negative_prompt), num_images)
+        elif prompt is not None or negative_prompt is not None or num_images is not None:
             from mobilegen.cli.common import OptionError
 
-            raise OptionError(f"--prompt: {outdir} is not a text-to-image export (it has no "
-                              "text encoder)")
+            raise OptionError(f"--prompt/--num-images: {outdir} is not a text-to-image "
+                              "export (it has no text encoder)")
         elif "chain" in manifest:  # a pipeline export: UNet sampler, then the VAE decoder
             result = _sample_chain(outdir, manifest, target, seed, steps, png, threads, verify)
         else:
@@ -174,8 +183,10 @@ def _sample_one(outdir: Path, manifest: dict[str, Any], target: str, seed: int |
             "steps": steps or component["sampler"]["steps"], "finite": True}
 
 
-def _save(png: Path, images: Any, labels: list[int] | None = None) -> None:
-    """Refuse non-finite images (nothing written); write the grid atomically."""
+def _save(png: Path, images: Any, labels: list[int] | None = None,
+          native: bool = False) -> None:
+    """Refuse non-finite images (nothing written); write the grid (or, `native`, the one image
+    at its own size) atomically."""
     import numpy as np
 
     from mobilegen.errors import MobilegenError
@@ -185,7 +196,14 @@ def _save(png: Path, images: Any, labels: list[int] | None = None) -> None:
         raise MobilegenError("the generated images contain NaN or inf: nothing was written")
     tmp = png.absolute().parent / f".{png.name}.tmp-{os.getpid()}.png"
     try:
-        save_grid(tmp, images, labels)
+        if native and len(images) == 1:
+            from PIL import Image
+
+            from mobilegen.sampling.samplers import images_to_uint8
+
+            Image.fromarray(images_to_uint8(images)[0]).save(tmp)
+        else:
+            save_grid(tmp, images, labels)
         os.replace(tmp, png)
     finally:
         tmp.unlink(missing_ok=True)
@@ -238,7 +256,8 @@ def _sample_chain(outdir: Path, manifest: dict[str, Any], target: str, seed: int
 
 def _sample_prompt(outdir: Path, manifest: dict[str, Any], target: str, seed: int | None,
                    steps: int | None, png: Path, threads: int, verify: bool,
-                   prompts: tuple[str | None, str | None]) -> dict[str, Any]:
+                   prompts: tuple[str | None, str | None],
+                   num_images: int | None = None) -> dict[str, Any]:
     """A text-to-image export: the shipped tokenizer (files checked like the artifacts), then
     the text encoder, UNet (SD's discrete scheduler) and decoder artifacts of one format."""
     from mobilegen.errors import MobilegenError
@@ -267,8 +286,9 @@ def _sample_prompt(outdir: Path, manifest: dict[str, Any], target: str, seed: in
             raise MobilegenError(f"{outdir / 'manifest.json'}: tokenizer file '{rel}' is not "
                                  "among the manifest's checked files: refused")
     images = generate_from_prompt(runners, comps, chain, load_tokenizer(outdir, chain),
-                                  prompts[0], prompts[1], seed=seed, steps=steps)
-    _save(png, images)
+                                  prompts[0], prompts[1], seed=seed, steps=steps,
+                                  num_images=num_images)
+    _save(png, images, native=num_images == 1)
     sched = chain["scheduler"]
     return {"artifact": " + ".join(used), "artifacts": used, "png": str(png),
             "images": len(images), "image_shape": list(images.shape[1:]),

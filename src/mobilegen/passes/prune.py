@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -324,11 +325,16 @@ def _psnr(reference: torch.Tensor, test: torch.Tensor) -> float | None:
 def run_distill_decoder(
     teacher_path: Any, student_path: Any, out: Any, steps: int, lr: float = 1e-4,
     batch: int = 2, latent_size: int | None = None, eval_latents: int = 4, seed: int = 0,
-    progress: Any = None, force: bool = False,
+    progress: Any = None, force: bool = False, latents: Any = None,
 ) -> dict[str, Any]:
     """Recover a pruned decoder by matching the original decoder's images (MSE) on random
     latents (SnapFusion's decoder distillation); PSNR vs the teacher on held-out latents before
-    and after. The trained student is saved to `out` (atomically)."""
+    and after. The trained student is saved to `out` (atomically).
+
+    `latents`: a safetensors file whose tensor `latents` (N, C, h, w) holds real latents as the
+    decoder reads them (e.g. a VAE encoder's outputs on training images): batches are drawn from
+    its first N - eval_latents rows and scored on the last eval_latents, so the student learns
+    the distribution it will decode instead of a Gaussian."""
     from mobilegen.checkpoints.loader import save_checkpoint
     from mobilegen.passes.distill import distill
 
@@ -338,9 +344,13 @@ def run_distill_decoder(
     student = _load_decoder(student_path).model
     size = latent_size or student.config.latent_size
     c = student.config.latent_channels
-    # held-out latents from a generator the training batches never touch
-    held_out = torch.randn(eval_latents, c, size, size,
-                           generator=torch.Generator().manual_seed(10_000 + seed))
+    pool = None if latents is None else _read_latents(latents, c, eval_latents)
+    if pool is not None:
+        size = int(pool.shape[-1])
+        held_out, pool = pool[-eval_latents:], pool[:-eval_latents]
+    else:  # held-out latents from a generator the training batches never touch
+        held_out = torch.randn(eval_latents, c, size, size,
+                               generator=torch.Generator().manual_seed(10_000 + seed))
 
     def score() -> float | None:
         with torch.no_grad():
@@ -349,6 +359,8 @@ def run_distill_decoder(
     before = score()
 
     def batches(step: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+        if pool is not None:
+            return (pool[torch.randint(0, len(pool), (batch,), generator=gen)],)
         return (torch.randn(batch, c, size, size, generator=gen),)
 
     result = distill(teacher, student, batches, steps, lr=lr, seed=seed, progress=progress)
@@ -361,7 +373,38 @@ def run_distill_decoder(
     save_checkpoint(out, "vae-decoder", student)
     return {"teacher": str(teacher_path), "student": str(student_path), "out": str(out),
             "steps": steps, "lr": lr, "batch": batch, "latent_size": size,
+            "latents": "gaussian" if latents is None else str(latents),
             "psnr_db_before": before, "psnr_db_after": after,
             "loss_first": result.losses[0] if result.losses else None,
             "loss_last": result.losses[-1] if result.losses else None,
             "wall_s": result.wall_s}
+
+
+def _read_latents(path: Any, channels: int, eval_latents: int) -> torch.Tensor:
+    """--latents: one float tensor `latents` (N, channels, h, h) with N > eval_latents; checked
+    from the header before any tensor is read (no size is trusted blindly)."""
+    from safetensors import safe_open
+
+    from mobilegen.checkpoints.guards import regular_file
+    from mobilegen.errors import CheckpointError
+
+    path = Path(path)
+    try:
+        with safe_open(str(regular_file(path)), framework="pt") as f:
+            if "latents" not in f.keys():  # noqa: SIM118 (safe_open has no __contains__)
+                raise CheckpointError(f"{path}: expected a tensor 'latents', found "
+                                      f"{sorted(f.keys())[:5]}")
+            shape = tuple(f.get_slice("latents").get_shape())
+            if (len(shape) != 4 or shape[1] != channels or shape[2] != shape[3]
+                    or not eval_latents < shape[0] <= 1_000_000 or shape[2] > 4096):
+                raise CheckpointError(
+                    f"{path}: tensor 'latents': expected (N > {eval_latents}, {channels}, h, h), "
+                    f"found {list(shape)}")
+            x = f.get_tensor("latents").float()
+    except CheckpointError:
+        raise
+    except Exception as e:  # the library raises several types for corrupt files
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
+    if not torch.isfinite(x).all():
+        raise CheckpointError(f"{path}: tensor 'latents' holds NaN or inf")
+    return x

@@ -1,0 +1,323 @@
+"""Train the shipped tiny text-to-image pipeline on coloured digits (mobilegen.text_digits).
+
+Writes a diffusers pipeline folder (model_index.json, text_encoder/, tokenizer/, unet/, vae/,
+scheduler/) plus mobilegen's text-conditional STOIC (stoic/denoiser.safetensors, config in its
+metadata) that reads the same text encoder. Nothing is downloaded. Stages, each seeded:
+
+1. vae: AutoencoderKL 32x32x3 <-> 4x8x8 (reconstruction MSE + L1, KL weight 1e-6); its
+   scaling_factor is set to 1 / std of the training latents, as SD's 0.18215 was.
+2. t2i: the CLIP text encoder, the UNet and the STOIC trained together from scratch on the latents
+   (epsilon prediction on SD's scaled-linear schedule, min-SNR-5 weighting, 10% empty captions
+   for classifier-free guidance); both denoisers' losses train the one text encoder. EMA 0.999 of
+   all three ships.
+
+The defaults are the shipped run: `python scripts/train_text2image.py --out DIR`.
+docs/training.md says what differs from SD's recipe and why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mobilegen import text_digits as td
+
+SCHEDULER = {"_class_name": "PNDMScheduler", "_diffusers_version": "0.42.1",
+             "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+             "num_train_timesteps": 1000, "set_alpha_to_one": False, "skip_prk_steps": True,
+             "steps_offset": 1, "trained_betas": None, "clip_sample": False,
+             "prediction_type": "epsilon"}
+TEXT_DIM = 64
+WORDS = sorted({"a", "on", "background", *td.DIGIT_WORDS, *td.COLOURS, *td.BACKGROUNDS})
+
+
+# ------------------------------------------------------------------------------ tokenizer
+def bytes_to_unicode() -> dict[int, str]:
+    """CLIP's reversible byte -> printable character table (as in GPT-2)."""
+    bs = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+          + list(range(ord("®"), ord("ÿ") + 1)))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs), strict=True))
+
+
+def write_tokenizer(folder: Path) -> dict[str, int]:
+    """A CLIP byte-level BPE: every byte alone and as a word end, one merge chain per caption
+    word (so each becomes one token), the two specials; vocab.json, merges.txt, tokenizer.json."""
+    import transformers
+
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = list(bytes_to_unicode().values())
+    vocab: dict[str, int] = {}
+    for tok in chars + [c + "</w>" for c in chars]:
+        vocab.setdefault(tok, len(vocab))
+    merges: list[str] = []
+    for word in WORDS:
+        parts = [*word[:-1], word[-1] + "</w>"]
+        while len(parts) > 1:
+            pair = f"{parts[0]} {parts[1]}"
+            if pair not in merges:
+                merges.append(pair)
+            parts = [parts[0] + parts[1], *parts[2:]]
+            vocab.setdefault(parts[0], len(vocab))
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab[special] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    tok = transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"),
+                                     model_max_length=77)
+    tok.save_pretrained(folder)  # tokenizer_config.json, special_tokens_map.json, tokenizer.json
+    return vocab
+
+
+def tokenize(tok, texts: list[str]) -> torch.Tensor:
+    return tok(texts, padding="max_length", max_length=77, truncation=True,
+               return_tensors="pt").input_ids
+
+
+# ------------------------------------------------------------------------------ helpers
+class Schedule:
+    """A learning rate: warm-up, constant, then a linear cool-down over the last `cooldown`
+    steps; `--time-budget` may start the cool-down early (at 80% of the budget)."""
+
+    def __init__(self, lr: float, steps: int, warmup: int, cooldown: int, budget: float | None):
+        self.lr, self.steps, self.warmup, self.cooldown, self.budget = (
+            lr, steps, warmup, cooldown, budget)
+        self.start = time.time()
+        self.cool_from = steps - cooldown
+        self.end = steps
+
+    def __call__(self, step: int) -> float:
+        if self.budget and self.cool_from == self.steps - self.cooldown and \
+                time.time() - self.start > 0.8 * self.budget and step < self.cool_from:
+            self.cool_from = step
+            self.end = step + max(self.cooldown // 4, 1)
+            print(f"  time budget: cooling down from step {step} to {self.end}", flush=True)
+        if step < self.warmup:
+            return self.lr * (step + 1) / self.warmup
+        if step < self.cool_from:
+            return self.lr
+        return self.lr * max(self.end - step, 0) / max(self.end - self.cool_from, 1)
+
+
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+            e.lerp_(p, 1.0 - decay)
+
+
+def pool(n: int, seed: int) -> tuple[torch.Tensor, list[td.Caption]]:
+    images, caps = td.dataset_batch(np.random.default_rng(seed), n)
+    return torch.from_numpy(images), caps
+
+
+# ------------------------------------------------------------------------------ stage 1: VAE
+def make_vae():
+    import diffusers
+
+    return diffusers.AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64, 64),
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        layers_per_block=1, norm_num_groups=16, sample_size=32)
+
+
+def train_vae(args, out: Path) -> None:
+    torch.manual_seed(args.seed)
+    vae = make_vae().train()
+    print(f"vae: {sum(p.numel() for p in vae.parameters()):,} params", flush=True)
+    images, _ = pool(args.pool, args.seed)
+    opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
+    sched = Schedule(args.vae_lr, args.vae_steps, 100, args.vae_steps // 5, args.vae_budget)
+    g = torch.Generator().manual_seed(args.seed)
+    t0, step = time.time(), 0
+    while step < sched.end:
+        for group in opt.param_groups:
+            group["lr"] = sched(step)
+        x = images[torch.randint(0, len(images), (args.vae_batch,), generator=g)]
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample(generator=g)).sample
+        kl = post.kl().mean() / x[0].numel()
+        loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x) + 1e-6 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        if step % 100 == 0:
+            psnr = 10 * math.log10(4.0 / max(F.mse_loss(rec, x).item(), 1e-12))
+            print(f"  vae step {step:5d} loss {loss.item():.4f} psnr {psnr:.1f} dB "
+                  f"({time.time() - t0:.0f} s)", flush=True)
+        step += 1
+    vae.eval()
+    with torch.no_grad():
+        lat = torch.cat([vae.encode(images[i:i + 256]).latent_dist.sample(generator=g)
+                         for i in range(0, min(4096, len(images)), 256)])
+        rec = torch.cat([vae.decode(vae.encode(images[i:i + 256]).latent_dist.mean).sample
+                         for i in range(0, min(1024, len(images)), 256)])
+    vae.register_to_config(scaling_factor=float(1.0 / lat.std()))
+    psnr = 10 * math.log10(4.0 / F.mse_loss(rec.clamp(-1, 1), images[:len(rec)]).item())
+    print(f"vae: scaling_factor {vae.config.scaling_factor:.5f}, reconstruction PSNR "
+          f"{psnr:.2f} dB on 1,024 pool images, {step} steps, {time.time() - t0:.0f} s")
+    vae.save_pretrained(out / "vae")
+    (out / "vae" / "train_log.json").write_text(json.dumps(
+        {"steps": step, "seconds": round(time.time() - t0, 1), "recon_psnr_db": round(psnr, 2),
+         "scaling_factor": vae.config.scaling_factor}))
+
+
+# ------------------------------------------------------------------------------ stage 2: t2i
+def make_text_encoder(vocab: dict[str, int]):
+    import transformers
+
+    cfg = transformers.CLIPTextConfig(
+        vocab_size=len(vocab), hidden_size=TEXT_DIM, intermediate_size=2 * TEXT_DIM,
+        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
+        hidden_act="quick_gelu", bos_token_id=vocab["<|startoftext|>"],
+        eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"])
+    return transformers.CLIPTextModel(cfg)
+
+
+def make_unet(scaling_factor: float):
+    import diffusers
+
+    # SnapFusion's spirit: no cross-attention at the highest resolution (8x8); text enters at 4x4
+    return diffusers.UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), layers_per_block=1,
+        cross_attention_dim=TEXT_DIM, attention_head_dim=4, norm_num_groups=16)
+
+
+def make_stoic():
+    from mobilegen.models.stoic import Stoic, StoicConfig
+
+    cfg = StoicConfig(in_channels=4, image_size=8, stride=1, stem_kernel=3, stem_convs=2,
+                      depth=4, width=96, heads=4, time_injection="adaln", time_freq_dim=96,
+                      conditioning="context", context_dim=TEXT_DIM, context_len=77,
+                      decoder="linear", activation="gelu")
+    return Stoic(cfg)
+
+
+def train_t2i(args, out: Path) -> None:
+    import diffusers
+    import transformers
+
+    torch.manual_seed(args.seed + 1)
+    vocab = write_tokenizer(out / "tokenizer")
+    tok = transformers.CLIPTokenizer.from_pretrained(out / "tokenizer")
+    vae = diffusers.AutoencoderKL.from_pretrained(out / "vae").eval()
+    scale = float(vae.config.scaling_factor)
+    te, unet, stoic = make_text_encoder(vocab), make_unet(scale), make_stoic()
+    for name, m in (("text encoder", te), ("unet", unet), ("stoic", stoic)):
+        print(f"{name}: {sum(p.numel() for p in m.parameters()):,} params", flush=True)
+    images, caps = pool(args.pool, args.seed + 2)
+    with torch.no_grad():  # the latent distribution of every pool image, once
+        moments = torch.cat([vae.encode(images[i:i + 512]).latent_dist.parameters
+                             for i in range(0, len(images), 512)])
+    ids_all = tokenize(tok, [c.text for c in caps])
+    ids_null = tokenize(tok, [""])[0]
+    betas = torch.linspace(SCHEDULER["beta_start"] ** 0.5, SCHEDULER["beta_end"] ** 0.5,
+                           1000, dtype=torch.float64) ** 2
+    abar = torch.cumprod(1.0 - betas, 0).float()
+    snr = abar / (1.0 - abar)
+    weight = torch.clamp(snr, max=5.0) / snr  # min-SNR-5, epsilon prediction
+    models = torch.nn.ModuleList([te, unet, stoic]).train()
+    ema = copy.deepcopy(models).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(models.parameters(), lr=args.lr, betas=(0.9, 0.99),
+                            weight_decay=0.0)
+    sched = Schedule(args.lr, args.steps, 200, args.steps // 5, args.budget)
+    g = torch.Generator().manual_seed(args.seed + 3)
+    t0, step = time.time(), 0
+    while step < sched.end:
+        for group in opt.param_groups:
+            group["lr"] = sched(step)
+        idx = torch.randint(0, len(images), (args.batch,), generator=g)
+        mean, logvar = moments[idx].chunk(2, dim=1)
+        z = (mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=g)) * scale
+        ids = ids_all[idx].clone()
+        ids[torch.rand(args.batch, generator=g) < 0.1] = ids_null  # the empty prompt
+        t = torch.randint(0, 1000, (args.batch,), generator=g)
+        noise = torch.randn(z.shape, generator=g)
+        a = abar[t].view(-1, 1, 1, 1)
+        zt = a.sqrt() * z + (1 - a).sqrt() * noise
+        uniq, inverse = torch.unique(ids, dim=0, return_inverse=True)  # ~half the batch
+        states = te(uniq).last_hidden_state[inverse]
+        w = weight[t]
+        l_unet = ((unet(zt, t, states).sample - noise) ** 2).mean((1, 2, 3))
+        l_stoic = ((stoic(zt, t.float(), states) - noise) ** 2).mean((1, 2, 3))
+        loss = (w * (l_unet + l_stoic)).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(models.parameters(), 1.0)
+        opt.step()
+        ema_update(ema, models, 0.999 if step > 500 else 0.0)
+        if step % 100 == 0:
+            print(f"  t2i step {step:5d} unet {l_unet.mean().item():.4f} stoic "
+                  f"{l_stoic.mean().item():.4f} lr {sched(step):.2e} "
+                  f"({time.time() - t0:.0f} s)", flush=True)
+        if args.save_every and step and step % args.save_every == 0:
+            save_t2i(ema, out, step, time.time() - t0)
+        step += 1
+    save_t2i(ema, out, step, time.time() - t0)
+
+
+def save_t2i(ema: torch.nn.ModuleList, out: Path, step: int, seconds: float) -> None:
+    from mobilegen.checkpoints.loader import save_checkpoint
+
+    te, unet, stoic = ema
+    te.save_pretrained(out / "text_encoder")
+    unet.save_pretrained(out / "unet")
+    (out / "stoic").mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out / "stoic" / "denoiser.safetensors", "stoic", stoic)
+    (out / "scheduler").mkdir(exist_ok=True)
+    (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER, indent=2))
+    (out / "model_index.json").write_text(json.dumps({
+        "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1",
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+        "scheduler": ["diffusers", "PNDMScheduler"], "safety_checker": [None, None],
+        "feature_extractor": [None, None], "requires_safety_checker": False}, indent=2))
+    (out / "train_log.json").write_text(json.dumps({"t2i_steps": step,
+                                                    "t2i_seconds": round(seconds, 1)}))
+    print(f"  saved the EMA weights at step {step}", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--stage", choices=["all", "vae", "t2i"], default="all")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pool", type=int, default=30000, help="rendered training images")
+    ap.add_argument("--vae-steps", type=int, default=3000)
+    ap.add_argument("--vae-batch", type=int, default=32)
+    ap.add_argument("--vae-lr", type=float, default=1e-3)
+    ap.add_argument("--vae-budget", type=float, default=None, help="seconds (cools down early)")
+    ap.add_argument("--steps", type=int, default=8000)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--budget", type=float, default=None, help="seconds (cools down early)")
+    ap.add_argument("--save-every", type=int, default=1000)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.stage in ("all", "vae"):
+        train_vae(args, args.out)
+    if args.stage in ("all", "t2i"):
+        train_t2i(args, args.out)
+
+
+if __name__ == "__main__":
+    main()
