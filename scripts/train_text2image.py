@@ -294,10 +294,40 @@ def save_t2i(ema: torch.nn.ModuleList, out: Path, step: int, seconds: float) -> 
     print(f"  saved the EMA weights at step {step}", flush=True)
 
 
+# ------------------------------------------------------------------------------ stage 3: decoder
+def prune_and_distill(args, out: Path) -> None:
+    """SnapFusion's decoder recipe on the trained VAE: `mobilegen prune --ratio 0.5`, then
+    `mobilegen distill-decoder` on real latents (the VAE encoder's samples of pool images, as
+    the decoder reads them), into vae_pruned/decoder.safetensors."""
+    import subprocess
+    import sys
+    import tempfile
+
+    import diffusers
+    from safetensors.torch import save_file
+
+    vae = diffusers.AutoencoderKL.from_pretrained(out / "vae").eval()
+    images, _ = pool(args.distill_latents, args.seed + 4)
+    g = torch.Generator().manual_seed(args.seed + 5)
+    with torch.no_grad():
+        lat = torch.cat([vae.encode(images[i:i + 512]).latent_dist.sample(generator=g)
+                         for i in range(0, len(images), 512)])
+    (out / "vae_pruned").mkdir(exist_ok=True)
+    cli = [str(Path(sys.executable).parent / "mobilegen")]
+    with tempfile.TemporaryDirectory() as tmp:
+        save_file({"latents": lat.contiguous()}, f"{tmp}/latents.safetensors")
+        subprocess.run([*cli, "prune", str(out / "vae"), "--ratio", "0.5", "--out",
+                        f"{tmp}/pruned.safetensors", "--force"], check=True)
+        subprocess.run([*cli, "distill-decoder", str(out / "vae"), f"{tmp}/pruned.safetensors",
+                        "--out", str(out / "vae_pruned" / "decoder.safetensors"), "--force",
+                        "--steps", str(args.distill_steps), "--lr", "1e-3", "--batch", "32",
+                        "--latents", f"{tmp}/latents.safetensors", "--json"], check=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--stage", choices=["all", "vae", "t2i"], default="all")
+    ap.add_argument("--stage", choices=["all", "vae", "t2i", "decoder"], default="all")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pool", type=int, default=30000, help="rendered training images")
     ap.add_argument("--vae-steps", type=int, default=3000)
@@ -310,6 +340,8 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=None, help="seconds (cools down early)")
     ap.add_argument("--save-every", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--distill-steps", type=int, default=800)
+    ap.add_argument("--distill-latents", type=int, default=4096)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -317,6 +349,8 @@ def main() -> None:
         train_vae(args, args.out)
     if args.stage in ("all", "t2i"):
         train_t2i(args, args.out)
+    if args.stage in ("all", "decoder"):
+        prune_and_distill(args, args.out)
 
 
 if __name__ == "__main__":
