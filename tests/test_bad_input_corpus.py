@@ -566,7 +566,7 @@ def test_sample_png_onto_a_file_mobilegen_did_not_write(tmp_path, sd_prompt_expo
     png.write_bytes(b"my photo")
     out = str(sd_prompt_export / "out")
     result = runner.invoke(app, ["sample", out, "--png", str(png)])
-    assert result.exit_code == 2 and "give --force to replace it" in one_line(result)
+    assert result.exit_code == 1 and "give --force to replace it" in one_line(result)
     assert png.read_bytes() == b"my photo"
     forced = runner.invoke(app, ["sample", out, "--png", str(png), "--force", "--steps", "1"])
     assert forced.exit_code == 0, forced.output
@@ -590,3 +590,62 @@ def test_out_root_is_refused_by_its_marker(tiny_recipe):  # 16: without walking 
     result = runner.invoke(app, ["export", str(tiny_recipe), "--out", "/"])
     assert result.exit_code == 1
     assert "refusing to replace /: it has no valid .mobilegen marker" in one_line(result)
+
+
+@pytest.mark.parametrize(("args", "message"), [  # 12: options checked before the study
+    (["--target-psnr-db", "-5"], "--target-psnr-db must be in (0, 200] dB, found -5.0"),
+    (["--target-psnr-db", "nan"], "--target-psnr-db must be in (0, 200] dB, found nan"),
+    (["--target-psnr-db", "nan", "--png", "x.png"], "--target-psnr-db must be in"),
+    (["--png", "."], "--png .: is a folder"),
+])
+def test_sensitivity_options(tiny_recipe, args, message):
+    result = runner.invoke(app, ["sensitivity", str(tiny_recipe), *args])
+    assert result.exit_code == 2 and message in one_line(result)
+
+
+def _tamper_report(fn):
+    def edit(folder: Path) -> None:
+        report = json.loads((folder / "report.json").read_text())
+        fn(report["artifacts"][0])
+        (folder / "report.json").write_text(json.dumps(report))
+    return edit
+
+
+@pytest.mark.parametrize(("edit", "message"), [  # 13
+    (_tamper_report(lambda a: a.pop("target")), "missing key 'artifacts.0.target'"),
+    (_tamper_report(lambda a: a["latency"].update(median_ms="fast")),
+     "key 'artifacts.0.latency.median_ms' must be a number, found 'fast'"),
+], ids=["missing-target", "string-median-ms"])
+def test_bench_on_a_tampered_report(tmp_path, sd_prompt_export, edit, message):
+    shutil.copytree(sd_prompt_export / "out" / "unet", tmp_path / "unet")
+    edit(tmp_path / "unet")
+    result = runner.invoke(app, ["bench", str(tmp_path / "unet")])
+    assert result.exit_code == 1 and message in one_line(result)
+
+
+@pytest.mark.parametrize("command", ["bench", "report"])
+def test_report_and_bench_on_a_pipeline_export(sd_prompt_export, command):  # 13
+    out = sd_prompt_export / "out"
+    before = (out / "report.md").read_bytes()
+    result = runner.invoke(app, [command, str(out)])
+    assert result.exit_code == 1
+    line = one_line(result)
+    assert "a pipeline export; report and bench take a single export" in line
+    assert str(out / "unet") in line
+    assert (out / "report.md").read_bytes() == before
+
+
+@pytest.mark.parametrize("jobs", ["0", "-1"])
+def test_export_jobs_below_one(tiny_recipe, tmp_path, jobs):  # 15
+    result = runner.invoke(app, ["export", str(tiny_recipe), "-j", jobs, "--out",
+                                 str(tmp_path / "out")])
+    assert result.exit_code == 2 and f"--jobs must be >= 1, found {jobs}" in one_line(result)
+
+
+def test_export_a_diffusers_folder_says_how_to_write_the_recipe(tmp_path, tiny_pipe):  # 15
+    result = runner.invoke(app, ["export", str(tiny_pipe), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    line = one_line(result)
+    assert "a diffusers pipeline folder, not a recipe" in line
+    assert f'diffusers = "{tiny_pipe}"' in line
+    assert not (tmp_path / "out").exists()

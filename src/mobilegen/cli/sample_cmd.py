@@ -93,7 +93,9 @@ def _check_options(steps: int | None, threads: int, png: Path, seed: int | None,
     if not png.absolute().parent.is_dir():
         raise OptionError(f"--png {png}: its folder {png.absolute().parent} does not exist")
     if (png.exists() or png.is_symlink()) and not force and not _written_by_us(png):
-        raise OptionError(f"--png {png}: the file exists and was not written by mobilegen "
+        from mobilegen.errors import OutputError  # exit 1, as prune --out
+
+        raise OutputError(f"--png {png}: the file exists and was not written by mobilegen "
                           "(give --force to replace it)")
 
 
