@@ -649,3 +649,48 @@ def test_export_a_diffusers_folder_says_how_to_write_the_recipe(tmp_path, tiny_p
     assert "a diffusers pipeline folder, not a recipe" in line
     assert f'diffusers = "{tiny_pipe}"' in line
     assert not (tmp_path / "out").exists()
+
+
+def test_native_stdout_goes_to_stderr_under_json(tmp_path):  # 14: the QNN EP's C++ log line
+    """What a runtime writes to file descriptor 1 (onnxruntime-qnn's logger does) while
+    `sample --json` works lands on stderr; stdout holds the JSON document alone."""
+    import subprocess
+    import sys
+
+    code = ("import os, json\n"
+            "from mobilegen.cli.sample_cmd import native_stdout_to_stderr\n"
+            "with native_stdout_to_stderr():\n"
+            "    os.write(1, b'QnnDsp <W> native log line\\n')\n"
+            "    print('python print')\n"
+            "print(json.dumps({'ok': True}))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert json.loads(done.stdout) == {"ok": True}
+    assert "QnnDsp <W> native log line" in done.stderr and "python print" in done.stderr
+
+
+def test_validate_batch_one_exports_a_stoic(tmp_path, tiny_ckpt):  # 17: what a phone runs
+    recipe = write_recipe(tmp_path / "r.toml", tiny_ckpt)
+    recipe.write_text(recipe.read_text().replace("[validate]\n", "[validate]\nbatch = 1\n"))
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["export", str(recipe), "--out", str(out), "--json",
+                                 "--no-cache"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["status"] == "ok" and all(a["parity"]["psnr_db"] is None
+                                         or a["parity"]["psnr_db"] > 60 for a in doc["artifacts"])
+
+
+def test_batch_one_capture_of_a_tiny_unet_runs_at_any_batch():  # 17: unet-sd15's batch 1
+    from mobilegen.export.run import capture
+    from mobilegen.models.unet import EfficientUNet, UNetConfig
+
+    cfg = UNetConfig(block_out_channels=(16, 32), down_resnets=(1, 1), down_attentions=(0, 1),
+                     mid_resnets=1, mid_attentions=1, up_resnets=(2, 2), up_attentions=(2, 0),
+                     cross_attention_dim=16, attention_head_dim=2, norm_num_groups=8,
+                     sample_size=8, context_len=8)
+    model = EfficientUNet(cfg).eval()
+    program = capture(model, model.example_inputs(1))  # was "Constraints violated (batch)"
+    for b in (1, 3):
+        x = model.example_inputs(b)
+        torch.testing.assert_close(program.module()(*x), model(*x), rtol=1e-4, atol=1e-5)

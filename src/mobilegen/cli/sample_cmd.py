@@ -6,9 +6,12 @@ hash for very large files and the output says so). Sampler values are bounded be
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -46,11 +49,40 @@ def sample(
     """Generate images from the exported artifacts alone (numpy + the runtime, no PyTorch).
 
     On a pipeline export the UNet samples latents and the decoder turns them into RGB images."""
-    from mobilegen.errors import MobilegenError
 
     _check_options(steps, threads, png, seed, force)
     manifest = _read_manifest(outdir / "manifest.json")
     verify = not no_hash_check
+    quiet = native_stdout_to_stderr() if json_output else contextlib.nullcontext()
+    with quiet:  # runtimes' native logs (QNN's) must not precede the JSON on stdout
+        result = _dispatch(outdir, manifest, target, seed, steps, png, threads, verify,
+                           (prompt, negative_prompt))
+    result["hash_check"] = "sha256 verified" if verify else "skipped (--no-hash-check)"
+    _print(result, json_output)
+
+
+@contextlib.contextmanager
+def native_stdout_to_stderr() -> Iterator[None]:
+    """File descriptor 1 points at stderr while the runtimes load and run: onnxruntime-qnn's
+    C++ logger writes to stdout, which `--json` keeps for the one JSON document."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _dispatch(outdir: Path, manifest: dict[str, Any], target: str, seed: int | None,
+              steps: int | None, png: Path, threads: int, verify: bool,
+              prompts: tuple[str | None, str | None]) -> dict[str, Any]:
+    from mobilegen.errors import MobilegenError
+
+    prompt, negative_prompt = prompts
     try:
         chain = manifest.get("chain")
         if isinstance(chain, dict) and chain.get("kind") == "text-to-image":  # tokenizer ..
@@ -68,8 +100,7 @@ def sample(
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:  # wrong shape
         raise MobilegenError(f"{outdir / 'manifest.json'}: not a mobilegen manifest "
                              f"({type(e).__name__}: {e})") from None
-    result["hash_check"] = "sha256 verified" if verify else "skipped (--no-hash-check)"
-    _print(result, json_output)
+    return result
 
 
 # What `sample` writes beside a PNG it made: an existing --png without it is somebody's file.
