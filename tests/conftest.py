@@ -103,3 +103,12 @@ def sd_prompt_export(tmp_path_factory):
                                       "--json"])
     assert result.exit_code == 0, result.output
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe(tmp_path_factory):
+    """The tiny random SD pipeline folder (sd_pipeline_fixture), written once per session; tests
+    that change it work on a copy."""
+    from sd_pipeline_fixture import write_tiny_pipeline
+
+    return write_tiny_pipeline(tmp_path_factory.mktemp("pipe") / "pipe")

@@ -251,14 +251,9 @@ def test_saved_checkpoints_are_refused_nowhere(tmp_path):
 import json  # noqa: E402
 import shutil  # noqa: E402
 
-from sd_pipeline_fixture import SD15_SCHEDULER, write_tiny_pipeline  # noqa: E402
+from sd_pipeline_fixture import SD15_SCHEDULER  # noqa: E402
 
-PIPE_RECIPE = 'name = "p"\n[pipeline]\ndiffusers = "pipe"\n'
-
-
-@pytest.fixture(scope="module")
-def tiny_pipe(tmp_path_factory) -> Path:
-    return write_tiny_pipeline(tmp_path_factory.mktemp("pipe") / "pipe")
+PIPE_RECIPE = 'name = "p"\n[pipeline]\ndiffusers = "pipe"\n'  # tiny_pipe: conftest
 
 
 def _json_edit(rel: str, **changes):

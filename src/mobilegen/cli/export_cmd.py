@@ -103,14 +103,16 @@ def _export_many(recipes: list[Path], outs: list[Path], jobs: int, no_cache: boo
 
 
 def _show(report: dict, out_dir: Path, json_output: bool, cached: str | None = None) -> None:
-    from mobilegen.report.markdown import passes_table, rich_table
+    from mobilegen.report.markdown import passes_table
+    from mobilegen.report.summary import single_summary
 
     if json_output:
         print_json({"out_dir": str(out_dir), "cache": {"hit": cached is not None, "key": cached},
                     **report})
         return
     console = stdout_console()
-    console.print(rich_table(report))
+    for part in single_summary(report, console.width):  # 80 columns up; wide from 120
+        console.print(part, highlight=False)
     if (table := passes_table(report)) is not None:
         console.print(table)
     for line in latency_lines(report):
