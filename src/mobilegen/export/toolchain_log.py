@@ -36,6 +36,7 @@ def _log_handlers_to(stream: Any) -> Iterator[None]:
     deprecation when torchao is imported) hold the stream they were made with: under the live
     display that is Rich's terminal proxy, not file descriptor 2. Each points at the log
     meanwhile; one made meanwhile (holding the log) gets the terminal's stderr back after."""
+    outer = sys.stderr  # entered before stderr is redirected
     swapped = [(h, h.stream) for h in _stream_handlers()]
     for h, _ in swapped:
         h.stream = stream  # not setStream: it flushes the old stream, which may be closed
@@ -46,7 +47,7 @@ def _log_handlers_to(stream: Any) -> Iterator[None]:
             h.stream = old
         for h in _stream_handlers():
             if h.stream is stream:
-                h.stream = sys.stderr
+                h.stream = outer
 
 
 @contextlib.contextmanager
@@ -64,8 +65,8 @@ def toolchain_output(log: Path) -> Iterator[None]:
         os.dup2(f.fileno(), 2)
         try:
             # Python-level writers too (they may hold replaced sys.stdout objects, e.g. in tests)
-            with contextlib.redirect_stdout(f), contextlib.redirect_stderr(f), \
-                    _log_handlers_to(f):
+            with _log_handlers_to(f), contextlib.redirect_stdout(f), \
+                    contextlib.redirect_stderr(f):
                 yield
         except Exception:
             failed = True
