@@ -133,9 +133,9 @@ def weight_files(folder: Path) -> list[Path]:
     for name in WEIGHT_FILES:
         index = folder / f"{name}.index.json"  # sharded: {"weight_map": {key: shard file}}
         if index.is_file():
-            return [regular_file(confined(folder, folder / s)) for s in _shard_names(index)]
+            return [confined(folder, regular_file(folder / s)) for s in _shard_names(index)]
         if (folder / name).exists():
-            return [regular_file(confined(folder, folder / name))]
+            return [confined(folder, regular_file(folder / name))]
     raise CheckpointError(f"{folder}: no weight file (expected one of: {', '.join(WEIGHT_FILES)})")
 
 
@@ -146,7 +146,7 @@ def folder_files(path: Path, component: str | None = None) -> list[Path]:
     files = weight_files(folder)
     indexes = [folder / f"{n}.index.json" for n in WEIGHT_FILES
                if (folder / f"{n}.index.json").is_file()][:1]
-    return [regular_file(confined(folder, folder / "config.json")), *indexes, *files]
+    return [confined(folder, regular_file(folder / "config.json")), *indexes, *files]
 
 
 def _read_weights(folder: Path) -> dict[str, torch.Tensor]:

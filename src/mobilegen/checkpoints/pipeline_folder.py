@@ -80,8 +80,8 @@ def text_encoder_files(folder: Path) -> list[Path]:
     """What loading `folder` reads: config.json and the weight file (regular files only)."""
     for name in TEXT_WEIGHT_FILES:
         if (folder / name).exists():
-            return [regular_file(confined(folder, folder / "config.json")),
-                    regular_file(confined(folder, folder / name))]
+            return [confined(folder, regular_file(folder / "config.json")),
+                    confined(folder, regular_file(folder / name))]
     if any((folder / f"{n}.index.json").exists() for n in TEXT_WEIGHT_FILES):
         raise CheckpointError(f"{folder}: a sharded text encoder is not supported (SD's are "
                               "one file)")
