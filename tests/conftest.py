@@ -84,3 +84,31 @@ def _private_export_cache(tmp_path_factory):
 
     os.environ["MOBILEGEN_CACHE_DIR"] = str(tmp_path_factory.mktemp("export-cache"))
     yield
+
+
+@pytest.fixture(scope="session")
+def sd_prompt_export(tmp_path_factory):
+    """One export of the tiny random SD pipeline (sd_pipeline_fixture.PROMPT_RECIPE), shared by
+    every module that needs a text-to-image export: ROOT with pipe/, r.toml and out/. Tests
+    that change it work on a copy."""
+    from typer.testing import CliRunner
+
+    from mobilegen.cli.main import app
+    from sd_pipeline_fixture import PROMPT_RECIPE, write_tiny_pipeline
+
+    root = tmp_path_factory.mktemp("sd")
+    write_tiny_pipeline(root / "pipe")
+    (root / "r.toml").write_text(PROMPT_RECIPE)
+    result = CliRunner().invoke(app, ["export", str(root / "r.toml"), "--out", str(root / "out"),
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe(tmp_path_factory):
+    """The tiny random SD pipeline folder (sd_pipeline_fixture), written once per session; tests
+    that change it work on a copy."""
+    from sd_pipeline_fixture import write_tiny_pipeline
+
+    return write_tiny_pipeline(tmp_path_factory.mktemp("pipe") / "pipe")

@@ -16,6 +16,26 @@ SD15_SCHEDULER = {"_class_name": "PNDMScheduler", "beta_end": 0.012,
                   "clip_sample": False}
 
 
+# the text-to-image recipe the tests export (test_sd_pipeline, the bad-input corpus's `sample`)
+PROMPT_RECIPE = """name = "sd-tiny-prompt"
+[pipeline]
+diffusers = "pipe"
+prompt = "a photo of the cat"
+[pipeline.text_encoder]
+latency = {warmup = 1, runs = 2}
+[pipeline.unet]
+validate = {timesteps = [999.0, 1.0]}
+latency = {warmup = 1, runs = 2}
+[pipeline.decoder]
+validate = {timesteps = [0.0]}
+latency = {warmup = 1, runs = 2}
+[sampler]
+kind = "dpm++2m"
+steps = 4
+guidance_scale = 7.5
+"""
+
+
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2 / CLIP's reversible byte -> printable character table."""
     bs = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))

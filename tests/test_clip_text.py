@@ -96,6 +96,9 @@ def test_tokenizer_matches_transformers(folders: Path) -> None:
 
 
 def test_tokenizer_folder_errors(folders: Path, tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match=re.escape("no tokenizer files (expected vocab.json")):
+        tokenizer_spec(tmp_path, 77)
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
     with pytest.raises(CheckpointError, match=re.escape("missing vocab.json")):
         tokenizer_spec(tmp_path, 77)
     (tmp_path / "vocab.json").write_text(json.dumps({"a": 0}))

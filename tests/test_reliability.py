@@ -709,3 +709,122 @@ def test_fuzz_safetensors_headers_give_one_error(tmp_path_factory, blob):
     except MobilegenError as e:
         assert "\n" not in str(e) and "f.safetensors" in str(e)
     assert sorted(p.name for p in folder.iterdir()) == ["f.safetensors"]
+
+
+# pipeline folders (model_index, configs, tokenizer, scheduler) and text-to-image manifests
+PIPE_FILES = ["model_index.json", "unet/config.json", "vae/config.json",
+              "text_encoder/config.json", "scheduler/scheduler_config.json",
+              "tokenizer/tokenizer_config.json", "tokenizer/vocab.json", "tokenizer/merges.txt"]
+JSON_VALUES = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
+              st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=8)),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner,
+                                                                max_size=3), max_leaves=6)
+
+
+@st.composite
+def pipeline_edits(draw) -> tuple[str, bytes | None, str | None, object]:
+    """(file, whole new content or None, key to set or None, value)."""
+    rel = draw(st.sampled_from(PIPE_FILES))
+    if rel.endswith(".txt") or (draw(st.booleans()) and draw(st.booleans())):
+        return rel, draw(st.one_of(st.binary(max_size=40), st.just(b"[" * 5000),
+                                   JSON_VALUES.map(lambda v: json.dumps(v).encode()))), None, None
+    return rel, None, draw(st.one_of(st.sampled_from(
+        ["num_train_timesteps", "beta_start", "beta_end", "steps_offset", "beta_schedule",
+         "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size",
+         "norm_num_groups", "block_out_channels", "model_max_length", "bos_token",
+         "do_lower_case", "unet", "tokenizer", "<|startoftext|>", "cross_attention_dim",
+         "max_position_embeddings", "up_block_types", "prediction_type"]),
+        st.text(max_size=6))), draw(JSON_VALUES)
+
+
+@pytest.fixture(scope="module")
+def fuzz_pipe(tmp_path_factory, tiny_pipe):
+    import shutil
+
+    root = tmp_path_factory.mktemp("fuzz-pipe")
+    shutil.copytree(tiny_pipe, root / "pipe")
+    (root / "r.toml").write_text('name = "p"\n[pipeline]\ndiffusers = "pipe"\n')
+    return root
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(pipeline_edits())
+def test_fuzz_pipeline_folders_refuse_at_load(fuzz_pipe, edit):
+    """Any content or any key's value in a pipeline folder's JSON and merges: the recipe loads,
+    or one MobilegenError line; never another exception, nothing written in the folder."""
+    from mobilegen.errors import MobilegenError
+    from mobilegen.recipe import load_any_recipe
+
+    rel, content, key, value = edit
+    path = fuzz_pipe / "pipe" / rel
+    original = path.read_bytes()
+    before = sorted(str(p) for p in fuzz_pipe.rglob("*"))
+    if content is not None:
+        path.write_bytes(content)
+    else:
+        data = json.loads(original)
+        data[key] = value
+        path.write_text(json.dumps(data))
+    try:
+        load_any_recipe(fuzz_pipe / "r.toml")
+    except MobilegenError as e:
+        assert "\n" not in str(e) and str(e)
+    finally:
+        path.write_bytes(original)
+    assert sorted(str(p) for p in fuzz_pipe.rglob("*")) == before
+
+
+CHAIN_KEYS = ["scheduler.steps", "scheduler.num_images", "scheduler.guidance_scale",
+              "scheduler.seed", "scheduler.config.num_train_timesteps",
+              "scheduler.config.beta_start", "scheduler.config.beta_schedule",
+              "scheduler.config.timestep_spacing", "scheduler.config.steps_offset",
+              "scheduler.config.prediction_type", "scheduler.config", "tokenizer.max_length",
+              "tokenizer.ids.pad", "tokenizer.ids.bos", "tokenizer.tokens.eos",
+              "tokenizer.lower_case", "tokenizer.files.vocab", "latent.scaling_factor",
+              "latent.shift_factor", "scheduler", "tokenizer"]
+
+
+@pytest.fixture(scope="module")
+def fuzz_export(tmp_path_factory, sd_prompt_export):
+    import shutil
+
+    root = tmp_path_factory.mktemp("fuzz-sample")
+    shutil.copytree(sd_prompt_export / "out", root / "out")
+    return root
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.dictionaries(st.sampled_from(CHAIN_KEYS), JSON_VALUES, min_size=1, max_size=2))
+def test_fuzz_text_to_image_manifests_for_sample(fuzz_export, values):
+    """Any value under the chain's keys of a text-to-image manifest: `sample` runs or gives one
+    line with exit 1 or 2; never a traceback; no image or temporary file left on failure."""
+    from typer.testing import CliRunner
+
+    from mobilegen.cli.main import app
+
+    manifest = fuzz_export / "out" / "manifest.json"
+    original = manifest.read_bytes()
+    doc = json.loads(original)
+    for key, value in values.items():
+        *parents, leaf = key.split(".")
+        node = doc["chain"]
+        for p in parents:
+            node = node[p] if isinstance(node.get(p), dict) else node.setdefault(p, {})
+        node[leaf] = value
+    manifest.write_text(json.dumps(doc))
+    png = fuzz_export / "s.png"
+    try:
+        result = CliRunner().invoke(app, ["sample", str(fuzz_export / "out"), "--png", str(png),
+                                          "--steps", "1"])
+    finally:
+        manifest.write_bytes(original)
+    assert result.exit_code in (0, 1, 2), result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    if result.exit_code:
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert not png.exists()
+    png.unlink(missing_ok=True)
+    assert [p.name for p in fuzz_export.iterdir()] == ["out"]

@@ -16,28 +16,12 @@ from mobilegen.cli.main import app
 from mobilegen.errors import RecipeError
 from mobilegen.export.staging import sha256_file
 from mobilegen.recipe import load_any_recipe
+from sd_pipeline_fixture import PROMPT_RECIPE as RECIPE
 from sd_pipeline_fixture import SD15_SCHEDULER, write_tiny_pipeline
 
 diffusers = pytest.importorskip("diffusers")
 torch = pytest.importorskip("torch")
 
-RECIPE = """name = "sd-tiny-prompt"
-[pipeline]
-diffusers = "pipe"
-prompt = "a photo of the cat"
-[pipeline.text_encoder]
-latency = {warmup = 1, runs = 2}
-[pipeline.unet]
-validate = {timesteps = [999.0, 1.0]}
-latency = {warmup = 1, runs = 2}
-[pipeline.decoder]
-validate = {timesteps = [0.0]}
-latency = {warmup = 1, runs = 2}
-[sampler]
-kind = "dpm++2m"
-steps = 4
-guidance_scale = 7.5
-"""
 
 
 def invoke(*args):
@@ -51,15 +35,8 @@ def pipeline_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory, pipeline_folder: Path) -> Path:
-    import shutil
-
-    root = tmp_path_factory.mktemp("sd")
-    shutil.copytree(pipeline_folder, root / "pipe")
-    (root / "r.toml").write_text(RECIPE)
-    result = invoke("export", root / "r.toml", "--out", root / "out", "--json")
-    assert result.exit_code == 0, result.output
-    return root
+def exported(sd_prompt_export: Path) -> Path:
+    return sd_prompt_export  # conftest: one export shared with the bad-input corpus
 
 
 def test_export_ships_every_part_under_one_manifest(exported: Path) -> None:

@@ -42,3 +42,32 @@ def test_show_turns_capture_off(tmp_path, capfd, monkeypatch):
     with toolchain_output(log):
         os.write(2, b"visible\n")
     assert "visible" in capfd.readouterr().err and not log.exists()
+
+
+def test_third_party_log_handlers_write_to_the_log(tmp_path):
+    """A library's logging handler made before the export (torch's, holding the terminal or
+    the live display's proxy) logs into toolchain.log while a target works (issue 26: torch's
+    `_pytree` register_constant deprecation leaked onto the terminal), and one made meanwhile
+    is given back a live stream afterwards."""
+    import io
+    import logging
+
+    terminal = io.StringIO()
+    logger = logging.getLogger("torch.fake_pytree")
+    handler = logging.StreamHandler(terminal)
+    logger.addHandler(handler)
+    logger.propagate = False
+    late = logging.getLogger("torchao.fake")
+    log = tmp_path / "toolchain.log"
+    try:
+        with toolchain_output(log):
+            logger.warning("register_constant() on Enum subclasses is deprecated")
+            late_handler = logging.StreamHandler(sys.stderr)  # sys.stderr is the log here
+            late.addHandler(late_handler)
+        assert "register_constant" in log.read_text() and terminal.getvalue() == ""
+        assert handler.stream is terminal and late_handler.stream is sys.stderr
+        logger.warning("after")
+        assert terminal.getvalue() == "after\n"
+    finally:
+        logger.removeHandler(handler)
+        late.handlers.clear()

@@ -43,7 +43,7 @@ class SamplerSpec(Strict):
     steps: int = Field(20, ge=1, le=1000)
     guidance_scale: float = Field(1.0, ge=0.0, le=1000.0, allow_inf_nan=False)
     time_spacing: Literal["uniform", "logsnr"] = "logsnr"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**63 - 1)
     num_images: int = Field(8, ge=1, le=256)
     # class labels to sample (cycled); default 0..num_classes-1; the upper bound is the model's
     # (checked when the export reads them: manifest.component_entry)
@@ -115,7 +115,7 @@ class Recipe(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     description: str = ""
     model: ModelSpec
-    targets: list[str] = Field(default_factory=lambda: ["ort-mobile-cpu"])
+    targets: list[str] = Field(default_factory=lambda: ["ort-mobile-cpu"], min_length=1)
     # in order; bare names or tables with options
     passes: list[PassSpec] = Field(default_factory=list)
     # export/validation resolution; default: the model's own. The family checks the rest (a
@@ -181,6 +181,9 @@ def load_recipe(path: str | Path, data: dict[str, Any] | None = None) -> Recipe:
             raise RecipeError(
                 f"{path}: key 'targets': unknown target '{t}' (known: {', '.join(known_targets)})"
             )
+        from mobilegen.targets.profile import load_target
+
+        load_target(t)  # a profile that does not validate fails now, not after the capture
     from mobilegen.passes import PASSES
 
     for i, p in enumerate(recipe.passes):
@@ -239,9 +242,9 @@ class SDSamplerSpec(Strict):
     """The sampler of a diffusers pipeline recipe, on SD's discrete schedule (sampling/discrete)."""
 
     kind: Literal["ddim", "dpm++2m", "euler", "euler-ancestral"] = "dpm++2m"
-    steps: int = Field(20, ge=1, le=1000)
-    guidance_scale: float = Field(7.5, ge=0.0)
-    seed: int = 0
+    steps: int = Field(20, ge=1, le=1000)  # and what the schedule takes (checked at load)
+    guidance_scale: float = Field(7.5, ge=0.0, le=1000.0, allow_inf_nan=False)
+    seed: int = Field(0, ge=0, le=2**63 - 1)  # numpy's default_rng takes no negative seed
     num_images: int = Field(2, ge=1, le=64)
     karras_sigmas: bool | None = None  # None: the scheduler config's use_karras_sigmas
 
@@ -349,7 +352,8 @@ SD_SLOT_FOLDERS = {"text_encoder": ("clip-text", "text_encoder"), "unet": ("unet
 
 class SDPipelineSlots(Strict):
     diffusers: str  # the pipeline folder, relative to the recipe
-    targets: list[str] = Field(default_factory=lambda: ["ort-mobile-cpu"])  # every component's
+    targets: list[str] = Field(default_factory=lambda: ["ort-mobile-cpu"],  # every component's
+                               min_length=1)
     prompt: str = "a photo of a cat"  # what the export's end-to-end check draws
     negative_prompt: str = ""  # the null branch of guidance, through the same text encoder
     # mobilegen checkpoints (relative to the recipe) that replace a folder component: a STOIC
@@ -381,25 +385,31 @@ def _load_sd_pipeline(path: Path, data: dict[str, Any]) -> PipelineRecipe:
         raise RecipeError(format_error(path, e)) from None
     rel = Path(spec.pipeline.diffusers).expanduser()
     root = rel if rel.is_absolute() else (path.resolve().parent / rel).resolve()
+    if root.name == "model_index.json" and root.is_file():  # the folder's index named instead
+        root = root.parent
     swaps = {slot: _swap_checkpoint(path, key, getattr(spec.pipeline, key), family)
              for slot, key, family in (("unet", "denoiser_checkpoint", "stoic"),
                                        ("decoder", "decoder_checkpoint", "vae-decoder"))
              if getattr(spec.pipeline, key) is not None}
     try:
-        read_model_index(root)
+        read_model_index(root)  # every file and folder it names resolves inside root
         size = _sd_check_configs(root, swaps.get("unet"))
     except CheckpointError as e:
         raise RecipeError(f"{path}: key 'pipeline.diffusers': {e}") from None
     from mobilegen.checkpoints.pipeline_folder import scheduler_config
     from mobilegen.errors import ConfigError
-    from mobilegen.sampling.discrete import schedule_from_config
+    from mobilegen.sampling.discrete import make_plan, schedule_from_config
 
     try:  # the sampler kind reads the pipeline's scheduler config: refused keys fail here
-        schedule_from_config(scheduler_config(root), spec.sampler.kind,
-                             spec.sampler.karras_sigmas,
-                             str(root / "scheduler" / "scheduler_config.json"))
-    except ConfigError as e:
+        schedule = schedule_from_config(scheduler_config(root), spec.sampler.kind,
+                                        spec.sampler.karras_sigmas,
+                                        str(root / "scheduler" / "scheduler_config.json"))
+    except (ConfigError, CheckpointError) as e:
         raise RecipeError(f"{path}: key 'sampler': {e}") from None
+    try:  # the step count must give a plan that works on this schedule (no repeated step)
+        make_plan(schedule, spec.sampler.steps)
+    except ConfigError as e:
+        raise RecipeError(f"{path}: key 'sampler.steps': {e}") from None
     parts: dict[str, Recipe] = {}
     for slot, (family, folder) in SD_SLOT_FOLDERS.items():
         own = dict(getattr(spec.pipeline, slot))
@@ -457,17 +467,22 @@ def _sd_check_configs(root: Path, denoiser: tuple[str, Path, Any] | None = None)
     """The text encoder's states must be what the denoiser cross-attends to (width and token
     count); the scheduler config must be readable. Returns the denoiser's latent size. Reads
     configs only. `denoiser`: a STOIC replacing unet/ (family, file, config)."""
-    from mobilegen.checkpoints.diffusers import unet_config_from_diffusers
-    from mobilegen.checkpoints.pipeline_folder import read_json, text_encoder_config
+    from mobilegen.checkpoints.diffusers import check_vae_config, unet_config_from_diffusers
+    from mobilegen.checkpoints.pipeline_folder import read_json, text_encoder_config, tokenizer_spec
     from mobilegen.errors import CheckpointError
 
     te_path, unet_path = root / "text_encoder" / "config.json", root / "unet" / "config.json"
-    te = text_encoder_config(read_json(te_path), str(te_path))
+    te = text_encoder_config(read_json(te_path, root), str(te_path))
+    vae_path = root / "vae" / "config.json"
+    check_vae_config(read_json(vae_path, root), str(vae_path))
+    # the tokenizer is read, checked and built now: not after every component is exported
+    tokenizer_spec(root / "tokenizer", te.max_position_embeddings, te.vocab_size, root)
     if denoiser is not None:
         cfg, what = denoiser[2], f"the STOIC {denoiser[1].name}"
         width, tokens, size = cfg.context_dim, cfg.context_len, cfg.image_size
     else:
-        cfg, what = unet_config_from_diffusers(read_json(unet_path), str(unet_path)), "the UNet"
+        cfg = unet_config_from_diffusers(read_json(unet_path, root), str(unet_path))
+        what = "the UNet"
         width, tokens, size = cfg.cross_attention_dim, cfg.context_len, cfg.image_size
     if width != te.hidden_size:
         raise CheckpointError(f"{what} cross-attends to width {width}, the text encoder gives "
@@ -475,7 +490,6 @@ def _sd_check_configs(root: Path, denoiser: tuple[str, Path, Any] | None = None)
     if tokens != te.max_position_embeddings:
         raise CheckpointError(f"{what} reads {tokens} tokens, the text encoder gives "
                               f"{te.max_position_embeddings}")
-    read_json(root / "scheduler" / "scheduler_config.json")
     return int(size)
 
 

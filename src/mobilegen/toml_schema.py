@@ -33,6 +33,13 @@ def format_error(path: Path, err: ValidationError) -> str:
 
 
 def read_toml(path: Path) -> dict[str, Any]:
+    if path.is_dir() and (path / "model_index.json").is_file():  # said as what to write
+        raise RecipeError(f"{path}: a diffusers pipeline folder, not a recipe: write a .toml "
+                          f"holding name = \"...\" and a [pipeline] table with diffusers = "
+                          f"\"{path}\" (targets and [sampler] optional; README: \"Prompt to "
+                          "image\") and export that")
+    if path.is_dir():
+        raise RecipeError(f"{path}: a folder, not a recipe file (.toml)")
     if not path.is_file():
         raise RecipeError(f"{path}: file not found")
     try:

@@ -10,14 +10,19 @@ safetensors, or a `.bin` through torch.load(weights_only=True): checkpoints are 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mobilegen.checkpoints.guards import check_archive, check_param_bytes, regular_file
+from mobilegen.checkpoints.guards import (
+    check_archive,
+    check_param_bytes,
+    confined,
+    read_json_file,
+    regular_file,
+)
 from mobilegen.errors import CheckpointError, ConfigError
 
 UNET_CLASS, VAE_CLASS = "UNet2DConditionModel", "AutoencoderKL"
@@ -74,7 +79,7 @@ def _component_folder(path: Path, component: str | None) -> Path:
         return path
     name = component or "unet"
     if (path / name / "config.json").is_file():
-        return path / name
+        return confined(path, path / name)  # a pipeline's unet/ linked elsewhere: refused
     present = sorted(p.name for p in path.iterdir() if (p / "config.json").is_file())
     raise CheckpointError(f"{path}: no config.json, and no {name}/config.json for component "
                           f"'{name}' (components with a config.json here: {present or 'none'})")
@@ -82,11 +87,7 @@ def _component_folder(path: Path, component: str | None) -> Path:
 
 def _read_config(folder: Path) -> dict[str, Any]:
     path = folder / "config.json"
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError) as err:  # RecursionError: absurd nesting
-        why = "nested too deeply" if isinstance(err, RecursionError) else err
-        raise CheckpointError(f"{path}: unreadable config ({why})") from None
+    config = read_json_file(path, folder)  # confined, bounded, RecursionError named
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: expected a JSON object, found {type(config).__name__}")
     return config
@@ -111,10 +112,10 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
 
 def _shard_names(index: Path) -> list[str]:
     """The shard files an index names, each a plain relative name inside its folder."""
-    try:
-        weight_map = json.loads(index.read_text()).get("weight_map", {})
-    except (OSError, ValueError, AttributeError) as err:
-        raise CheckpointError(f"{index}: unreadable shard index ({type(err).__name__})") from None
+    data = read_json_file(index, index.parent)
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{index}: expected a JSON object, found {type(data).__name__}")
+    weight_map = data.get("weight_map", {})
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise CheckpointError(f"{index}: 'weight_map' must map tensor names to file names")
     shards = sorted(set(weight_map.values()))
@@ -132,9 +133,9 @@ def weight_files(folder: Path) -> list[Path]:
     for name in WEIGHT_FILES:
         index = folder / f"{name}.index.json"  # sharded: {"weight_map": {key: shard file}}
         if index.is_file():
-            return [regular_file(folder / s) for s in _shard_names(regular_file(index))]
+            return [confined(folder, regular_file(folder / s)) for s in _shard_names(index)]
         if (folder / name).exists():
-            return [regular_file(folder / name)]
+            return [confined(folder, regular_file(folder / name))]
     raise CheckpointError(f"{folder}: no weight file (expected one of: {', '.join(WEIGHT_FILES)})")
 
 
@@ -145,7 +146,7 @@ def folder_files(path: Path, component: str | None = None) -> list[Path]:
     files = weight_files(folder)
     indexes = [folder / f"{n}.index.json" for n in WEIGHT_FILES
                if (folder / f"{n}.index.json").is_file()][:1]
-    return [regular_file(folder / "config.json"), *indexes, *files]
+    return [confined(folder, regular_file(folder / "config.json")), *indexes, *files]
 
 
 def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -166,7 +167,16 @@ def _per_stage(config: dict[str, Any], key: str, default: Any, n: int, source: s
 
 
 def unet_config_from_diffusers(config: dict[str, Any], source: str = "config.json") -> Any:
-    """Map a UNet2DConditionModel config.json onto UNetConfig (counts per stage)."""
+    """Map a UNet2DConditionModel config.json onto UNetConfig (counts per stage); a value of
+    the wrong type anywhere is one line naming the file."""
+    try:
+        return _unet_config(config, source)
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as err:
+        raise CheckpointError(f"{source}: a value of the wrong type ({type(err).__name__}: "
+                              f"{err})") from None
+
+
+def _unet_config(config: dict[str, Any], source: str) -> Any:
     from mobilegen.models.unet import UNetConfig
 
     for key, default in _UNET_DEFAULTS.items():
@@ -229,6 +239,22 @@ def unet_config_from_diffusers(config: dict[str, Any], source: str = "config.jso
         raise CheckpointError(f"{source}: {err}") from None
 
 
+def check_vae_config(config: dict[str, Any], source: str) -> None:
+    """What an AutoencoderKL config.json must hold before its weights are read (the decoder's
+    widths come from the tensors; the rest of the config is checked here)."""
+    from mobilegen.models.bounds import out_of_range
+
+    up_types = config.get("up_block_types", ["UpDecoderBlock2D"])
+    if not isinstance(up_types, list) or set(map(str, up_types)) != {"UpDecoderBlock2D"}:
+        raise CheckpointError(f"{source}: up_block_types {up_types!r} are not supported "
+                              "(supported: UpDecoderBlock2D)")
+    bad = out_of_range([("norm_num_groups", config.get("norm_num_groups", 32))], 1, 1024) \
+        or out_of_range([(k, config[k]) for k in ("scaling_factor", "shift_factor")
+                         if config.get(k) is not None], -1e4, 1e4)
+    if bad:
+        raise CheckpointError(f"{source}: {bad}")
+
+
 def vae_decoder_part(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The decoder's tensors of an AutoencoderKL state dict, old attention names renamed."""
     out = {}
@@ -285,11 +311,8 @@ def load_diffusers_folder(
     else:
         from mobilegen.models.vae_decoder import VAEDecoder, VAEDecoderConfig
 
+        check_vae_config(config, source)
         sd = vae_decoder_part(_read_weights(folder))
-        up_types = set(config.get("up_block_types", ["UpDecoderBlock2D"]))
-        if up_types != {"UpDecoderBlock2D"}:
-            raise CheckpointError(f"{source}: up_block_types {sorted(up_types)} are not "
-                                  "supported (supported: UpDecoderBlock2D)")
         cfg = VAEDecoderConfig.from_state_dict(  # widths from the tensors' own shapes
             sd, norm_num_groups=config.get("norm_num_groups", 32), source=source,
             latent_scaling_factor=float(config.get("scaling_factor") or 0.18215),

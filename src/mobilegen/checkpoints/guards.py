@@ -4,6 +4,8 @@ archives whose declared sizes fit the file, and configs whose parameters fit the
 
 from __future__ import annotations
 
+import json
+import os
 import stat
 import zipfile
 from pathlib import Path
@@ -27,6 +29,66 @@ def regular_file(path: Path) -> Path:
         raise CheckpointError(f"{path}: not a regular file (devices, FIFOs and sockets are "
                               "refused)")
     return path
+
+
+MAX_JSON_BYTES = 64 << 20  # SD's largest JSON (tokenizer.json) is ~4 MB; a 200 MB one is refused
+
+
+def _trusted_roots(root: Path) -> list[Path]:
+    """Where files under `root` may resolve: `root` itself and, for a Hugging Face hub cache
+    snapshot (`models--ORG--NAME/snapshots/REV/...`, whose files are symlinks into the same
+    repository's `blobs/`), that repository's blobs folder and nothing else."""
+    real = root.resolve()
+    roots = [real]
+    for folder in (real, *real.parents):
+        if folder.parent.name == "snapshots" and (folder.parent.parent / "blobs").is_dir():
+            roots.append((folder.parent.parent / "blobs").resolve())
+            break
+    return roots
+
+
+def confined(root: Path, path: Path) -> Path:
+    """`path` (under `root`) when it resolves inside `root`: a symlink out of the folder (to
+    another model, to a file elsewhere on the machine) is refused, so nothing from outside is
+    read or shipped as if it were the folder's."""
+    real = path.resolve()
+    if not any(real == r or real.is_relative_to(r) for r in _trusted_roots(root)):
+        raise CheckpointError(f"{path}: resolves to {real}, outside {root}: refused (files "
+                              "and folders must lie inside the folder)")
+    return path
+
+
+def check_tree(root: Path, names: tuple[str, ...]) -> None:
+    """Every entry `names` lists under `root`, and everything inside those folders, resolves
+    inside `root` (symlinked folders are checked, never descended)."""
+    for name in names:
+        top = confined(root, root / name)
+        if not top.is_dir():
+            continue
+        for dirpath, dirnames, filenames in os.walk(top):
+            for entry in (*dirnames, *filenames):
+                p = Path(dirpath) / entry
+                if p.is_symlink():
+                    confined(root, p)
+
+
+def read_json_file(path: Path, root: Path | None = None) -> object:
+    """JSON from a checkpoint folder: a regular file (inside `root` when given), at most
+    MAX_JSON_BYTES, UTF-8, not nested beyond what the parser can take. One CheckpointError
+    naming the file otherwise."""
+    if root is not None:
+        confined(root, path)
+    size = regular_file(path).stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise CheckpointError(f"{path}: {size / 2**20:,.0f} MiB is larger than any config or "
+                              f"tokenizer file ({MAX_JSON_BYTES >> 20} MiB at most): refused")
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except RecursionError:
+        raise CheckpointError(f"{path}: unreadable JSON (nested too deeply)") from None
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        why = err.strerror if isinstance(err, OSError) else f"{type(err).__name__}: {err}"
+        raise CheckpointError(f"{path}: unreadable JSON ({why})") from None
 
 
 def check_archive(path: Path) -> None:

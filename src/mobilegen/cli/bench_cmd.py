@@ -24,7 +24,9 @@ def _resolve(item: Path, work: Path) -> tuple[Path, dict[str, Any]]:
     from mobilegen.errors import RecipeError
 
     if item.is_dir():
-        return item, load_report(item)
+        report = load_report(item)
+        _check_bench_fields(item / "report.json", report)
+        return item, report
     if item.suffix != ".toml" or not item.is_file():
         raise RecipeError(f"{item}: expected a recipe (.toml) or an output folder with "
                           "report.json")
@@ -35,6 +37,33 @@ def _resolve(item: Path, work: Path) -> tuple[Path, dict[str, Any]]:
     out = work / f"{len(list(work.iterdir())):02d}-{recipe.name}"
     result = run_export(recipe, out, progress_printer())
     return out, result.report.to_dict()
+
+
+def _check_bench_fields(path: Path, report: dict[str, Any]) -> None:
+    """The report values bench prints, typed (a tampered report.json is one line)."""
+    from mobilegen.errors import OutputError
+
+    def number(v: Any) -> bool:
+        return v is None or (isinstance(v, int | float) and not isinstance(v, bool))
+
+    for key in ("gmac", "params"):
+        if not number(report["model"].get(key)):
+            raise OutputError(f"{path}: key 'model.{key}' must be a number, found "
+                              f"{report['model'][key]!r}")
+    for i, a in enumerate(report["artifacts"]):
+        for key in ("artifact", "target", "precision"):
+            if not isinstance(a.get(key), str):
+                raise OutputError(f"{path}: key 'artifacts.{i}.{key}' must be a string, found "
+                                  f"{a.get(key)!r}" if key in a else
+                                  f"{path}: missing key 'artifacts.{i}.{key}'")
+        for section, key in (("latency", "median_ms"), ("parity", "psnr_db"),
+                             ("parity", "max_abs_error"), (None, "bytes")):
+            holder = a if section is None else a.get(section) or {}
+            if not isinstance(holder, dict) or not number(holder.get(key)):
+                where = key if section is None else f"{section}.{key}"
+                found = holder.get(key) if isinstance(holder, dict) else holder
+                raise OutputError(f"{path}: key 'artifacts.{i}.{where}' must be a number, "
+                                  f"found {found!r}")
 
 
 def bench_rows(entries: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:

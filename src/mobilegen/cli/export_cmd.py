@@ -21,7 +21,7 @@ def export(
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Output folder (default out/NAME); with several recipes, the folder "
         "that holds one NAME/ folder per recipe.")] = None,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1,
+    jobs: Annotated[int, typer.Option("--jobs", "-j",  # bounded below: one line, not a box
                                       help="Recipes to export in parallel processes.")] = 1,
     no_cache: Annotated[bool, typer.Option(
         "--no-cache", help="Export even when a cached result matches.")] = False,
@@ -41,6 +41,10 @@ def export(
 
     if quiet and verbose:
         raise typer.BadParameter("--quiet and --verbose exclude each other")
+    if jobs < 1:
+        from mobilegen.cli.common import OptionError
+
+        raise OptionError(f"--jobs must be >= 1, found {jobs}")
     loaded = [load_any_recipe(r) for r in recipes]  # every recipe validates before work starts
     if any(isinstance(r, PipelineRecipe) for r in loaded):
         from mobilegen.cli.pipeline_cmd import export_pipeline
@@ -99,14 +103,16 @@ def _export_many(recipes: list[Path], outs: list[Path], jobs: int, no_cache: boo
 
 
 def _show(report: dict, out_dir: Path, json_output: bool, cached: str | None = None) -> None:
-    from mobilegen.report.markdown import passes_table, rich_table
+    from mobilegen.report.markdown import passes_table
+    from mobilegen.report.summary import single_summary
 
     if json_output:
         print_json({"out_dir": str(out_dir), "cache": {"hit": cached is not None, "key": cached},
                     **report})
         return
     console = stdout_console()
-    console.print(rich_table(report))
+    for part in single_summary(report, console.width):  # 80 columns up; wide from 120
+        console.print(part, highlight=False)
     if (table := passes_table(report)) is not None:
         console.print(table)
     for line in latency_lines(report):

@@ -33,22 +33,22 @@ def show(report: dict[str, Any], out_dir: Path, json_output: bool) -> None:
     if json_output:
         print_json({"out_dir": str(out_dir), "cache": {"hit": False, "key": None}, **report})
         return
-    from rich.table import Table
+    import json
 
-    table = Table(title=f"{report['recipe']['name']} (pipeline): {report['status']}")
-    for col in ("component", "artifact", "median ms", "step PSNR dB", "gates"):
-        table.add_column(col)
-    for slot, c in report["components"].items():
-        for a in c["artifacts"]:
-            ms = "-" if a["median_ms"] is None else f"{a['median_ms']:.2f}"
-            psnr = "inf" if a["step_psnr_db"] is None else f"{a['step_psnr_db']:.1f}"
-            table.add_row(slot, a["artifact"], ms, psnr if a["runnable"] else "-",
-                          "fail" if c["gate_failures"] else "ok")
-    console = stdout_console()
-    console.print(table)
+    from mobilegen.report.summary import Footnotes, artifact_rows, render
+
+    notes, rows = Footnotes(), []
+    for slot in report["components"]:  # each component's own report has the full figures
+        own = json.loads((out_dir / slot / "report.json").read_text())
+        rows += artifact_rows(own["artifacts"], notes, prefix=f"{slot}/")
+    chain = []
     for r in report["chain"]["rows"]:
         psnr = "inf" if r["psnr_db"] is None else f"{r['psnr_db']:.2f}"
-        console.print(f"chain {r['format']}/{r['precision']}: image PSNR {psnr} dB vs PyTorch "
-                      f"({r['grid']})", highlight=False)
+        chain.append(f"chain {r['format']}/{r['precision']}: image PSNR {psnr} dB vs PyTorch "
+                     f"({r['grid']})")
+    console = stdout_console()
+    title = f"{report['recipe']['name']} (pipeline): {report['status']}"
+    for part in render(title, rows, notes, console.width, chain):
+        console.print(part, highlight=False)
     console.print(f"wrote {out_dir}/ (manifest.json, report.json, report.md; unet/, decoder/; "
                   "pipeline exports bypass the cache)", highlight=False)

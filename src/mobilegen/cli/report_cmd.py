@@ -25,6 +25,12 @@ def load_report(out_dir: Path) -> dict[str, Any]:
         raise OutputError(f"{path}: unreadable ({type(e).__name__})") from None
     if not isinstance(report, dict):
         raise OutputError(f"{path}: expected a JSON object (a mobilegen report.json)")
+    if report.get("kind") == "pipeline":  # its own report.md is written by the export
+        comps = report.get("components")
+        names = [f"{out_dir / c}" for c in comps] if isinstance(comps, dict) else []
+        raise OutputError(f"{out_dir}: a pipeline export; report and bench take a single "
+                          "export: give a component folder"
+                          + (f" ({', '.join(names)})" if names else ""))
     for key, kind in (("recipe", dict), ("model", dict), ("artifacts", list), ("status", str)):
         if key not in report:
             raise OutputError(f"{path}: missing key '{key}' (expected a mobilegen report.json)")

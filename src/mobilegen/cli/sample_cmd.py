@@ -6,9 +6,12 @@ hash for very large files and the output says so). Sampler values are bounded be
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,7 +19,7 @@ import typer
 
 from mobilegen.cli.common import DebugOpt, JsonOpt, handle_errors, print_json, stdout_console
 
-MAX_STEPS, MAX_THREADS, MAX_IMAGES = 1000, 256, 64
+MAX_STEPS, MAX_THREADS, MAX_IMAGES, MAX_SEED = 1000, 256, 256, 2**63 - 1
 
 
 @handle_errors
@@ -38,6 +41,8 @@ def sample(
     num_images: Annotated[int | None, typer.Option(
         help=f"Text-to-image exports: images to draw (1 to {MAX_IMAGES}; default: 1 with "
              "--prompt, written at its native size, else the manifest's).")] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace an existing --png file that mobilegen did not write.")] = False,
     no_hash_check: Annotated[bool, typer.Option(
         "--no-hash-check", help="Do not check the artifacts' sha256 against the manifest "
         "(for very large files; the output says it was skipped).")] = False,
@@ -47,9 +52,8 @@ def sample(
     """Generate images from the exported artifacts alone (numpy + the runtime, no PyTorch).
 
     On a pipeline export the UNet samples latents and the decoder turns them into RGB images."""
-    from mobilegen.errors import MobilegenError
 
-    _check_options(steps, threads, png)
+    _check_options(steps, threads, png, seed, force)
     if num_images is not None and not 1 <= num_images <= MAX_IMAGES:
         from mobilegen.cli.common import OptionError
 
@@ -58,6 +62,37 @@ def sample(
         num_images = 1  # a prompt asks for one picture of it
     manifest = _read_manifest(outdir / "manifest.json")
     verify = not no_hash_check
+    quiet = native_stdout_to_stderr() if json_output else contextlib.nullcontext()
+    with quiet:  # runtimes' native logs (QNN's) must not precede the JSON on stdout
+        result = _dispatch(outdir, manifest, target, seed, steps, png, threads, verify,
+                           (prompt, negative_prompt), num_images)
+    result["hash_check"] = "sha256 verified" if verify else "skipped (--no-hash-check)"
+    _print(result, json_output)
+
+
+@contextlib.contextmanager
+def native_stdout_to_stderr() -> Iterator[None]:
+    """File descriptor 1 points at stderr while the runtimes load and run: onnxruntime-qnn's
+    C++ logger writes to stdout, which `--json` keeps for the one JSON document."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _dispatch(outdir: Path, manifest: dict[str, Any], target: str, seed: int | None,
+              steps: int | None, png: Path, threads: int, verify: bool,
+              prompts: tuple[str | None, str | None],
+              num_images: int | None = None) -> dict[str, Any]:
+    from mobilegen.errors import MobilegenError
+
+    prompt, negative_prompt = prompts
     try:
         chain = manifest.get("chain")
         if isinstance(chain, dict) and chain.get("kind") == "text-to-image":  # tokenizer ..
@@ -66,24 +101,30 @@ def sample(
         elif prompt is not None or negative_prompt is not None or num_images is not None:
             from mobilegen.cli.common import OptionError
 
-            raise OptionError(f"--prompt/--num-images: {outdir} is not a text-to-image "
-                              "export (it has no text encoder)")
+            raise OptionError(f"--prompt: {outdir} is not a text-to-image export (it has no "
+                              "text encoder)")
         elif "chain" in manifest:  # a pipeline export: UNet sampler, then the VAE decoder
             result = _sample_chain(outdir, manifest, target, seed, steps, png, threads, verify)
         else:
             result = _sample_one(outdir, manifest, target, seed, steps, png, threads, verify)
-    except (KeyError, TypeError, ValueError, IndexError) as e:  # a manifest of the wrong shape
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:  # wrong shape
         raise MobilegenError(f"{outdir / 'manifest.json'}: not a mobilegen manifest "
                              f"({type(e).__name__}: {e})") from None
-    result["hash_check"] = "sha256 verified" if verify else "skipped (--no-hash-check)"
-    _print(result, json_output)
+    return result
 
 
-def _check_options(steps: int | None, threads: int, png: Path) -> None:
+# What `sample` writes beside a PNG it made: an existing --png without it is somebody's file.
+PNG_TAG = ("Software", "mobilegen")  # sampling.generate.save_grid writes it
+
+
+def _check_options(steps: int | None, threads: int, png: Path, seed: int | None,
+                   force: bool) -> None:
     from mobilegen.cli.common import OptionError
 
     if steps is not None and not 1 <= steps <= MAX_STEPS:
         raise OptionError(f"--steps must be in [1, {MAX_STEPS}], found {steps}")
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise OptionError(f"--seed must be in [0, 2**63 - 1], found {seed}")
     if not 1 <= threads <= MAX_THREADS:
         raise OptionError(f"--threads must be in [1, {MAX_THREADS}], found {threads}")
     if png.is_dir():
@@ -92,6 +133,24 @@ def _check_options(steps: int | None, threads: int, png: Path) -> None:
         raise OptionError(f"--png {png}: expected a file name ending in .png")
     if not png.absolute().parent.is_dir():
         raise OptionError(f"--png {png}: its folder {png.absolute().parent} does not exist")
+    if (png.exists() or png.is_symlink()) and not force and not _written_by_us(png):
+        from mobilegen.errors import OutputError  # exit 1, as prune --out
+
+        raise OutputError(f"--png {png}: the file exists and was not written by mobilegen "
+                          "(give --force to replace it)")
+
+
+def _written_by_us(png: Path) -> bool:
+    """Whether `png` is a regular PNG file carrying sample's own text tag."""
+    if png.is_symlink() or not png.is_file():
+        return False
+    try:
+        from PIL import Image
+
+        with Image.open(png) as img:
+            return bool(img.format == "PNG" and img.info.get(PNG_TAG[0]) == PNG_TAG[1])
+    except Exception:  # not an image at all: somebody's file
+        return False
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
@@ -120,11 +179,11 @@ def _check_sampler(path: Path, component: dict[str, Any]) -> None:
     checks = [
         ("sampler.steps", s["steps"], isinstance(s["steps"], int) and 1 <= s["steps"] <= MAX_STEPS),
         ("sampler.num_images", s["num_images"],
-         isinstance(s["num_images"], int) and 1 <= s["num_images"] <= 256),
+         _number(s["num_images"], 1, MAX_IMAGES, True)),
         ("sampler.guidance_scale", s["guidance_scale"],
          isinstance(s["guidance_scale"], int | float) and math.isfinite(s["guidance_scale"])
          and 0 <= s["guidance_scale"] <= 1000),
-        ("sampler.seed", s["seed"], isinstance(s["seed"], int)),
+        ("sampler.seed", s["seed"], _number(s["seed"], 0, MAX_SEED, True)),
         ("sample_shape", shape, isinstance(shape, list) and len(shape) == 3 and all(
             isinstance(d, int) and 1 <= d <= 4096 for d in shape) and shape[0] <= 64),
     ]
@@ -132,6 +191,99 @@ def _check_sampler(path: Path, component: dict[str, Any]) -> None:
         if not ok:
             raise MobilegenError(f"{path}: component '{component.get('name')}': '{key}' is "
                                  f"out of range or of the wrong type ({value!r})")
+
+
+def _bad(path: Path, key: str, value: Any, expected: str) -> Any:
+    from mobilegen.errors import MobilegenError
+
+    text = repr(value)
+    return MobilegenError(f"{path}: key '{key}' must be {expected}, found "
+                          f"{text if len(text) <= 60 else text[:57] + '...'}")
+
+
+def _number(value: Any, lo: float, hi: float, integral: bool = False) -> bool:
+    kinds = int if integral else int | float
+    return not isinstance(value, bool) and isinstance(value, kinds) and lo <= value <= hi
+
+
+def _check_latent(path: Path, chain: dict[str, Any]) -> None:
+    lat = chain["latent"]
+    if not _number(lat["scaling_factor"], 1e-6, 1e4):
+        raise _bad(path, "chain.latent.scaling_factor", lat["scaling_factor"],
+                   "a number in [1e-06, 10000]")
+    if not _number(lat["shift_factor"], -1e4, 1e4):
+        raise _bad(path, "chain.latent.shift_factor", lat["shift_factor"],
+                   "a number in [-10000, 10000]")
+
+
+def _check_prompt_chain(path: Path, comps: dict[str, Any], chain: dict[str, Any],
+                        steps: int | None) -> None:
+    """A text-to-image manifest bounded like a single export's sampler (manifests are
+    untrusted): the scheduler rebuilt and checked key by key, the token length the text
+    encoder's, every count bounded. An explicit --steps that the schedule cannot take is a
+    usage error naming the option."""
+    from mobilegen.checkpoints.pipeline_folder import MAX_TOKENS
+    from mobilegen.cli.common import OptionError
+    from mobilegen.errors import ConfigError
+    from mobilegen.sampling.discrete import DiscreteSchedule, make_plan
+
+    sched, tok = chain["scheduler"], chain["tokenizer"]
+    for key, value, ok, expected in [
+        ("steps", sched["steps"], _number(sched["steps"], 1, MAX_STEPS, True),
+         f"an integer in [1, {MAX_STEPS}]"),
+        ("num_images", sched["num_images"], _number(sched["num_images"], 1, MAX_IMAGES, True),
+         f"an integer in [1, {MAX_IMAGES}]"),
+        ("guidance_scale", sched["guidance_scale"], _number(sched["guidance_scale"], 0, 1000),
+         "a finite number in [0, 1000]"),
+        ("seed", sched["seed"], _number(sched["seed"], 0, MAX_SEED, True),
+         "an integer in [0, 2**63 - 1]"),
+    ]:
+        if not ok:
+            raise _bad(path, f"chain.scheduler.{key}", value, expected)
+    if not isinstance(sched["config"], dict):
+        raise _bad(path, "chain.scheduler.config", sched["config"], "an object")
+    try:
+        schedule = DiscreteSchedule(**sched["config"])
+    except ConfigError as e:
+        raise _bad(path, "chain.scheduler.config", "...", str(e)) from None
+    try:
+        make_plan(schedule, sched["steps"])
+    except ConfigError as e:
+        raise _bad(path, "chain.scheduler.steps", sched["steps"], str(e)) from None
+    if steps is not None:
+        try:
+            make_plan(schedule, steps)
+        except ConfigError as e:
+            raise OptionError(f"--steps {steps}: {str(e).removeprefix('steps: ')}") from None
+    length = comps["text_encoder"]["inputs"][0]["shape"][1]
+    if not (_number(tok["max_length"], 1, MAX_TOKENS, True) and tok["max_length"] == length):
+        raise _bad(path, "chain.tokenizer.max_length", tok["max_length"],
+                   f"the text encoder's token count ({length!r})")
+    shape = comps["unet"]["sample_shape"]
+    if not (isinstance(shape, list) and len(shape) == 3 and shape[0] <= 64
+            and all(_number(d, 1, 4096, True) for d in shape)):
+        raise _bad(path, "components.unet.sample_shape", shape, "[C <= 64, H, W <= 4096]")
+    _check_latent(path, chain)
+
+
+def _check_token_ids(outdir: Path, chain: dict[str, Any]) -> None:
+    """The manifest's special tokens and ids must be the shipped (sha256-checked) vocabulary's:
+    an id of 1e6 would index past the text encoder's embedding table."""
+    from mobilegen.checkpoints.guards import read_json_file
+
+    path = outdir / "manifest.json"
+    tok = chain["tokenizer"]
+    vocab = read_json_file(outdir / tok["files"]["vocab"], outdir)
+    if not isinstance(vocab, dict):
+        raise _bad(path, "chain.tokenizer.files.vocab", tok["files"]["vocab"],
+                   "a JSON vocabulary")
+    for role in ("bos", "eos", "pad", "unk"):
+        text, idx = tok["tokens"][role], tok["ids"][role]
+        if not isinstance(text, str) or text not in vocab or vocab[text] != idx:
+            raise _bad(path, f"chain.tokenizer.ids.{role}", idx,
+                       f"the shipped vocabulary's id of {str(text)[:30]!r}")
+    if not isinstance(tok["lower_case"], bool):
+        raise _bad(path, "chain.tokenizer.lower_case", tok["lower_case"], "true or false")
 
 
 def _artifact(outdir: Path, entry: dict[str, Any], files: list[dict[str, Any]],
@@ -185,8 +337,7 @@ def _sample_one(outdir: Path, manifest: dict[str, Any], target: str, seed: int |
 
 def _save(png: Path, images: Any, labels: list[int] | None = None,
           native: bool = False) -> None:
-    """Refuse non-finite images (nothing written); write the grid (or, `native`, the one image
-    at its own size) atomically."""
+    """Refuse non-finite images (nothing written); write the grid atomically."""
     import numpy as np
 
     from mobilegen.errors import MobilegenError
@@ -196,14 +347,7 @@ def _save(png: Path, images: Any, labels: list[int] | None = None,
         raise MobilegenError("the generated images contain NaN or inf: nothing was written")
     tmp = png.absolute().parent / f".{png.name}.tmp-{os.getpid()}.png"
     try:
-        if native and len(images) == 1:
-            from PIL import Image
-
-            from mobilegen.sampling.samplers import images_to_uint8
-
-            Image.fromarray(images_to_uint8(images)[0]).save(tmp)
-        else:
-            save_grid(tmp, images, labels)
+        save_grid(tmp, images, labels, native)
         os.replace(tmp, png)
     finally:
         tmp.unlink(missing_ok=True)
@@ -231,6 +375,7 @@ def _sample_chain(outdir: Path, manifest: dict[str, Any], target: str, seed: int
 
     comps = {c["slot"]: c for c in manifest["components"]}
     _check_sampler(outdir / "manifest.json", comps["unet"])
+    _check_latent(outdir / "manifest.json", manifest["chain"])
     runners, used = {}, []
     for slot in ("unet", "decoder"):
         files = [f for f in manifest["files"]
@@ -265,6 +410,19 @@ def _sample_prompt(outdir: Path, manifest: dict[str, Any], target: str, seed: in
     from mobilegen.targets import runtime_module
 
     comps = {c["slot"]: c for c in manifest["components"]}
+    chain = manifest["chain"]
+    _check_prompt_chain(outdir / "manifest.json", comps, chain, steps)  # before any work
+    checked = set()
+    for f in manifest["files"]:  # tokenizer, scheduler: confined and hashed like artifacts
+        if f.get("format") in ("tokenizer", "scheduler"):
+            _artifact(outdir, f, [], verify)
+            checked.add(f["path"])
+    for rel in (chain["tokenizer"]["files"]["vocab"], chain["tokenizer"]["files"]["merges"],
+                "scheduler/scheduler_config.json"):
+        if rel not in checked:
+            raise MobilegenError(f"{outdir / 'manifest.json'}: shipped file '{rel}' is not "
+                                 "among the manifest's checked files: refused")
+    _check_token_ids(outdir, chain)
     runners, used = {}, []
     for slot in ("text_encoder", "unet", "decoder"):
         files = [f for f in manifest["files"]
@@ -275,16 +433,6 @@ def _sample_prompt(outdir: Path, manifest: dict[str, Any], target: str, seed: in
         runners[slot] = runtime_module(f["runtime"]).load(
             _artifact(outdir, f, manifest["files"], verify), threads)
         used.append(f["path"])
-    checked = set()
-    for f in manifest["files"]:  # vocab, merges: confined and hashed before they are read
-        if f.get("format") == "tokenizer":
-            _artifact(outdir, f, [], verify)
-            checked.add(f["path"])
-    chain = manifest["chain"]
-    for rel in (chain["tokenizer"]["files"]["vocab"], chain["tokenizer"]["files"]["merges"]):
-        if rel not in checked:
-            raise MobilegenError(f"{outdir / 'manifest.json'}: tokenizer file '{rel}' is not "
-                                 "among the manifest's checked files: refused")
     images = generate_from_prompt(runners, comps, chain, load_tokenizer(outdir, chain),
                                   prompts[0], prompts[1], seed=seed, steps=steps,
                                   num_images=num_images)

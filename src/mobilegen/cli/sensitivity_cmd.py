@@ -49,6 +49,13 @@ def sensitivity(
                           f"percentile, entropy (found {activation_bits}, {calibration})")
     if feeds < 1:
         raise OptionError(f"--feeds must be >= 1, found {feeds}")
+    if not 0.0 < target_psnr_db <= 200.0:  # NaN fails too
+        raise OptionError(f"--target-psnr-db must be in (0, 200] dB, found {target_psnr_db}")
+    if png is not None:  # checked before the study, not after it
+        if png.is_dir():
+            raise OptionError(f"--png {png}: is a folder, expected a .png file path")
+        if png.suffix.lower() != ".png":
+            raise OptionError(f"--png {png}: expected a file name ending in .png")
     req = SensitivityRequest(recipe, granularity, target_psnr_db, activation_bits, calibration,
                              feeds, png, fp16)
     result = run_sensitivity(req)

@@ -105,6 +105,10 @@ def capture(model: Any, example: tuple[Any, ...], dynamic: bool = True) -> Any:
 
     batch = Dim("batch", min=1, max=4096)
     shapes = tuple({0: batch} for _ in example) if dynamic else None
+    if dynamic and all(isinstance(x, torch.Tensor) and x.shape[:1] == (1,) for x in example):
+        # torch.export specializes a size-1 axis to the constant 1 ("Constraints violated
+        # (batch)"): trace at batch 2; the program still takes batch 1 (validate.batch = 1)
+        example = tuple(torch.cat([x, x]) for x in example)
     try:
         return torch.export.export(model, example, dynamic_shapes=shapes)
     except Exception as e:  # torch raises many types here (Unsupported, UserError, ...)

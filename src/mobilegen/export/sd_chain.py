@@ -30,6 +30,26 @@ def _ship(out: StagedOutput, src: Any, rel: str, fmt: str) -> dict[str, Any]:
             "component": rel.split("/")[0]}
 
 
+def _write_bpe_files(src: Any, root: Any, out: StagedOutput) -> list[dict[str, Any]]:
+    """vocab.json + merges.txt written from a byte-level BPE tokenizer.json."""
+    import json
+
+    from mobilegen.checkpoints.pipeline_folder import tokenizer_bpe
+
+    vocab, merges = tokenizer_bpe(src, root)
+    out.path("tokenizer/vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    out.path("tokenizer/merges.txt").write_text(
+        "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
+    entries = []
+    for name in ("vocab.json", "merges.txt"):
+        p = out.path(f"tokenizer/{name}")
+        entries.append({"path": f"tokenizer/{name}", "bytes": p.stat().st_size,
+                        "sha256": sha256_file(p), "format": "tokenizer",
+                        "component": "tokenizer",
+                        "note": "written from the folder's tokenizer.json"})
+    return entries
+
+
 def ship_tokenizer_and_scheduler(prec: PipelineRecipe, sequence_length: int,
                                  out: StagedOutput) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Copy tokenizer/ and scheduler/ files into OUT; -> (tokenizer spec, file entries)."""
@@ -42,9 +62,11 @@ def ship_tokenizer_and_scheduler(prec: PipelineRecipe, sequence_length: int,
 
     assert prec.diffusers is not None
     src = prec.diffusers / "tokenizer"
-    spec = tokenizer_spec(src, sequence_length)
+    spec = tokenizer_spec(src, sequence_length, root=prec.diffusers)  # confined to the folder
     files = [_ship(out, src / n, f"tokenizer/{n}", "tokenizer")
              for n in (*TOKENIZER_FILES, *TOKENIZER_EXTRA) if (src / n).is_file()]
+    if not (src / "vocab.json").is_file():  # a folder with only tokenizer.json: the app's
+        files = [*_write_bpe_files(src, prec.diffusers, out), *files]  # vocab + merges
     tok = build_tokenizer(out.path("tokenizer/vocab.json"), out.path("tokenizer/merges.txt"),
                           spec)
     tok.save(str(out.path("tokenizer/tokenizer.json")))  # the same tokenizer, one file

@@ -77,10 +77,17 @@ def write_marker(root: Path) -> None:
 
 
 def foreign_content(root: Path) -> str | None:
-    """None when `root` may be replaced (empty, or wholly written by mobilegen); else why not."""
+    """None when `root` may be replaced (empty, or wholly written by mobilegen); else why not.
+    The marker is looked at first: a folder without one is refused without walking it (`--out /`
+    would otherwise list the whole file system first)."""
+    try:
+        if next(root.iterdir(), None) is None:
+            return None
+    except OSError as e:
+        return f"it cannot be listed ({e.strerror})"
+    if not (root / MARKER).is_file() or (root / MARKER).is_symlink():
+        return f"it has no valid {MARKER} marker, so it was not written by mobilegen"
     present = _written_files(root)
-    if not present:
-        return None
     try:
         marker = json.loads((root / MARKER).read_text())
         tool, listed, digest = marker["tool"], set(marker["files"]), marker["manifest_sha256"]
@@ -118,6 +125,10 @@ class StagedOutput:
         self.committed = False
 
     def _check_owner(self) -> None:
+        for parent in self.out.parents:  # OUT/unet of a pipeline export has its own marker,
+            if (parent / MARKER).is_file():  # but replacing it would break the pipeline's
+                raise OutputError(f"refusing to write {self.out}: it is inside the mobilegen "
+                                  f"export {parent} (choose a folder outside it)")
         if self.out.is_dir() and (why := foreign_content(self.out)) is not None:
             raise OutputError(f"refusing to replace {self.out}: {why}; nothing was touched "
                               "(move it away or choose another --out)")

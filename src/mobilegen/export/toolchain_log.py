@@ -16,8 +16,38 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 REPLAY_LINES = 20
+
+
+def _stream_handlers() -> list[Any]:
+    import logging
+
+    loggers = [logging.getLogger(), *(v for v in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(v, logging.Logger))]
+    return [h for lg in loggers for h in lg.handlers
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+
+
+@contextlib.contextmanager
+def _log_handlers_to(stream: Any) -> Iterator[None]:
+    """Third-party `logging` handlers (torch's, which logs the `_pytree` register_constant
+    deprecation when torchao is imported) hold the stream they were made with: under the live
+    display that is Rich's terminal proxy, not file descriptor 2. Each points at the log
+    meanwhile; one made meanwhile (holding the log) gets the terminal's stderr back after."""
+    outer = sys.stderr  # entered before stderr is redirected
+    swapped = [(h, h.stream) for h in _stream_handlers()]
+    for h, _ in swapped:
+        h.stream = stream  # not setStream: it flushes the old stream, which may be closed
+    try:
+        yield
+    finally:
+        for h, old in swapped:
+            h.stream = old
+        for h in _stream_handlers():
+            if h.stream is stream:
+                h.stream = outer
 
 
 @contextlib.contextmanager
@@ -35,7 +65,8 @@ def toolchain_output(log: Path) -> Iterator[None]:
         os.dup2(f.fileno(), 2)
         try:
             # Python-level writers too (they may hold replaced sys.stdout objects, e.g. in tests)
-            with contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+            with _log_handlers_to(f), contextlib.redirect_stdout(f), \
+                    contextlib.redirect_stderr(f):
                 yield
         except Exception:
             failed = True

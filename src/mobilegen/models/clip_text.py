@@ -29,6 +29,13 @@ MASK_VALUE = -1.0e4
 ACTIVATIONS = ("quick_gelu", "gelu")
 
 
+# SD-1.x: 49408 / 768 / 3072 / 12 / 12 / 77; SD-2.x 1024 wide, 23 layers; SDXL's bigG 1280 / 32
+BOUNDS: dict[str, tuple[float, float]] = {
+    "vocab_size": (1, 1_000_000), "hidden_size": (1, 16384), "intermediate_size": (1, 65536),
+    "num_hidden_layers": (1, 256), "num_attention_heads": (1, 256),
+    "max_position_embeddings": (1, 4096)}
+
+
 @dataclass(frozen=True)
 class CLIPTextConfig:
     vocab_size: int = 49408
@@ -44,16 +51,20 @@ class CLIPTextConfig:
     pad_token_id: int = 1
 
     def __post_init__(self) -> None:
+        from mobilegen.models.bounds import first_problem, out_of_range
+
+        # bounds before anything is built: num_hidden_layers = 100000 or hidden_size = 1e9
+        # would allocate for minutes (or terabytes) only to be refused
+        bad = first_problem(self, BOUNDS) or out_of_range(
+            [("layer_norm_eps", self.layer_norm_eps)], 0.0, 1.0)
+        if bad:
+            raise ConfigError(bad)
         if self.hidden_act not in ACTIVATIONS:
             raise ConfigError(f"hidden_act: expected one of {ACTIVATIONS}, found "
                               f"{self.hidden_act!r}")
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(f"hidden_size {self.hidden_size} is not divisible by "
                               f"num_attention_heads {self.num_attention_heads}")
-        for f in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                  "num_attention_heads", "max_position_embeddings"):
-            if getattr(self, f) < 1:
-                raise ConfigError(f"{f}: expected >= 1, found {getattr(self, f)}")
 
     @property
     def image_size(self) -> int:

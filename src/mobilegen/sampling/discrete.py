@@ -28,6 +28,7 @@ from mobilegen.errors import ConfigError
 from mobilegen.sampling.samplers import _guided
 
 DISCRETE_KINDS: tuple[str, ...] = ("ddim", "dpm++2m", "euler", "euler-ancestral")
+MAX_TRAIN_TIMESTEPS = 100_000  # SD trains on 1,000; 1e12 would allocate terabytes of betas
 DIFFUSERS_CLASS = {"ddim": "DDIMScheduler", "dpm++2m": "DPMSolverMultistepScheduler",
                    "euler": "EulerDiscreteScheduler",
                    "euler-ancestral": "EulerAncestralDiscreteScheduler"}
@@ -85,6 +86,31 @@ class DiscreteSchedule:
     karras_sigmas: bool = False  # dpm++2m, euler: Karras et al. rho = 7 sigma spacing
 
     def __post_init__(self) -> None:
+        from mobilegen.models.bounds import out_of_range
+
+        # a schedule from a config file or a manifest: 1e12 timesteps would allocate terabytes,
+        # an unknown beta_schedule must not be computed as another one
+        bad = (out_of_range([("num_train_timesteps", self.num_train_timesteps)], 1,
+                            MAX_TRAIN_TIMESTEPS)
+               or out_of_range([("beta_start", self.beta_start), ("beta_end", self.beta_end)],
+                               0.0, 0.999)
+               or out_of_range([("steps_offset", self.steps_offset)], 0,
+                               max(self.num_train_timesteps - 1, 0))
+               or out_of_range([("clip_sample_range", self.clip_sample_range)], 0.0, 1e4))
+        if bad is None and self.beta_start > self.beta_end:
+            bad = (f"key 'beta_start' ({self.beta_start}) must not exceed 'beta_end' "
+                   f"({self.beta_end})")
+        for key, allowed in (("beta_schedule", _ONLY["beta_schedule"]),
+                             ("prediction_type", _ONLY["prediction_type"]),
+                             ("timestep_spacing", _ONLY["timestep_spacing"])):
+            if bad is None and getattr(self, key) not in allowed:
+                bad = (f"key '{key}' = {getattr(self, key)!r} is not supported (supported: "
+                       f"{', '.join(allowed)})")
+        for key in ("clip_sample", "set_alpha_to_one", "karras_sigmas"):
+            if bad is None and not isinstance(getattr(self, key), bool):
+                bad = f"key '{key}' must be true or false, found {getattr(self, key)!r}"
+        if bad:
+            raise ConfigError(f"scheduler: {bad}")
         if self.kind not in DISCRETE_KINDS:
             raise ConfigError(f"sampler kind: expected one of {DISCRETE_KINDS} on a discrete "
                               f"schedule, found {self.kind!r}")
@@ -125,15 +151,18 @@ def schedule_from_config(config: dict[str, Any], kind: str, karras_sigmas: bool 
     if karras_sigmas and "use_karras_sigmas" not in cfg:
         raise ConfigError(f"karras_sigmas: the {kind} sampler takes no Karras sigmas "
                           "(dpm++2m and euler do)")
-    return DiscreteSchedule(
-        kind=kind, num_train_timesteps=int(cfg["num_train_timesteps"]),
-        beta_start=float(cfg["beta_start"]), beta_end=float(cfg["beta_end"]),
-        beta_schedule=cfg["beta_schedule"], prediction_type=cfg["prediction_type"],
-        timestep_spacing=cfg["timestep_spacing"], steps_offset=int(cfg["steps_offset"]),
-        clip_sample=bool(cfg.get("clip_sample", False)),
-        clip_sample_range=float(cfg.get("clip_sample_range", 1.0)),
-        set_alpha_to_one=bool(cfg.get("set_alpha_to_one", True)),
-        karras_sigmas=bool(cfg.get("use_karras_sigmas", False)))
+    try:  # values as the file has them: the schedule checks type and range, naming the key
+        return DiscreteSchedule(
+            kind=kind, num_train_timesteps=cfg["num_train_timesteps"],
+            beta_start=cfg["beta_start"], beta_end=cfg["beta_end"],
+            beta_schedule=cfg["beta_schedule"], prediction_type=cfg["prediction_type"],
+            timestep_spacing=cfg["timestep_spacing"], steps_offset=cfg["steps_offset"],
+            clip_sample=cfg.get("clip_sample", False),
+            clip_sample_range=cfg.get("clip_sample_range", 1.0),
+            set_alpha_to_one=cfg.get("set_alpha_to_one", True),
+            karras_sigmas=cfg.get("use_karras_sigmas", False))
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {str(err).removeprefix('scheduler: ')}") from None
 
 
 def _same(value: Any, allowed: Any) -> bool:
@@ -212,13 +241,36 @@ def _sigma_to_t(sigma: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
 
 
 def make_plan(s: DiscreteSchedule, steps: int) -> DiscretePlan:
-    if not 1 <= steps <= s.num_train_timesteps:
-        raise ConfigError(f"steps: expected 1..{s.num_train_timesteps}, found {steps}")
+    """The plan for `steps` steps; refused when those steps would repeat a timestep (DPM's
+    step size would be 0 and its update NaN: 1000 steps of dpm++2m on 1000 timesteps)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) \
+            or not 1 <= steps <= s.num_train_timesteps:
+        raise ConfigError(f"steps: expected 1..{s.num_train_timesteps}, found {steps!r}")
+    plan = _make_plan(s, steps)
+    order = plan.sigmas[:-1] if s.karras_sigmas else plan.timesteps  # Karras: t is rounded
+    repeats = np.flatnonzero(np.diff(order) >= 0)
+    if repeats.size:
+        raise ConfigError(f"steps: {steps} {s.kind} steps repeat timestep "
+                          f"{plan.timesteps[repeats[0]]:g} on a schedule of "
+                          f"{s.num_train_timesteps} training timesteps ({s.timestep_spacing} "
+                          "spacing): use fewer steps")
+    for name, values in plan.constants().items():
+        if not np.isfinite(np.asarray(values, dtype=np.float64)).all():
+            raise ConfigError(f"steps: {steps} {s.kind} steps give non-finite {name} on this "
+                              "schedule")
+    return plan
+
+
+def _make_plan(s: DiscreteSchedule, steps: int) -> DiscretePlan:
     ac = s.alphas_cumprod()
     all_sigmas = ((1 - ac) / ac) ** 0.5  # float32, ascending in t
     ones = np.ones(steps)
     if s.kind == "ddim":
         ts = _spaced(s, steps, np.int64)
+        if ts.max() >= s.num_train_timesteps:  # leading spacing + steps_offset ran past the end
+            raise ConfigError(f"steps: {steps} ddim steps with steps_offset {s.steps_offset} "
+                              f"reach timestep {int(ts.max())}, past the schedule's "
+                              f"{s.num_train_timesteps}: use fewer steps")
         prev = ts - s.num_train_timesteps // steps
         final = np.float32(1.0) if s.set_alpha_to_one else ac[0]
         a_prev = np.array([ac[p] if p >= 0 else final for p in prev], dtype=np.float32)

@@ -67,19 +67,25 @@ def generate(
     )
 
 
-def save_grid(path: Any, images: np.ndarray, labels: list[int] | None = None) -> None:
-    """A PNG grid (one row per label set when labelled); tiny images are upscaled to be viewable."""
+def save_grid(path: Any, images: np.ndarray, labels: list[int] | None = None,
+              native: bool = False) -> None:
+    """A PNG grid (one row per label set when labelled); tiny images are upscaled to be viewable
+    (`native`: one image is written as it is, at its own size)."""
     import math
 
-    from PIL import Image
+    from PIL import Image, PngImagePlugin
 
     from mobilegen.sampling.samplers import images_to_uint8, make_grid
 
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", "mobilegen")  # `sample --png` replaces only files with this tag
     nrow = len(labels) if labels and len(labels) <= 16 else math.ceil(math.sqrt(len(images)))
-    grid = make_grid(images_to_uint8(images), nrow)
+    grid = (images_to_uint8(images)[0] if native and len(images) == 1
+            else make_grid(images_to_uint8(images), nrow))
     img = Image.fromarray(grid.squeeze(-1) if grid.shape[-1] == 1 else grid)
-    scale = max(1, 256 // max(grid.shape[:2]))
-    img.resize((img.width * scale, img.height * scale), Image.NEAREST).save(path)
+    scale = 1 if native and len(images) == 1 else max(1, 256 // max(grid.shape[:2]))
+    img.resize((img.width * scale, img.height * scale), Image.NEAREST).save(
+        path, format="PNG", pnginfo=info)
 
 
 def decode_latents(runner: Runner, decoder: dict[str, Any], latents: np.ndarray,

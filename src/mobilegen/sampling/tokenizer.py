@@ -32,12 +32,18 @@ def read_merges(path: Path) -> list[tuple[str, str]]:
 
 def build_tokenizer(vocab_path: Path, merges_path: Path, spec: dict[str, Any]) -> Any:
     """A `tokenizers.Tokenizer` that pads and truncates to spec["max_length"] with BOS / EOS."""
+    vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
+    return tokenizer_from(vocab, read_merges(merges_path), spec)
+
+
+def tokenizer_from(vocab: dict[str, int], merges: list[tuple[str, str]],
+                   spec: dict[str, Any]) -> Any:
+    """build_tokenizer from the vocabulary and merges already read."""
     from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
     from tokenizers.models import BPE
 
-    vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
     tokens, ids = spec["tokens"], spec["ids"]
-    tok = Tokenizer(BPE(vocab=vocab, merges=read_merges(merges_path), dropout=None,
+    tok = Tokenizer(BPE(vocab=vocab, merges=merges, dropout=None,
                         continuing_subword_prefix="", end_of_word_suffix=END_OF_WORD,
                         fuse_unk=False, unk_token=tokens["unk"]))
     norm = [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " ")]

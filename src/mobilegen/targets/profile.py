@@ -7,7 +7,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, StrictBool, ValidationError, model_validator
 
 from mobilegen.errors import RecipeError
 from mobilegen.toml_schema import Strict, format_error, read_toml
@@ -64,8 +64,10 @@ class TargetProfile(Strict):
     compute_units: Literal["ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY"] = "ALL"
     # qnn (Qualcomm HTP through onnxruntime-qnn, targets/qnn.py)
     htp_arch: Literal["68", "69", "73", "75", "79"] | None = None  # Hexagon generation (required)
-    allow_cpu_fallback: bool = False  # false: a node HTP does not take fails the export
-    fixed_batch: int | None = Field(None, ge=1)  # default: the batch the sampler calls with
+    allow_cpu_fallback: StrictBool = False  # false: a node HTP does not take fails the export
+    # default: the batch the sampler calls with; 64 as a recipe's validate.batch (a batch of
+    # 10^9 compiled a graph until the machine ran out of memory)
+    fixed_batch: int | None = Field(None, ge=1, le=64)
     simulate: Literal["auto", "always", "never"] = "auto"  # auto: small models only (qnn.py)
     calibration_feeds: int = Field(0, ge=0)  # trajectory feeds for the profile's quantization
     device: DeviceSpec | None = None  # for estimates; a profile without one gets none
