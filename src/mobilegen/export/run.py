@@ -163,7 +163,7 @@ def run_export(
                 rows.append(row)
                 if art.runnable:
                     with toolchain_output(log):
-                        runner = target.load(out.staging / art.file, profile.threads)
+                        runner = _load(target, out.staging / art.file, profile)
                     _validate(plan, row, runner, profile, out, timer)
         sections = _report_sections(recipe, plan, timer)
         failures = _gate_failures(recipe, rows, pass_reports)
@@ -283,6 +283,14 @@ def _row(plan: Plan, art: Artifact, root: Path) -> ArtifactResult:
                           gate_limits=plan.precision.limits.get(art.precision))
 
 
+def _load(target: Target, path: Path, profile: TargetProfile) -> Runner:
+    """The host runner; a LiteRT GPU profile's runs on LiteRT's GPU accelerator
+    (targets/litert_gpu.py), which falls back to XNNPACK, saying why, without a driver."""
+    if profile.runtime == "litert" and (profile.delegate == "gpu" or profile.accelerator == "gpu"):
+        return target.load(path, profile.threads, accelerator="gpu")  # type: ignore[call-arg]
+    return target.load(path, profile.threads)
+
+
 def _validate(plan: Plan, row: ArtifactResult, runner: Runner, profile: TargetProfile,
               out: StagedOutput, timer: StepTimer) -> None:
     """Per-timestep parity against PyTorch, latency, and the end-to-end sampling run."""
@@ -292,7 +300,14 @@ def _validate(plan: Plan, row: ArtifactResult, runner: Runner, profile: TargetPr
                  for t in recipe.validation.timesteps]
     row.parity_per_timestep = [{"t": t, **p.to_dict()} for t, p in per_t]
     row.parity = Parity.worst([p for _, p in per_t]).to_dict()
-    if not row.details.get("simulated"):  # a simulator's host time is not latency (qnn.py)
+    row.details.update(getattr(runner, "row_details", {}))  # how the host ran it (litert gpu)
+    host_time = getattr(runner, "host_time", None)
+    if host_time is not None:  # a software GPU's time is no latency: labelled, not gated
+        lat = plan.io.feeds(plan.inputs(batch=recipe.latency.batch))
+        with timer.step(f"host-time:{row.artifact}"):
+            row.details["gpu_host_time"] = host_time(lat, recipe.latency.warmup,
+                                                     recipe.latency.runs)
+    elif not row.details.get("simulated"):  # a simulator's host time is not latency (qnn.py)
         _latency(plan, row, runner, profile, timer)
     if plan.torch_images is not None:
         with timer.step(f"sample:{row.artifact}"):
