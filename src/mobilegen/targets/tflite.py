@@ -526,7 +526,8 @@ def load(path: Path, threads: int, accelerator: str = "cpu") -> Runner:
             except GpuWorkerError as e:
                 why = str(e)
         runner = _xnnpack(path, threads)
-        runner.row_details = {"host_delegate": "XNNPACK (CPU)",  # type: ignore[attr-defined]
+        runner.gpu_unavailable = why
+        runner.row_details = {"host_delegate": "XNNPACK (CPU)",
                               "gpu_run": f"not run on the GPU accelerator: {why}; validated "
                                          "on XNNPACK (CPU) instead"}
         return runner
@@ -555,6 +556,8 @@ class _Batched:
     def __init__(self, path: Path, call: Any, dtypes: dict[str, Any], batch: int) -> None:
         self.path, self.call, self.dtypes, self.batch = path, call, dtypes, batch
         self.names = [f"args_{i}" for i in range(len(dtypes))]
+        self.row_details: dict[str, Any] = {}
+        self.gpu_unavailable = ""
 
     def chunks(self, feeds: dict[str, np.ndarray]) -> list[tuple[dict[str, np.ndarray], int]]:
         ordered = list(feeds)
