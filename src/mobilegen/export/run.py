@@ -34,7 +34,7 @@ from mobilegen.report.results import ArtifactResult, ExportReport
 from mobilegen.sampling.generate import generate, save_grid
 from mobilegen.sampling.runner import Runner, torch_runner
 from mobilegen.signature import ModelIO
-from mobilegen.targets import runtime_module
+from mobilegen.targets import load_for_profile, runtime_module
 from mobilegen.targets.base import Artifact, ExportRequest, Target
 from mobilegen.targets.profile import TargetProfile, load_target
 
@@ -163,7 +163,7 @@ def run_export(
                 rows.append(row)
                 if art.runnable:
                     with toolchain_output(log):
-                        runner = _load(target, out.staging / art.file, profile)
+                        runner = load_for_profile(out.staging / art.file, profile)
                     _validate(plan, row, runner, profile, out, timer)
         sections = _report_sections(recipe, plan, timer)
         failures = _gate_failures(recipe, rows, pass_reports)
@@ -281,14 +281,6 @@ def _row(plan: Plan, art: Artifact, root: Path) -> ArtifactResult:
                           precision=art.precision, runnable=art.runnable, bytes=size,
                           details=art.details,
                           gate_limits=plan.precision.limits.get(art.precision))
-
-
-def _load(target: Target, path: Path, profile: TargetProfile) -> Runner:
-    """The host runner; a LiteRT GPU profile's runs on LiteRT's GPU accelerator
-    (targets/litert_gpu.py), which falls back to XNNPACK, saying why, without a driver."""
-    if profile.runtime == "litert" and (profile.delegate == "gpu" or profile.accelerator == "gpu"):
-        return target.load(path, profile.threads, accelerator="gpu")  # type: ignore[call-arg]
-    return target.load(path, profile.threads)
 
 
 def _validate(plan: Plan, row: ArtifactResult, runner: Runner, profile: TargetProfile,
