@@ -25,7 +25,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 LIGHT = ["bench_stoic_latency", "bench_cache", "bench_stoic_cost", "bench_blocks", "bench_passes",
          "bench_static_int8"]
 # SD-size models: several GB of RAM and tens of minutes each; `make bench` runs them too.
-HEAVY = ["bench_unet_vae", "bench_large_export", "bench_qnn"]
+HEAVY = ["bench_unet_vae", "bench_large_export", "bench_qnn", "bench_litert_gpu"]
 
 
 def machine() -> str:

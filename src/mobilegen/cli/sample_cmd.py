@@ -20,12 +20,53 @@ import typer
 from mobilegen.cli.common import DebugOpt, JsonOpt, handle_errors, print_json, stdout_console
 
 MAX_STEPS, MAX_THREADS, MAX_IMAGES, MAX_SEED = 1000, 256, 256, 2**63 - 1
+# --target names other than a file format: what they run (targets/litert_gpu.py)
+GPU_TARGETS = {"tflite-gpu": "tflite"}
+
+
+def _matching(files: list[dict[str, Any]], target: str,
+              slot: str | None = None) -> list[dict[str, Any]]:
+    """The manifest's artifacts for `--target` (of one pipeline slot); for a GPU target, the
+    files of GPU profiles first."""
+    fmt = GPU_TARGETS.get(target, target)
+    found = [f for f in files if f["format"] == fmt
+             and (slot is None or f.get("component") == slot)]
+    if target in GPU_TARGETS:
+        found.sort(key=lambda f: not _gpu_profile(f.get("target")))
+    return found
+
+
+def _gpu_profile(name: Any) -> bool:
+    from mobilegen.targets.profile import list_target_names, load_target
+    from mobilegen.targets.tflite import runs_on_gpu
+
+    return name in list_target_names() and runs_on_gpu(load_target(name))
+
+
+def _load(entry: dict[str, Any], path: Path, threads: int, target: str) -> Any:
+    """The artifact's runner; `tflite-gpu` runs on LiteRT's GPU accelerator or fails saying
+    why (no Vulkan driver...): the user asked for the GPU, XNNPACK would not be it."""
+    from mobilegen.errors import MobilegenError
+    from mobilegen.targets import runtime_module
+
+    if target not in GPU_TARGETS:
+        return runtime_module(entry["runtime"]).load(path, threads)
+    from mobilegen.export.toolchain_log import toolchain_output
+
+    with toolchain_output(Path(os.devnull)):  # the accelerator's process logs on its fd 2
+        runner = runtime_module("litert").load(path, threads, accelerator="gpu")
+    if not hasattr(runner, "host_time"):
+        raise MobilegenError(f"--target {target}: LiteRT's GPU accelerator cannot run here: "
+                             f"{runner.gpu_unavailable}")
+    return runner
 
 
 @handle_errors
 def sample(
     outdir: Annotated[Path, typer.Argument(help="An export output folder (has manifest.json).")],
-    target: Annotated[str, typer.Option(help="Artifact format to run: onnx or ort.")] = "onnx",
+    target: Annotated[str, typer.Option(
+        help="Artifact format to run: onnx, ort, tflite, or tflite-gpu (a GPU profile's "
+             ".tflite on LiteRT's GPU accelerator).")] = "onnx",
     seed: Annotated[int | None, typer.Option(help="Override the manifest's seed.")] = None,
     steps: Annotated[int | None, typer.Option(
         help=f"Override the manifest's step count (1 to {MAX_STEPS}).")] = None,
@@ -314,10 +355,9 @@ def _sample_one(outdir: Path, manifest: dict[str, Any], target: str, seed: int |
                 steps: int | None, png: Path, threads: int, verify: bool) -> dict[str, Any]:
     from mobilegen.errors import MobilegenError
     from mobilegen.sampling.generate import generate
-    from mobilegen.targets import runtime_module
 
     manifest_path = outdir / "manifest.json"
-    files = [f for f in manifest["files"] if f["format"] == target]
+    files = _matching(manifest["files"], target)
     if not files:
         have = sorted({f["format"] for f in manifest["files"] if f["format"] != "companion"})
         raise MobilegenError(f"{outdir}: no '{target}' artifact (have: {', '.join(have)})")
@@ -327,7 +367,7 @@ def _sample_one(outdir: Path, manifest: dict[str, Any], target: str, seed: int |
                              f"({component['family']}) has no sampler to run")
     _check_sampler(manifest_path, component)
     path = _artifact(outdir, files[0], manifest["files"], verify)
-    runner = runtime_module(files[0]["runtime"]).load(path, threads)
+    runner = _load(files[0], path, threads, target)
     images = generate(runner, component, seed=seed, steps=steps)
     _save(png, images, component["conditioning"].get("labels"))
     return {"artifact": files[0]["path"], "png": str(png), "images": len(images),
@@ -371,15 +411,13 @@ def _sample_chain(outdir: Path, manifest: dict[str, Any], target: str, seed: int
     scale them, decode them with the decoder artifact, write the RGB grid."""
     from mobilegen.errors import MobilegenError
     from mobilegen.sampling.generate import generate_chain
-    from mobilegen.targets import runtime_module
 
     comps = {c["slot"]: c for c in manifest["components"]}
     _check_sampler(outdir / "manifest.json", comps["unet"])
     _check_latent(outdir / "manifest.json", manifest["chain"])
     runners, used = {}, []
     for slot in ("unet", "decoder"):
-        files = [f for f in manifest["files"]
-                 if f.get("component") == slot and f["format"] == target]
+        files = _matching(manifest["files"], target, slot)
         if not files:
             have = sorted({f["format"] for f in manifest["files"]
                            if f.get("component") == slot and f["format"] != "companion"})
@@ -387,7 +425,7 @@ def _sample_chain(outdir: Path, manifest: dict[str, Any], target: str, seed: int
                                  f"(have: {', '.join(have)})")
         f = next((f for f in files if f["precision"] == "fp32"), files[0])  # fp32 first
         path = _artifact(outdir, f, manifest["files"], verify)
-        runners[slot] = runtime_module(f["runtime"]).load(path, threads)
+        runners[slot] = _load(f, path, threads, target)
         used.append(f["path"])
     images = generate_chain(runners["unet"], runners["decoder"], comps["unet"],
                             comps["decoder"], manifest["chain"], seed=seed, steps=steps)
@@ -407,7 +445,6 @@ def _sample_prompt(outdir: Path, manifest: dict[str, Any], target: str, seed: in
     the text encoder, UNet (SD's discrete scheduler) and decoder artifacts of one format."""
     from mobilegen.errors import MobilegenError
     from mobilegen.sampling.prompt_chain import generate_from_prompt, load_tokenizer
-    from mobilegen.targets import runtime_module
 
     comps = {c["slot"]: c for c in manifest["components"]}
     chain = manifest["chain"]
@@ -425,13 +462,12 @@ def _sample_prompt(outdir: Path, manifest: dict[str, Any], target: str, seed: in
     _check_token_ids(outdir, chain)
     runners, used = {}, []
     for slot in ("text_encoder", "unet", "decoder"):
-        files = [f for f in manifest["files"]
-                 if f.get("component") == slot and f["format"] == target]
+        files = _matching(manifest["files"], target, slot)
         if not files:
             raise MobilegenError(f"{outdir}: no '{target}' artifact for the {slot}")
         f = next((f for f in files if f["precision"] == "fp32"), files[0])  # fp32 first
-        runners[slot] = runtime_module(f["runtime"]).load(
-            _artifact(outdir, f, manifest["files"], verify), threads)
+        runners[slot] = _load(f, _artifact(outdir, f, manifest["files"], verify), threads,
+                              target)
         used.append(f["path"])
     images = generate_from_prompt(runners, comps, chain, load_tokenizer(outdir, chain),
                                   prompts[0], prompts[1], seed=seed, steps=steps,

@@ -182,7 +182,7 @@ def _run_chain(
     from mobilegen.models import get_family
     from mobilegen.sampling.generate import generate_chain, save_grid
     from mobilegen.sampling.runner import torch_runner
-    from mobilegen.targets import runtime_module
+    from mobilegen.targets import load_for_profile
     from mobilegen.targets.profile import load_target
 
     torch_runners = {}
@@ -201,8 +201,7 @@ def _run_chain(
         runners = {}
         for slot, art in (("unet", u_arts[key]), ("decoder", d_arts[key])):
             profile = load_target(runtimes[art])
-            runners[slot] = runtime_module(profile.runtime).load(out.staging / slot / art,
-                                                                 profile.threads)
+            runners[slot] = load_for_profile(out.staging / slot / art, profile)
         images = generate_chain(runners["unet"], runners["decoder"], unet_c, dec_c, chain)
         grid = f"chain-{key[0]}-{key[1]}.png"
         save_grid(out.path(grid), images)

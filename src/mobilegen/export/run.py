@@ -34,7 +34,7 @@ from mobilegen.report.results import ArtifactResult, ExportReport
 from mobilegen.sampling.generate import generate, save_grid
 from mobilegen.sampling.runner import Runner, torch_runner
 from mobilegen.signature import ModelIO
-from mobilegen.targets import runtime_module
+from mobilegen.targets import load_for_profile, runtime_module
 from mobilegen.targets.base import Artifact, ExportRequest, Target
 from mobilegen.targets.profile import TargetProfile, load_target
 
@@ -167,7 +167,7 @@ def run_export(
                 rows.append(row)
                 if art.runnable:
                     with toolchain_output(log):
-                        runner = target.load(out.staging / art.file, profile.threads)
+                        runner = load_for_profile(out.staging / art.file, profile)
                     _validate(plan, row, runner, profile, out, timer)
         sections = _report_sections(recipe, plan, timer)
         failures = _gate_failures(recipe, rows, pass_reports)
@@ -296,7 +296,14 @@ def _validate(plan: Plan, row: ArtifactResult, runner: Runner, profile: TargetPr
                  for t in recipe.validation.timesteps]
     row.parity_per_timestep = [{"t": t, **p.to_dict()} for t, p in per_t]
     row.parity = Parity.worst([p for _, p in per_t]).to_dict()
-    if not row.details.get("simulated"):  # a simulator's host time is not latency (qnn.py)
+    row.details.update(getattr(runner, "row_details", {}))  # how the host ran it (litert gpu)
+    host_time = getattr(runner, "host_time", None)
+    if host_time is not None:  # a software GPU's time is no latency: labelled, not gated
+        lat = plan.io.feeds(plan.inputs(batch=recipe.latency.batch))
+        with timer.step(f"host-time:{row.artifact}"):
+            row.details["gpu_host_time"] = host_time(lat, recipe.latency.warmup,
+                                                     recipe.latency.runs)
+    elif not row.details.get("simulated"):  # a simulator's host time is not latency (qnn.py)
         _latency(plan, row, runner, profile, timer)
     if plan.torch_images is not None:
         with timer.step(f"sample:{row.artifact}"):

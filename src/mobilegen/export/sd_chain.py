@@ -146,7 +146,7 @@ def run_chain(recipes: dict[str, Recipe], reports: dict[str, dict[str, Any]],
     from mobilegen.sampling.generate import save_grid
     from mobilegen.sampling.prompt_chain import generate_from_prompt, load_tokenizer
     from mobilegen.sampling.runner import torch_runner
-    from mobilegen.targets import runtime_module
+    from mobilegen.targets import load_for_profile
     from mobilegen.targets.profile import load_target
 
     tokenizer = load_tokenizer(out.staging, chain)
@@ -163,8 +163,7 @@ def run_chain(recipes: dict[str, Recipe], reports: dict[str, dict[str, Any]],
         runners = {}
         for slot in SLOTS:
             profile = load_target(targets[arts[slot][key]])
-            runners[slot] = runtime_module(profile.runtime).load(
-                out.staging / slot / arts[slot][key], profile.threads)
+            runners[slot] = load_for_profile(out.staging / slot / arts[slot][key], profile)
         images = generate_from_prompt(runners, comps, chain, tokenizer)
         grid = f"chain-{key[0]}-{key[1]}.png"
         save_grid(out.path(grid), images)

@@ -37,13 +37,23 @@ def summary_rows(report: dict[str, Any]) -> list[dict[str, str]]:
             "parity": f"{_fmt_psnr(p['psnr_db'])} dB / {p['max_abs_error']:.2e}",
             "e2e": f"{_fmt_psnr(e2e['psnr_db'])} dB" if e2e else "-",
             # a simulated NPU row (qnn) is not timed: the simulator's host time is no latency
-            "latency": f"{lat['median_ms']:.2f} ms" if lat else "not timed (simulator)",
+            "latency": f"{lat['median_ms']:.2f} ms" if lat else _untimed(a["details"]),
             "pytorch": f"{a['pytorch_latency']['median_ms']:.2f} ms "
                        f"({a['speedup_vs_pytorch']:.2f}x)" if lat else "-",
             "coverage": coverage_cell(a["details"]),
             "gate": "FAIL" if a["gates"] else "pass",
         })
     return rows
+
+
+def _untimed(details: dict[str, Any]) -> str:
+    """The latency cell of a row without latency: a software GPU's host time says what it is
+    (targets/litert_gpu.py); a simulated NPU row is not timed."""
+    gpu = details.get("gpu_host_time")
+    if gpu:
+        kind = "SwiftShader host" if gpu["label"].startswith("SwiftShader") else "host GPU"
+        return f"{kind} {gpu['median_ms']:.1f} ms (not device latency)"
+    return "not timed (simulator)"
 
 
 COLUMNS = [
@@ -202,6 +212,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         if a["details"].get("skipped"):
             lines.append(f"Not produced: {a['details']['skipped']}")
         lines += htp_markdown(a["details"])
+        lines += gpu_markdown(a["details"])
     if report.get("sample_grids", {}).get("pytorch"):
         lines += ["", "## PyTorch reference samples", "", "![pytorch](samples-pytorch.png)"]
     if report.get("blocks") or report.get("estimates"):
@@ -238,6 +249,26 @@ def precision_markdown(details: dict[str, Any]) -> list[str]:
                      f"|activation| {worst['max_abs']:.4g} ({worst['layer']}); inf/NaN in fp16 "
                      f"before the fix: {safety['nonfinite_before'] or 'none'}")
     return ["", *lines] if lines else []
+
+
+def gpu_markdown(details: dict[str, Any]) -> list[str]:
+    """A LiteRT GPU profile's run on LiteRT's GPU accelerator (targets/litert_gpu.py): what ran
+    it, the precision it computed in, the fp16 evidence, the labelled host time."""
+    gpu = details.get("litert_gpu")
+    if gpu is None:
+        return []
+    if "gpu_run" in gpu or "gpu_run" in details:
+        return ["", f"GPU accelerator: {details.get('gpu_run') or gpu['gpu_run']}."]
+    lines = ["", f"GPU accelerator: {details.get('host_delegate', '-')}; adapter "
+                 f"{gpu.get('adapter') or '-'}."]
+    if prec := gpu.get("precision"):
+        lines += ["", f"Precision computed: {prec['precision']} ({prec['how']})."]
+    if ev := details.get("fp16_evidence"):
+        lines += ["", f"fp16 evidence: {ev}."]
+    if t := details.get("gpu_host_time"):
+        lines += ["", f"{t['label']}: median {t['median_ms']:.2f} ms per call of batch "
+                      f"{t['batch']} (p90 {t['p90_ms']:.2f} ms, {t['runs']} runs)."]
+    return lines
 
 
 def htp_markdown(details: dict[str, Any]) -> list[str]:

@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import cast
+from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from mobilegen.errors import TargetUnavailableError
-from mobilegen.targets.base import Target
+from mobilegen.targets.base import Runner, Target
+
+if TYPE_CHECKING:
+    from mobilegen.targets.profile import TargetProfile
 
 
 @dataclass(frozen=True)
@@ -50,3 +54,13 @@ def runtime_module(runtime: str) -> Target:
             f"pip install 'mobilegen[{entry.extra}]'"
         ) from e
     return cast(Target, importlib.import_module(entry.module))
+
+
+def load_for_profile(path: Path, profile: TargetProfile) -> Runner:
+    """The host runner of an artifact made for `profile`: a LiteRT GPU profile's runs on
+    LiteRT's GPU accelerator (targets/litert_gpu.py; XNNPACK, saying why, without a Vulkan
+    driver), every other through its runtime's `load`."""
+    target = runtime_module(profile.runtime)
+    if profile.runtime == "litert" and (profile.delegate == "gpu" or profile.accelerator == "gpu"):
+        return target.load(path, profile.threads, accelerator="gpu")  # type: ignore[call-arg]
+    return target.load(path, profile.threads)

@@ -35,6 +35,12 @@ SIGNATURE = "serving_default"  # litert-torch's default signature; inputs args_0
 # the flatbuffer and points at them by offset; ai-edge-litert 2.3 loads such files (measured: a
 # 2.68 GB fp32 model converted in 211 s, ran with max abs error 1.1e-7 against PyTorch).
 FLATBUFFER_LIMIT_BYTES = 2 * 1024**3
+# The fp16 safety check interprets the program op by op on the CPU: past this, skipped (as the
+# Core ML target's base fp16 check)
+FP16_CHECK_MAX_BYTES = 256 * 1024**2
+# CPU profiles' files get the GPU's placement too (informational) up to this size; a GPU
+# profile's file always does
+GPU_CHECK_CPU_PROFILE_MAX_BYTES = 512 * 1024**2
 
 
 def large_model_note(nbytes: int) -> str | None:
@@ -53,14 +59,46 @@ def export(req: ExportRequest) -> list[Artifact]:
     if profile.precision == "fp32":
         out = workdir / f"{stem}.tflite"
         _convert(program, example, out, param_bytes, stem)
-        return [_artifact(out, io, example, profile, "fp32",
-                          {"method": "litert_torch.convert (fp32)"})]
-    with tempfile.TemporaryDirectory(prefix="mobilegen-tflite-") as tmp:
-        fp32 = Path(tmp) / f"{stem}.tflite"
-        _convert(program, example, fp32, param_bytes, stem)
-        out = workdir / f"{stem}.{profile.precision}.tflite"
-        details = _quantize(fp32, out, PrecisionSpec(kind="fp16"), [], io, example)
-    return [_artifact(out, io, example, profile, profile.precision, details)]
+        art = _artifact(out, io, example, profile, "fp32",
+                        {"method": "litert_torch.convert (fp32)"})
+    else:
+        with tempfile.TemporaryDirectory(prefix="mobilegen-tflite-") as tmp:
+            fp32 = Path(tmp) / f"{stem}.tflite"
+            _convert(program, example, fp32, param_bytes, stem)
+            out = workdir / f"{stem}.{profile.precision}.tflite"
+            details = _quantize(fp32, out, PrecisionSpec(kind="fp16"), [], io, example)
+        art = _artifact(out, io, example, profile, profile.precision, details)
+    if runs_on_gpu(profile):
+        art.details.update(_fp16_evidence(req, art.details))
+    return [art]
+
+
+def runs_on_gpu(profile: TargetProfile) -> bool:
+    """A LiteRT profile for the phone's GPU: validated on LiteRT's GPU accelerator
+    (targets/litert_gpu.py) where this host has a Vulkan driver."""
+    return profile.delegate == "gpu" or profile.accelerator == "gpu"
+
+
+def _fp16_evidence(req: ExportRequest, details: dict[str, Any]) -> dict[str, Any]:
+    """Phones run the GPU in fp16. Where the run here computed in f32 (no shader-f16 on the
+    adapter, or no driver), the fp16 safety check (passes/fp16_safety.py: the model in fp16
+    arithmetic in PyTorch, headroom to 65504 per layer) is the fp16 evidence, gated by
+    min_fp16_headroom. It checks only: the GPU delegate has no per-layer fp32 (the app's
+    enforce_f32 is whole-model), so a layer it would keep is a finding, not a fix."""
+    from mobilegen.passes.fp16_safety import safe_fp16_spec
+
+    used = details.get("litert_gpu", {}).get("precision", {}).get("precision", "unknown")
+    if used == "f16":
+        return {"fp16_evidence": "the GPU accelerator computed in fp16 here (see litert_gpu)"}
+    if req.param_bytes > FP16_CHECK_MAX_BYTES:
+        return {"fp16_evidence": f"the GPU ran {used} here; the fp16 safety check was skipped "
+                f"({req.param_bytes / 1e6:.0f} MB of fp32 weights; `mobilegen sensitivity` runs "
+                "it on its own)"}
+    feeds = list(req.calibration) or [req.io.feeds(req.example)]
+    _, summary = safe_fp16_spec(req.program, PrecisionSpec("fp16"), feeds)
+    return {"fp16_safety": summary,
+            "fp16_evidence": f"the GPU ran {used} here (phones default to fp16): fp16 "
+                             "arithmetic checked in PyTorch instead (fp16_safety)"}
 
 
 def supports(spec: PrecisionSpec) -> str | None:
@@ -406,8 +444,35 @@ def _artifact(out: Path, io: ModelIO, example: tuple[Any, ...], profile: TargetP
     }
     if note := large_model_note(out.stat().st_size):
         details["large_model_layout"] = note
-    details["coverage"] = [litert_gpu_coverage(out, sum(ops.values()))]  # targets/coverage.py
+    details["coverage"] = [_gpu_coverage(out, sum(ops.values()), io, example, profile, details)]
     return Artifact(out.name, "tflite", profile.name, "litert", precision, details=details)
+
+
+def _gpu_coverage(out: Path, op_count: int, io: ModelIO, example: tuple[Any, ...],
+                  profile: TargetProfile, details: dict[str, Any]) -> dict[str, Any]:
+    """The `litert-gpu` coverage entry: from LiteRT's GPU accelerator where this host has a
+    Vulkan driver (targets/litert_gpu.py; a GPU profile also records the precision it computed
+    in), else the analyzer's (targets/coverage.py), whose note then says why the accelerator
+    was not asked."""
+    from mobilegen.targets import litert_gpu
+    from mobilegen.targets.vulkan_driver import find_driver
+
+    gpu_profile = runs_on_gpu(profile)
+    driver = find_driver()
+    big = out.stat().st_size > GPU_CHECK_CPU_PROFILE_MAX_BYTES and not gpu_profile
+    if not driver.found or big:
+        fallback = litert_gpu_coverage(out, op_count)
+        why = driver.reason if not driver.found else (
+            f"past {GPU_CHECK_CPU_PROFILE_MAX_BYTES >> 20} MB on a CPU profile")
+        fallback["note"] = f"GPU accelerator not run ({why}); analyzer: {fallback['note']}"
+        if gpu_profile:
+            details["litert_gpu"] = {"gpu_run": f"not run: {why}"}
+        return fallback
+    feeds = _signature_feeds(io.feeds(example), io, out) if gpu_profile else None
+    found = litert_gpu.check(out, op_count, feeds)
+    if gpu_profile:
+        details["litert_gpu"] = found.details
+    return found.coverage
 
 
 # ---------------------------------------------------------------- running
@@ -442,38 +507,107 @@ def _signature_feeds(feeds: dict[str, np.ndarray], io: ModelIO, path: Path,
             for i, n in enumerate(io.input_names)}
 
 
-def load(path: Path, threads: int) -> Runner:
-    """A LiteRT interpreter (XNNPACK) taking our named feeds at any batch size."""
-    from ai_edge_litert.interpreter import Interpreter
-
+def load(path: Path, threads: int, accelerator: str = "cpu") -> Runner:
+    """A runner taking our named feeds at any batch size: the LiteRT interpreter (XNNPACK), or
+    with accelerator "gpu" LiteRT's GPU accelerator (targets/litert_gpu.py) where this host has
+    a Vulkan driver; without one, XNNPACK, and the runner's `row_details` say why."""
     path = Path(path)
     if not path.is_file():
         raise ExportError(f"{path}: artifact not found")
+    if accelerator == "gpu":
+        from mobilegen.targets.litert_gpu import GpuWorkerError
+        from mobilegen.targets.vulkan_driver import find_driver
+
+        driver = find_driver()
+        why = driver.reason
+        if driver.found:
+            try:
+                return GpuBatchedRunner(path, driver)
+            except GpuWorkerError as e:
+                why = str(e)
+        runner = _xnnpack(path, threads)
+        runner.gpu_unavailable = why
+        runner.row_details = {"host_delegate": "XNNPACK (CPU)",
+                              "gpu_run": f"not run on the GPU accelerator: {why}; validated "
+                                         "on XNNPACK (CPU) instead"}
+        return runner
+    return _xnnpack(path, threads)
+
+
+def _xnnpack(path: Path, threads: int) -> Any:
+    from ai_edge_litert.interpreter import Interpreter
+
     interpreter = Interpreter(model_path=str(path), num_threads=threads)
     runner = interpreter.get_signature_runner(SIGNATURE)
     inputs = runner.get_input_details()
     dtypes = {k: v["dtype"] for k, v in inputs.items()}
-    names = [f"args_{i}" for i in range(len(inputs))]
-    batch = int(inputs["args_0"]["shape"][0])
     output = next(iter(runner.get_output_details()))
     # One call on zeros now: XNNPACK is applied (and announces itself on stderr) at the first
     # invoke, which belongs to loading, not to the caller's first timed or validated run.
     runner(**{k: np.zeros(v["shape"], v["dtype"]) for k, v in inputs.items()})
+    batch = int(inputs["args_0"]["shape"][0])
+    return _Batched(path, lambda call: runner(**call)[output], dtypes, batch)
 
-    def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
-        ordered = list(feeds)  # callers pass inputs in signature order (x, t, [y | context])
-        if len(ordered) != len(names):
-            raise ExportError(f"{path.name}: expects {len(names)} inputs, got {ordered}")
-        n = len(feeds[ordered[0]])
-        outs = []
+
+class _Batched:
+    """Our named feeds (in signature order: x, t, [y | context]) at any batch, as calls of the
+    file's fixed batch (the last padded by repeating its final sample)."""
+
+    def __init__(self, path: Path, call: Any, dtypes: dict[str, Any], batch: int) -> None:
+        self.path, self.call, self.dtypes, self.batch = path, call, dtypes, batch
+        self.names = [f"args_{i}" for i in range(len(dtypes))]
+        self.row_details: dict[str, Any] = {}
+        self.gpu_unavailable = ""
+
+    def chunks(self, feeds: dict[str, np.ndarray]) -> list[tuple[dict[str, np.ndarray], int]]:
+        ordered = list(feeds)
+        if len(ordered) != len(self.names):
+            raise ExportError(f"{self.path.name}: expects {len(self.names)} inputs, got {ordered}")
+        n, batch = len(feeds[ordered[0]]), self.batch
+        out = []
         for start in range(0, n, batch):
             call = {}
-            for arg, key in zip(names, ordered, strict=True):
+            for arg, key in zip(self.names, ordered, strict=True):
                 part = feeds[key][start:start + batch]
                 if len(part) < batch:
                     part = np.concatenate([part, np.repeat(part[-1:], batch - len(part), 0)])
-                call[arg] = np.ascontiguousarray(part).astype(dtypes[arg], copy=False)
-            outs.append(runner(**call)[output][: min(batch, n - start)])
+                call[arg] = np.ascontiguousarray(part).astype(self.dtypes[arg], copy=False)
+            out.append((call, min(batch, n - start)))
+        return out
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        outs = [self.call(call)[:keep] for call, keep in self.chunks(feeds)]
         return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=0)
 
-    return run
+
+class GpuBatchedRunner(_Batched):
+    """LiteRT's GPU accelerator as a Runner (litert_gpu.GpuRunner in its child process), with
+    `host_time` (timed inside the child) and the `row_details` the export records."""
+
+    def __init__(self, path: Path, driver: Any) -> None:
+        from mobilegen.targets.litert_gpu import GpuRunner
+
+        self.gpu = GpuRunner(path, driver)
+        dtypes = {k: np.dtype(v["dtype"]) for k, v in self.gpu.inputs.items()}
+        super().__init__(path, self.gpu, dtypes, int(self.gpu.inputs["args_0"]["shape"][0]))
+        where = "SwiftShader, software Vulkan on this host's CPU" if self.gpu.software else (
+            "this host's Vulkan GPU")
+        self.host_time_label = (
+            "SwiftShader host time: LiteRT's GPU accelerator on a software Vulkan driver on the "
+            "host CPU, not device latency" if self.gpu.software else
+            "host GPU time (this machine's Vulkan GPU), not a phone's latency")
+        self.row_details = {"host_delegate": f"LiteRT GPU accelerator ({self.gpu.accelerators}; "
+                                             f"WebGPU/Dawn on {where})",
+                            "gpu_runner": self.gpu.describe()}
+
+    def host_time(self, feeds: dict[str, np.ndarray], warmup: int, runs: int) -> dict[str, Any]:
+        """Median / p90 / min ms of one call of the file's batch (feeds padded to it), run and
+        read back inside the accelerator's process."""
+        call, _ = self.chunks(feeds)[0]
+        ms = sorted(self.gpu.host_time(call, warmup, runs))
+        return {"median_ms": float(np.median(ms)), "p90_ms": ms[min(len(ms) - 1,
+                round(0.9 * (len(ms) - 1)))], "min_ms": ms[0], "runs": runs, "warmup": warmup,
+                "batch": self.batch, "label": self.host_time_label}
+
+    def close(self) -> None:
+        self.gpu.close()
