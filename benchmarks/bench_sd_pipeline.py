@@ -11,13 +11,19 @@ target on 2 cores; run it alone, on a quiet machine.
     .venv/bin/python benchmarks/bench_sd_pipeline.py [--components text_encoder unet decoder]
         [--targets ort-mobile-cpu android-cpu ios-gpu] [--out DIR]
 
-The results land in benchmarks/results/sd_pipeline.json, with the components that were run.
+The results land in benchmarks/results/sd_pipeline.json (or --results NAME), with the components
+that were run. Memory: the peak of the worker's whole process tree (the export, its per-target
+child processes and converter subprocesses), sampled from /proc by this process, RSS summed and
+PSS summed (measure/memory.py), next to the export's own preflight estimate (report.json's
+`memory`); `--memory-limit-gb` sets MOBILEGEN_MEMORY_LIMIT_GB for the worker (a 16 GB laptop's
+budget: 12), which makes the preflight lower each target in its own child process.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -41,7 +47,10 @@ def worker(slot: str, targets: list[str], out: Path, runs: int) -> dict:
     data = {"name": f"sd15-{slot.replace('_', '-')}", "targets": targets,
             "model": {"family": family, "init": "random", "variant": variant},
             "validate": {"timesteps": points, "batch": 2, "end_to_end": False},
-            "latency": {"warmup": 1, "runs": runs}}
+            "latency": {"warmup": 1, "runs": runs},
+            # the trajectory an HTP profile calibrates on (and the batch it compiles for): a
+            # short one, 4 UNet calls at batch 2, not a full 50-step run on this host
+            "sampler": {"steps": 4, "num_images": 1}}
     path = out / f"{slot}.toml"  # the recipe it was, for the report's provenance
     path.write_text(json.dumps(data))
     t0 = time.perf_counter()
@@ -62,7 +71,7 @@ def worker(slot: str, targets: list[str], out: Path, runs: int) -> dict:
             # CPU seconds next to wall seconds: on a shared host a wall far above cpu / cores
             # means the figures were taken under contention
             "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
-            "failures": rep["gates"]["failures"]}
+            "failures": rep["gates"]["failures"], "memory": rep.get("memory")}
 
 
 def main() -> None:
@@ -72,6 +81,10 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--out", type=Path,
                     default=Path(tempfile.gettempdir()) / "mobilegen-sd-pipeline")
+    ap.add_argument("--results", default="sd_pipeline.json")
+    ap.add_argument("--memory-limit-gb", type=float)
+    ap.add_argument("--isolate", action="store_true",
+                    help="MOBILEGEN_ISOLATE_TARGETS=1: each target in its own child process")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -80,23 +93,40 @@ def main() -> None:
         return
     rows = []
     for slot in args.components:
-        proc = subprocess.run([sys.executable, __file__, "--worker", slot, "--out", str(args.out),
-                               "--runs", str(args.runs), "--targets", *args.targets],
-                              capture_output=True, text=True)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+        from mobilegen.measure.memory import TreeSampler
+
+        env = dict(os.environ)
+        if args.memory_limit_gb:
+            env["MOBILEGEN_MEMORY_LIMIT_GB"] = str(args.memory_limit_gb)
+        if args.isolate:
+            env["MOBILEGEN_ISOLATE_TARGETS"] = "1"
+        t0 = time.perf_counter()
+        with tempfile.TemporaryFile("w+") as err:
+            proc = subprocess.Popen([sys.executable, __file__, "--worker", slot, "--out",
+                                     str(args.out), "--runs", str(args.runs), "--targets",
+                                     *args.targets], stdout=subprocess.PIPE, stderr=err,
+                                    text=True, env=env)
+            with TreeSampler(interval=0.5, root=proc.pid) as tree:
+                stdout, _ = proc.communicate()
+            err.seek(0)
+            stderr = err.read()
+        tree_peak = {"whole_tree_peak_rss_gb": round(tree.peak.rss_bytes / 1024**3, 2),
+                     "whole_tree_peak_pss_gb": round(tree.peak.pss_bytes / 1024**3, 2),
+                     "process_wall_s": round(time.perf_counter() - t0, 1)}
+        lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
         if proc.returncode != 0 or not lines:
-            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            tail = (stderr.strip().splitlines() or ["no output"])[-1]
             rows.append({"component": slot, "status": f"crashed (exit {proc.returncode})",
-                         "error": tail})
+                         "error": tail, **tree_peak})
         else:
-            rows.append({"status": "ok", **json.loads(lines[-1])})
+            rows.append({"status": "ok", **json.loads(lines[-1]), **tree_peak})
         print(json.dumps(rows[-1])[:400], file=sys.stderr)
     doc = {"components_run": args.components, "targets": args.targets,
            "host": "shared 2-core CPU host; latencies are host medians, not device figures",
            "snapfusion_iphone14pro_ms": SNAPFUSION_IPHONE_MS, "rows": rows}
     results = Path(__file__).resolve().parent / "results"
     results.mkdir(exist_ok=True)
-    (results / "sd_pipeline.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (results / args.results).write_text(json.dumps(doc, indent=2) + "\n")
     print(f"{'component':13} {'artifact':40} {'MB':>8} {'max err':>9} {'host ms':>9} "
           f"{'SnapFusion iPhone ms':>20} {'peak RSS GB':>11}")
     for r in rows:

@@ -30,6 +30,9 @@ def export(
     verbose: Annotated[bool, typer.Option(
         "--verbose", "-v", help="Progress as plain lines, and what the converters print shown "
         "live, on the terminal instead of in logs/toolchain.log.")] = False,
+    ray: Annotated[str | None, typer.Option(
+        "--ray", help="Ray cluster address (auto, HOST:PORT, ray://HOST:PORT): each recipe is a "
+        "Ray task declaring its estimated memory; outputs on the shared file system.")] = None,
     json_output: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -51,7 +54,7 @@ def export(
 
         export_pipeline(loaded, out, json_output)
         return
-    if len(loaded) == 1:
+    if len(loaded) == 1 and ray is None:
         _export_one(loaded[0], out or Path("out") / loaded[0].name, no_cache, json_output,
                     quiet, verbose)
         return
@@ -61,8 +64,10 @@ def export(
 
         dup = next(n for n in names if names.count(n) > 1)
         raise RecipeError(f"two recipes are named '{dup}': their output folders would collide")
-    _export_many(recipes, [(out or Path("out")) / n for n in names], jobs, no_cache, json_output,
-                 quiet, verbose)
+    outs = [(out or Path("out")) / n for n in names]
+    if len(loaded) == 1:  # with --ray: the folder the local path would write
+        outs = [out or Path("out") / names[0]]
+    _export_many(recipes, outs, jobs, no_cache, json_output, quiet, verbose, ray)
 
 
 def _export_one(recipe: Any, out_dir: Path, no_cache: bool, json_output: bool,
@@ -84,11 +89,18 @@ def _export_one(recipe: Any, out_dir: Path, no_cache: bool, json_output: bool,
 
 
 def _export_many(recipes: list[Path], outs: list[Path], jobs: int, no_cache: bool,
-                 json_output: bool, quiet: bool = False, verbose: bool = False) -> None:
+                 json_output: bool, quiet: bool = False, verbose: bool = False,
+                 ray: str | None = None) -> None:
     from mobilegen.export.batch import run_batch, worst_exit_code
 
+    items = list(zip(recipes, outs, strict=True))
     with export_progress(quiet, verbose) as progress:  # one line per recipe
-        results = run_batch(list(zip(recipes, outs, strict=True)), jobs, no_cache, progress)
+        if ray is not None:
+            from mobilegen.export.ray_tasks import run_batch_ray
+
+            results = run_batch_ray(items, no_cache, ray, progress)
+        else:
+            results = run_batch(items, jobs, no_cache, progress)
     code = worst_exit_code(results)
     if json_output:
         print_json({"exit_code": code, "results": [

@@ -25,6 +25,7 @@ class SensitivityRequest:
     feeds: int
     png: Path | None
     fp16: bool
+    ray: str | None = None  # a Ray cluster address: the per-layer trials run as Ray tasks
 
 
 @handle_errors
@@ -38,6 +39,9 @@ def sensitivity(
     feeds: Annotated[int, typer.Option(help="Calibration feeds along the trajectory.")] = 16,
     png: Annotated[Path | None, typer.Option(help="Write the sorted bar plot here.")] = None,
     fp16: Annotated[bool, typer.Option("--fp16/--no-fp16", help="Also the fp16 check.")] = True,
+    ray: Annotated[str | None, typer.Option(
+        "--ray", help="Ray cluster address (auto, HOST:PORT, ray://HOST:PORT): the per-layer "
+        "trials run as Ray tasks; run from a folder on the cluster's shared file system.")] = None,
     json_output: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -57,7 +61,7 @@ def sensitivity(
         if png.suffix.lower() != ".png":
             raise OptionError(f"--png {png}: expected a file name ending in .png")
     req = SensitivityRequest(recipe, granularity, target_psnr_db, activation_bits, calibration,
-                             feeds, png, fp16)
+                             feeds, png, fp16, ray)
     result = run_sensitivity(req)
     if json_output:
         from mobilegen.report.results import json_safe
@@ -111,10 +115,18 @@ def run_sensitivity(req: SensitivityRequest) -> dict[str, Any]:
 
     spec = PrecisionSpec("int8", "static", activation_bits=req.activation_bits,
                          calibration_method=req.calibration_method)  # type: ignore[arg-type]
-    with tempfile.TemporaryDirectory(prefix="mobilegen-sensitivity-") as tmp:
+    # with Ray, the work folder (fp32 model, calibration cache) is read by every node: it sits in
+    # the current folder, on the shared file system, instead of this machine's /tmp
+    with tempfile.TemporaryDirectory(prefix=".mobilegen-sensitivity-",
+                                     dir=Path.cwd() if req.ray else None) as tmp:
         ctx = _setup(req, Path(tmp))
         study = Study(ctx["fp32"], spec, ctx["calibration"], ctx["validation"], Path(tmp))
-        scores = layer_sensitivity(study, req.granularity)
+        trials = None
+        if req.ray:
+            from mobilegen.export.ray_tasks import ray_trials
+
+            trials = ray_trials(study, req.ray)
+        scores = layer_sensitivity(study, req.granularity, trials)
         plan = greedy_plan(study, scores, req.target_step_psnr_db, req.granularity)
         plan["costs"] = _plan_costs(study, ctx, plan, req.granularity)
         out: dict[str, Any] = {

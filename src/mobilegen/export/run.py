@@ -19,12 +19,14 @@ import numpy as np
 
 from mobilegen.checkpoints.loader import LoadedModel, build_random, load_checkpoint
 from mobilegen.errors import CheckpointError, ExportError
+from mobilegen.export import preflight
 from mobilegen.export.gates import GateFailure, artifact_failures, delegation_failures
 from mobilegen.export.manifest import build_manifest, component_entry, model_notes
 from mobilegen.export.progress import Progress, as_progress
-from mobilegen.export.staging import StagedOutput
+from mobilegen.export.staging import StagedOutput, StagingFolder
 from mobilegen.export.toolchain_log import toolchain_output
 from mobilegen.measure.costs import count_macs, count_params, group_costs, time_fn, time_torch
+from mobilegen.measure.memory import GB, TreeSampler, release_freed
 from mobilegen.measure.parity import Parity, compare
 from mobilegen.models import get_family
 from mobilegen.passes.precision import PrecisionPlan, precision_plan
@@ -54,13 +56,17 @@ class ExportResult:
 class StepTimer:
     """Times each step and tells `progress` (export/progress.py) when it starts and ends."""
 
-    def __init__(self, progress: Progress | Callable[[str], None] | None = None) -> None:
+    def __init__(self, progress: Progress | Callable[[str], None] | None = None,
+                 memory: TreeSampler | None = None) -> None:
         self.times: dict[str, float] = {}
         self.progress = as_progress(progress)
+        self.memory = memory  # per-step peak memory of the process tree (measure/memory.py)
 
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
         self.progress.step_started(name)
+        if self.memory is not None:
+            self.memory.begin(name)
         t0 = time.perf_counter()
         ok = False
         try:
@@ -68,6 +74,8 @@ class StepTimer:
             ok = True
         finally:
             seconds = time.perf_counter() - t0
+            if self.memory is not None:
+                self.memory.end(name)
             self.progress.step_finished(name, seconds, ok)
         self.times[name] = round(self.times.get(name, 0.0) + seconds, 3)
 
@@ -136,9 +144,13 @@ class Plan:
     torch_images: np.ndarray | None = None
     calibration: tuple[dict[str, np.ndarray], ...] = ()
     eager_latency: dict[int, dict[str, Any]] = field(default_factory=dict)  # threads -> stats
+    # (t, batch) -> inputs, made before the model is dropped for lowering in child processes
+    fixed_inputs: dict[tuple[float | None, int], Any] = field(default_factory=dict)
 
     def inputs(self, t: float | None = None, seed: int = 1, batch: int | None = None) -> Any:
         b = self.recipe.validation.batch if batch is None else batch
+        if self.model is None:  # a child lowering one target (export/isolated.py)
+            return self.fixed_inputs[(t, b)]
         if t is None:
             return self.model.example_inputs(b, image_size=self.size)
         return self.model.example_inputs(b, seed=seed, t=t, image_size=self.size)
@@ -148,28 +160,34 @@ def run_export(
     recipe: Recipe, out_dir: Path, progress: Progress | Callable[[str], None] | None = None,
     argv: list[str] | None = None, train_progress: TrainProgress | None = None,
 ) -> ExportResult:
-    timer = StepTimer(progress)
+    with TreeSampler() as memory:
+        return _run_export(recipe, out_dir, StepTimer(progress, memory), argv, train_progress)
+
+
+def _run_export(recipe: Recipe, out_dir: Path, timer: StepTimer, argv: list[str] | None,
+                train_progress: TrainProgress | None) -> ExportResult:
     with StagedOutput(out_dir) as out:  # a bad output folder fails before any work
         with timer.step("load"):
             loaded = load_model(recipe)
+        # before the heavy steps: refuses (exit 1) or picks child processes per target
+        gate = preflight.check(recipe, _param_bytes(loaded.model))
         plan, model_summary, pass_reports = _prepare(recipe, loaded, out, timer,
                                                      train_progress or timer.recovery)
         log = out.path("logs/toolchain.log")  # what converters print (toolchain_log.py)
+        sections = _report_sections(recipe, plan, timer)  # on the model, before it may be dropped
         rows: list[ArtifactResult] = []
         artifacts: list[Artifact] = []
-        for target_name in recipe.targets:
-            profile = load_target(target_name)
-            with toolchain_output(log):
-                target = runtime_module(profile.runtime)
-            for art in _lower(plan, target, profile, out, timer, log):
-                artifacts.append(art)
-                row = _row(plan, art, out.staging)
-                rows.append(row)
-                if art.runnable:
-                    with toolchain_output(log):
-                        runner = load_for_profile(out.staging / art.file, profile)
-                    _validate(plan, row, runner, profile, out, timer)
-        sections = _report_sections(recipe, plan, timer)
+        if gate.isolate:  # each target in its own child process, from a saved capture
+            from mobilegen.export import isolated
+
+            del loaded  # the plan holds the model; isolation drops both
+            pairs = isolated.run_targets(plan, out, timer, log)
+        else:
+            pairs = [p for name in recipe.targets for p in target_rows(plan, name, out, timer, log)]
+        for art, row in pairs:
+            artifacts.append(art)
+            rows.append(row)
+        sections["memory"] = _memory_section(timer, gate)
         failures = _gate_failures(recipe, rows, pass_reports)
         report = ExportReport(
             recipe={"name": recipe.name, "path": str(recipe.path)}, model=model_summary,
@@ -180,6 +198,29 @@ def run_export(
         _write(out, report, build_manifest(recipe, plan.component, artifacts, out.staging, argv))
         final = out.commit()
     return ExportResult(final, report)
+
+
+def _param_bytes(model: Any) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def target_rows(plan: Plan, target_name: str, out: StagingFolder, timer: StepTimer,
+                log: Path) -> list[tuple[Artifact, ArtifactResult]]:
+    """One target: lower, then validate each runnable artifact; its state is freed on return."""
+    profile = load_target(target_name)
+    with toolchain_output(log):
+        target = runtime_module(profile.runtime)
+    pairs = []
+    for art in _lower(plan, target, profile, out, timer, log):
+        row = _row(plan, art, out.staging)
+        pairs.append((art, row))
+        if art.runnable:
+            with toolchain_output(log):
+                runner = load_for_profile(out.staging / art.file, profile)
+            _validate(plan, row, runner, profile, out, timer)
+            del runner  # a session holds the weights again: free it before the next
+    release_freed()  # the converter's state, before the next target starts
+    return pairs
 
 
 def _prepare(recipe: Recipe, loaded: LoadedModel, out: StagedOutput, timer: StepTimer,
@@ -196,7 +237,7 @@ def _prepare(recipe: Recipe, loaded: LoadedModel, out: StagedOutput, timer: Step
     with timer.step("count"):
         macs, table = count_macs(model, model.example_inputs(1, image_size=size))
         params = count_params(model)
-    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    param_bytes = _param_bytes(model)
     component = component_entry(recipe, loaded, io, size)
     if "sampler" not in component and recipe.validation.end_to_end:  # a decoder: nothing to sample
         recipe = recipe.model_copy(
@@ -234,7 +275,7 @@ def _prepare(recipe: Recipe, loaded: LoadedModel, out: StagedOutput, timer: Step
     return plan, summary, pass_reports
 
 
-def _lower(plan: Plan, target: Target, profile: TargetProfile, out: StagedOutput,
+def _lower(plan: Plan, target: Target, profile: TargetProfile, out: StagingFolder,
            timer: StepTimer, log: Path) -> list[Artifact]:
     """The profile's base artifacts, then one per precision pass (a target that cannot do a pass
     gets a non-runnable row saying why, not an error). Paths come back relative to OUT."""
@@ -288,7 +329,7 @@ def _row(plan: Plan, art: Artifact, root: Path) -> ArtifactResult:
 
 
 def _validate(plan: Plan, row: ArtifactResult, runner: Runner, profile: TargetProfile,
-              out: StagedOutput, timer: StepTimer) -> None:
+              out: StagingFolder, timer: StepTimer) -> None:
     """Per-timestep parity against PyTorch, latency, and the end-to-end sampling run."""
     recipe, feeds = plan.recipe, plan.io.feeds
     with timer.step(f"validate:{row.artifact}"):
@@ -390,6 +431,23 @@ def _report_sections(recipe: Recipe, plan: Plan, timer: StepTimer) -> dict[str, 
         with timer.step("estimates"):
             out["estimates"] = estimate.report_section(plan.model, example)
     return out
+
+
+def _memory_section(timer: StepTimer, gate: preflight.Preflight) -> dict[str, Any]:
+    """The preflight's estimate next to the measured peak of the whole process tree, overall and
+    per step (measure/memory.py), so the estimate's error is visible."""
+    mem = timer.memory
+    head = gate.to_dict()
+    if mem is None or not mem.measured:
+        return {**head, "measured": False, "note": "no /proc on this host: not sampled"}
+    mem.sample()
+    peak = mem.peak.rss_bytes / GB
+    est = gate.estimate_gb(gate.isolate)
+    return {**head, "measured": True, "peak": mem.peak.to_dict(),
+            "estimate_error_pct": round(100 * (est - peak) / peak, 1),
+            "per_step": {k: v.to_dict() for k, v in mem.steps.items()},
+            "note": "whole process tree (this process and its children), sampled every "
+                    f"{mem.interval:g} s: RSS summed per process, and PSS (shared pages split)"}
 
 
 def _write(out: StagedOutput, report: ExportReport, manifest: dict[str, Any]) -> None:

@@ -103,7 +103,29 @@ def foreign_content(root: Path) -> str | None:
     return None
 
 
-class StagedOutput:
+class StagingFolder:
+    """Paths inside a staging folder (a child process lowering one target writes through this;
+    the folder itself belongs to the parent's StagedOutput)."""
+
+    def __init__(self, staging: Path) -> None:
+        self.staging = staging
+
+    def path(self, relative: str) -> Path:
+        """A path inside the staging folder; refuses names that would escape it."""
+        p = (self.staging / relative).resolve()
+        if not p.is_relative_to(self.staging.resolve()):
+            raise OutputError(f"artifact name escapes the output folder: {relative!r}")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def dir(self, relative: str) -> Path:
+        """A folder inside the staging folder, created."""
+        p = self.path(relative)
+        p.mkdir(exist_ok=True)
+        return p
+
+
+class StagedOutput(StagingFolder):
     def __init__(self, out_dir: str | Path) -> None:
         self.out = Path(out_dir).absolute()
         if self.out.is_symlink():
@@ -140,20 +162,6 @@ class StagedOutput:
         except OSError as e:  # root passes os.access checks on read-only mounts
             raise OutputError(f"cannot write in {self.staging.parent}: {e.strerror}") from e
         return self
-
-    def path(self, relative: str) -> Path:
-        """A path inside the staging folder; refuses names that would escape it."""
-        p = (self.staging / relative).resolve()
-        if not p.is_relative_to(self.staging.resolve()):
-            raise OutputError(f"artifact name escapes the output folder: {relative!r}")
-        p.parent.mkdir(parents=True, exist_ok=True)
-        return p
-
-    def dir(self, relative: str) -> Path:
-        """A folder inside the staging folder, created."""
-        p = self.path(relative)
-        p.mkdir(exist_ok=True)
-        return p
 
     def write_json(self, relative: str, data: Any) -> Path:
         p = self.path(relative)

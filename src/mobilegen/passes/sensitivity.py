@@ -13,6 +13,7 @@ and reports which layers stay float, what that costs in weight bytes, and where 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -95,14 +96,19 @@ class Study:
         return psnrs(self.reference, outputs(out, self.validation)), out
 
 
-def layer_sensitivity(study: Study, granularity: str = "layer") -> list[LayerScore]:
-    """One score per layer (or block), most sensitive first."""
+def layer_sensitivity(study: Study, granularity: str = "layer",
+                      run_trials: Callable[[list[list[Any]]], list[list[float]]] | None = None,
+                      ) -> list[LayerScore]:
+    """One score per layer (or block), most sensitive first. `run_trials` maps each group's
+    layers to its per-feed PSNRs (default: one after another here; export/ray_tasks.py runs them
+    as Ray tasks)."""
     groups: dict[str, list[Layer]] = {}
     for layer in study.layers:
         groups.setdefault(group_of(layer.path, granularity), []).append(layer)
+    run = run_trials or (lambda sets: [study.quantized(m)[0] for m in sets])
+    trials = run(list(groups.values()))
     scores = []
-    for name, members in groups.items():
-        p, _ = study.quantized(members)
+    for (name, members), p in zip(groups.items(), trials, strict=True):
         ops = sorted({m.op for m in members})
         scores.append(LayerScore(name, " ".join(f"{o} x{sum(m.op == o for m in members)}"
                                                 for o in ops),

@@ -219,12 +219,30 @@ def render_markdown(report: dict[str, Any]) -> str:
         from mobilegen.report.html import latency_markdown
 
         lines += ["", latency_markdown(report.get("blocks"), report.get("estimates"))]
+    lines += memory_markdown(report.get("memory"))
     lines += ["", "## Step timings (s)", ""]
     lines += [f"- {k}: {v:.2f}" for k, v in report["timings_s"].items()]
     lines += ["", "## Largest modules", "", "| module | params | GMAC |", "|---|---|---|"]
     top = sorted(m["modules"], key=lambda r: -r["macs"])[:12]
     lines += [f"| {r['module']} | {r['params']:,} | {r['macs'] / 1e9:.4f} |" for r in top]
     return "\n".join(lines) + "\n"
+
+
+def memory_markdown(mem: dict[str, Any] | None) -> list[str]:
+    """The preflight's estimate (labelled as one) next to the measured peak of the process tree."""
+    if not mem or "preflight" not in mem:
+        return []
+    pre = mem["preflight"]
+    lines = ["", "## Memory", "",
+             f"Preflight ESTIMATE {pre['estimate_gb']:.2f} GB ({pre['mode']}; limit "
+             f"{pre['limit_gb']:.1f} GB from {pre['limit_source']}; set by {pre['peak_target']})."]
+    if mem.get("measured"):
+        lines.append(f"Measured peak of the whole process tree: RSS {mem['peak']['rss_gb']:.2f} GB,"
+                     f" PSS {mem['peak']['pss_gb']:.2f} GB; the estimate's error "
+                     f"{mem['estimate_error_pct']:+.1f}% of the RSS peak.")
+        top = sorted(mem["per_step"].items(), key=lambda kv: -kv[1]["rss_gb"])[:6]
+        lines += [f"- {k}: {v['rss_gb']:.2f} GB" for k, v in top]
+    return lines
 
 
 def precision_markdown(details: dict[str, Any]) -> list[str]:

@@ -1,0 +1,130 @@
+"""Each target lowered and validated in its own child process, from a saved capture.
+
+Chosen by the memory preflight (export/preflight.py) when the targets would not fit one after
+another in this process. Before the first target the parent captures every program the targets
+need (torch.export.save), makes every input the validation and latency steps feed, times PyTorch
+once per thread count, and then drops the model: while a child lowers, the tree holds the child's
+capture and converter state, not a second copy of the weights in the parent. A child exits when
+its target is done, so whatever its converter, session or interpreter kept goes with it.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import pickle
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mobilegen.errors import ExportError
+from mobilegen.measure.memory import Peak, release_freed
+
+if TYPE_CHECKING:
+    from mobilegen.export.run import Plan, StepTimer
+    from mobilegen.export.staging import StagedOutput
+    from mobilegen.report.results import ArtifactResult
+    from mobilegen.targets.base import Artifact
+
+
+@dataclass(frozen=True)
+class TargetJob:
+    plan: Path  # the pickled Plan, without its model and programs
+    program: tuple[str, Path]  # the profile's program key and its saved capture (.pt2)
+    target: str
+    staging: Path
+    log: Path
+
+
+@dataclass(frozen=True)
+class TargetOutcome:
+    pairs: list[tuple[Artifact, ArtifactResult]]
+    times: dict[str, float]
+    steps: dict[str, Peak]  # the child's own per-step peaks (its subtree)
+
+
+def lower_target(job: TargetJob) -> TargetOutcome:
+    """In the child: load the plan and the capture, lower and validate one target."""
+    import torch
+
+    from mobilegen.export.run import StepTimer, target_rows
+    from mobilegen.export.staging import StagingFolder
+    from mobilegen.measure.memory import TreeSampler
+
+    plan = pickle.loads(job.plan.read_bytes())
+    key, path = job.program
+    with TreeSampler() as memory:
+        timer = StepTimer(None, memory)
+        with timer.step(f"load-capture:{job.target}"):
+            plan.programs = {key: torch.export.load(str(path))}
+        pairs = target_rows(plan, job.target, StagingFolder(job.staging), timer, job.log)
+    return TargetOutcome(pairs, timer.times, dict(memory.steps))
+
+
+def run_targets(plan: Plan, out: StagedOutput, timer: StepTimer,
+                log: Path) -> list[tuple[Artifact, ArtifactResult]]:
+    """Every target of the plan's recipe, one child process each, in the recipe's order."""
+    import torch
+
+    from mobilegen.export.run import _program_for
+    from mobilegen.measure.costs import time_torch
+    from mobilegen.targets.accel_rewrites import program_key
+    from mobilegen.targets.profile import load_target
+
+    recipe = plan.recipe
+    profiles = [load_target(t) for t in recipe.targets]
+    lat = recipe.latency
+    # everything that needs the model, before it is dropped
+    for t in recipe.validation.timesteps:
+        plan.fixed_inputs[(t, recipe.validation.batch)] = plan.inputs(t)
+    plan.fixed_inputs[(None, lat.batch)] = plan.inputs(batch=lat.batch)
+    for threads in sorted({p.threads for p in profiles}):
+        if threads not in plan.eager_latency:
+            with timer.step("latency:pytorch"):
+                plan.eager_latency[threads] = time_torch(
+                    plan.model, plan.inputs(batch=lat.batch), lat.warmup, lat.runs, threads,
+                    progress=timer.progress.advance).to_dict()
+    keys = {}
+    for p in profiles:
+        _program_for(plan, p, timer)  # captures a layout's program once, as in process
+        keys[p.name] = program_key(p.layout, p.accel_rewrites, p.fixed_shapes)
+    # next to the output (same file system, room the output needs anyway), not inside it
+    with tempfile.TemporaryDirectory(prefix=".mobilegen-capture-",
+                                     dir=out.staging.parent) as tmp:
+        saved = {}
+        with timer.step("save-capture"):
+            for key, program in plan.programs.items():
+                saved[key] = Path(tmp) / f"{key.replace('/', '_')}.pt2"
+                torch.export.save(program, str(saved[key]))
+        plan.model, plan.programs = None, {}
+        plan_file = Path(tmp) / "plan.pkl"
+        plan_file.write_bytes(pickle.dumps(plan))
+        release_freed()
+        pairs = []
+        for p in profiles:
+            job = TargetJob(plan_file, (keys[p.name], saved[keys[p.name]]), p.name,
+                            out.staging, log)
+            with timer.step(f"target:{p.name}"):
+                outcome = _in_child(job)
+            pairs += outcome.pairs
+            for name, seconds in outcome.times.items():
+                timer.times[name] = round(timer.times.get(name, 0.0) + seconds, 3)
+            if timer.memory is not None:
+                timer.memory.steps.update(outcome.steps)
+    return pairs
+
+
+def _in_child(job: TargetJob) -> TargetOutcome:
+    from mobilegen.export.batch import _init_worker
+
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing inherited
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_init_worker) as pool:
+        future = pool.submit(lower_target, job)
+        try:
+            return future.result()
+        except BrokenProcessPool as e:
+            raise ExportError(f"{job.target}: the child process lowering it died without a "
+                              "result (killed, most likely for memory: see the memory preflight "
+                              "and MOBILEGEN_MEMORY_LIMIT_GB)") from e

@@ -1,0 +1,185 @@
+"""Memory preflight: before the heavy steps, estimate an export's peak memory from its weight
+bytes and targets, compare it with the memory this process may use, and decide: all targets in
+this process, each target in its own child process from a saved capture (export/isolated.py:
+only one target's converter state is ever resident), or refuse with one line (exit 1) instead of
+being killed halfway.
+
+The estimate is linear in the fp32 weight bytes W: every measured peak of the pipeline grows with
+W (the weights are copied by the exporters, sessions and converters), plus a fixed baseline for
+the interpreter and the libraries. The factors below were measured (measure/memory.py, whole
+process tree, RSS) on SD-1.5-shaped UNets; every report.json puts the estimate next to the
+measured peak, so its error stays visible (benchmarks/bench_sd_pipeline.py prints both).
+
+`MOBILEGEN_ISOLATE_TARGETS=1` picks child processes whatever the estimate says.
+
+The limit is, first, `MOBILEGEN_MEMORY_LIMIT_GB` (an override: tests, a CI runner's budget, a
+laptop that must keep room for other work), else the cgroup's memory limit when one is set, else
+MemAvailable plus what this process tree already holds.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from mobilegen.errors import MobilegenError
+from mobilegen.measure.memory import GB
+
+ENV_LIMIT = "MOBILEGEN_MEMORY_LIMIT_GB"
+ENV_ISOLATE = "MOBILEGEN_ISOLATE_TARGETS"  # "1": child processes per target whatever the estimate
+
+BASELINE_GB = 1.0  # interpreter, torch, onnxruntime and the converters' own code, per process
+# Peak of each runtime's lowering + validation, in multiples of the fp32 weight bytes, on top of
+# the weights the capture holds (measured: see the module docstring and the README's table).
+TARGET_FACTOR = {"onnxruntime": 1.6, "litert": 1.9, "coreml": 1.6, "qnn": 1.9}
+DEFAULT_FACTOR = 2.0  # a runtime without its own measurement
+# Before the lowering (count, capture, reference runs, calibration) the tree holds about this
+# many copies of the weights.
+PREPARE_FACTOR = 1.3
+# In-process, the captured program keeps the model's weights, and glibc keeps part of what each
+# converter freed: the next target starts on top of it.
+IN_PROCESS_RESIDUE = 0.4
+
+
+class MemoryPreflightError(MobilegenError):
+    """The export would not fit in memory even one target at a time (exit 1)."""
+
+
+@dataclass(frozen=True)
+class Preflight:
+    param_bytes: int
+    targets: tuple[str, ...]
+    limit_gb: float
+    limit_source: str  # "MOBILEGEN_MEMORY_LIMIT_GB", "cgroup", "MemAvailable"
+    in_process_gb: float  # estimated peak with every target in this process
+    isolated_gb: float  # estimated peak with each target in its own child process
+    peak_target: str  # the target that sets the estimate
+    isolate: bool
+
+    def estimate_gb(self, isolated: bool) -> float:
+        return self.isolated_gb if isolated else self.in_process_gb
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"preflight": {**asdict(self), "targets": list(self.targets),
+                              "mode": "one target per child process" if self.isolate
+                              else "in process",
+                              "estimate_gb": self.estimate_gb(self.isolate),
+                              "note": "ESTIMATE: linear in the fp32 weight bytes, factors "
+                                      "measured on SD-1.5-shaped UNets (export/preflight.py)"}}
+
+
+def _runtime(target: str) -> str:
+    from mobilegen.targets.profile import load_target
+
+    return load_target(target).runtime
+
+
+def estimate(param_bytes: int, targets: list[str] | tuple[str, ...]) -> tuple[float, float, str]:
+    """(in-process peak GB, isolated peak GB, the target that sets them)."""
+    w = param_bytes / GB
+    factors = {t: TARGET_FACTOR.get(_runtime(t), DEFAULT_FACTOR) for t in targets}
+    worst = max(factors, key=lambda t: factors[t]) if factors else "capture"
+    f = factors.get(worst, 0.0)
+    prepare = BASELINE_GB + PREPARE_FACTOR * w
+    # in process: the model (and its capture) stay resident while each target lowers
+    in_process = max(prepare, BASELINE_GB + w * (1 + IN_PROCESS_RESIDUE + f))
+    # isolated: the parent has dropped the model; the child loads the capture and lowers
+    isolated = max(prepare, 2 * BASELINE_GB + w * (1 + f))
+    return round(in_process, 2), round(isolated, 2), worst
+
+
+def _cgroup_limit() -> int | None:
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 1 << 60:  # v1 writes a huge number for "no limit"
+            return int(text)
+    return None
+
+
+def _mem_available() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def memory_limit() -> tuple[float, str] | None:
+    """(GB this export may use, where that figure comes from), or None where unknown."""
+    raw = os.environ.get(ENV_LIMIT)
+    if raw:
+        try:
+            value = float(raw)
+        except ValueError as e:
+            raise MemoryPreflightError(f"{ENV_LIMIT} must be a number of GB, found {raw!r}") from e
+        if value <= 0:
+            raise MemoryPreflightError(f"{ENV_LIMIT} must be > 0, found {raw!r}")
+        return value, ENV_LIMIT
+    if (cg := _cgroup_limit()) is not None:
+        return cg / GB, "cgroup"
+    if (avail := _mem_available()) is not None:
+        from mobilegen.measure.memory import tree_memory
+
+        held = tree_memory()[0] if Path("/proc/self/smaps_rollup").is_file() else 0
+        return (avail + held) / GB, "MemAvailable"
+    return None
+
+
+def check(recipe: Any, param_bytes: int) -> Preflight:
+    """The decision for one export; raises MemoryPreflightError when even isolation cannot fit."""
+    targets = tuple(recipe.targets)
+    in_process, isolated, worst = estimate(param_bytes, targets)
+    found = memory_limit()
+    limit, source = found if found is not None else (float("inf"), "unknown")
+    forced = os.environ.get(ENV_ISOLATE, "") == "1"
+    isolate = (forced or in_process > limit) and len(targets) > 0
+    gate = Preflight(param_bytes, targets, round(limit, 2), source, in_process, isolated, worst,
+                     isolate)
+    if (in_process > limit or forced) and isolated > limit:
+        raise MemoryPreflightError(
+            f"memory preflight: {recipe.name} needs an estimated {isolated:.1f} GB at its peak "
+            f"({worst}, one target at a time; {param_bytes / GB:.2f} GB of fp32 weights), but "
+            f"{limit:.1f} GB is available ({source}); nothing was exported")
+    return gate
+
+
+def recipe_param_bytes(recipe: Any) -> int:
+    """fp32 weight bytes of a recipe's model without building its weights: a random init is
+    built on the meta device; a checkpoint's tensors are summed from its header (safetensors)
+    or its file size. For the Ray path, which sizes each task before any export starts."""
+    import torch
+
+    from mobilegen.models import get_family
+
+    spec = recipe.model
+    family = get_family(spec.family)
+    if spec.init == "random":
+        cfg = (family.config_from_dict(spec.config) if spec.config is not None
+               else family.variants()[spec.variant])
+        with torch.device("meta"):
+            model = family.build(cfg)
+        return sum(p.numel() * 4 for p in model.parameters())
+    path = recipe.checkpoint_path()
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return sum(4 * _numel(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118
+        except Exception:  # unreadable: the export itself reports it, as it would locally
+            pass
+    return path.stat().st_size if path.is_file() else 0
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n

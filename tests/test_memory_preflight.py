@@ -1,0 +1,93 @@
+"""The memory preflight (export/preflight.py) and targets lowered in child processes
+(export/isolated.py): a too-low limit refuses before any work with one line naming both figures
+(exit 1, nothing written); forced isolation gives the same validated artifacts as in process, and
+the report puts the estimate next to the measured peak of the whole process tree."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import write_recipe
+
+runner = CliRunner()
+
+
+def _export(recipe, out, monkeypatch, **env):
+    from mobilegen.cli.main import app
+
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return runner.invoke(app, ["export", str(recipe), "--out", str(out), "--no-cache", "--json"])
+
+
+@pytest.fixture
+def two_target_recipe(tmp_path, tiny_ckpt):
+    path = write_recipe(tmp_path / "two.toml", tiny_ckpt)
+    path.write_text(path.read_text().replace('targets = ["ort-mobile-cpu"]',
+                                             'targets = ["ort-mobile-cpu", "android-cpu"]'))
+    return path
+
+
+def test_a_limit_below_the_estimate_refuses_with_both_figures(two_target_recipe, tmp_path,
+                                                              monkeypatch):
+    out = tmp_path / "out"
+    result = _export(two_target_recipe, out, monkeypatch, MOBILEGEN_MEMORY_LIMIT_GB="0.3")
+    assert result.exit_code == 1, result.output
+    line = result.output.strip().splitlines()[-1]
+    assert "memory preflight" in line and "needs an estimated" in line
+    assert "0.3 GB is available (MOBILEGEN_MEMORY_LIMIT_GB)" in line
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no staging left
+
+
+def test_a_bad_limit_value_is_one_line(two_target_recipe, tmp_path, monkeypatch):
+    result = _export(two_target_recipe, tmp_path / "out", monkeypatch,
+                     MOBILEGEN_MEMORY_LIMIT_GB="lots")
+    assert result.exit_code == 1
+    assert "MOBILEGEN_MEMORY_LIMIT_GB must be a number of GB, found 'lots'" in result.output
+
+
+def test_isolated_targets_match_in_process_and_report_estimate_and_peak(
+        two_target_recipe, tiny_recipe, tmp_path, monkeypatch):
+    plain = _export(tiny_recipe, tmp_path / "a", monkeypatch)  # ort-mobile-cpu only
+    assert plain.exit_code == 0, plain.output
+    iso = _export(two_target_recipe, tmp_path / "b", monkeypatch, MOBILEGEN_ISOLATE_TARGETS="1")
+    assert iso.exit_code == 0, iso.output
+    a, b = (json.loads((tmp_path / d / "report.json").read_text()) for d in "ab")
+    assert a["memory"]["preflight"]["mode"] == "in process"
+    assert b["memory"]["preflight"]["mode"] == "one target per child process"
+    errors = lambda r: {x["artifact"]: x["parity"]["max_abs_error"] for x in r["artifacts"]
+                        if x["runnable"]}
+    assert set(errors(b)) == {"ort-mobile-cpu/denoiser.onnx", "ort-mobile-cpu/denoiser.ort",
+                              "android-cpu/denoiser.tflite"}
+    same = {k: v for k, v in errors(b).items() if k.startswith("ort")}
+    assert errors(a) == pytest.approx(same, abs=1e-6)  # the same capture, lowered elsewhere
+    assert b["artifacts"][2]["end_to_end"]["psnr_db"] > 30  # sampled through in the child
+    mem = b["memory"]
+    assert mem["measured"] and mem["peak"]["rss_gb"] > 0.2  # torch alone is more than that
+    assert "target:android-cpu" in mem["per_step"] and "export:android-cpu" in mem["per_step"]
+    assert mem["estimate_error_pct"] == pytest.approx(
+        100 * (mem["preflight"]["estimate_gb"] - mem["peak"]["rss_gb"]) / mem["peak"]["rss_gb"],
+        abs=2.0)
+    assert "ESTIMATE" in mem["preflight"]["note"]
+    assert (tmp_path / "b" / "android-cpu" / "denoiser.tflite").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".mobilegen-capture-")]
+    md = (tmp_path / "b" / "report.md").read_text()
+    assert "Memory" in md and "estimate" in md
+
+
+def test_meta_device_weight_bytes_match_the_built_model():
+    from mobilegen.checkpoints.loader import build_random
+    from mobilegen.export.preflight import recipe_param_bytes
+    from mobilegen.models import get_family
+    from mobilegen.recipe import Recipe
+
+    cfg = get_family("unet").variants()["unet-tiny"]
+    model = build_random("unet", cfg).model
+    recipe = Recipe.model_validate({"name": "t", "targets": ["ort-mobile-cpu"],
+                                    "model": {"family": "unet", "init": "random",
+                                              "variant": "unet-tiny"}})
+    assert recipe_param_bytes(recipe) == sum(p.numel() * 4 for p in model.parameters())
