@@ -271,6 +271,7 @@ class PipelineRecipe(BaseModel):
     text_encoder: Recipe | None = None
     diffusers: Path | None = None
     sd: SDPipelineSpec | None = None
+    layouts: tuple[str, ...] = ()  # consumer layouts beside mobilegen's (mobilegen/layouts)
 
     def slots(self) -> tuple[str, ...]:
         """The component slots in chain order (also the folders under OUT)."""
@@ -361,6 +362,9 @@ class SDPipelineSlots(Strict):
     # (and distilled) decoder in place of vae/'s decoder
     denoiser_checkpoint: str | None = None
     decoder_checkpoint: str | None = None
+    # the consumer folder shapes written beside mobilegen's own (mobilegen/layouts): a name or
+    # a list, e.g. "diffusers-onnx" or ["diffusers-onnx", "litert-sd"]
+    layout: str | list[str] = "mobilegen"
     # per-component recipe keys (targets, passes, image_size, validate, latency, report, gates)
     text_encoder: dict[str, Any] = Field(default_factory=dict)
     unet: dict[str, Any] = Field(default_factory=dict)
@@ -396,6 +400,16 @@ def _load_sd_pipeline(path: Path, data: dict[str, Any]) -> PipelineRecipe:
         size = _sd_check_configs(root, swaps.get("unet"))
     except CheckpointError as e:
         raise RecipeError(f"{path}: key 'pipeline.diffusers': {e}") from None
+    from mobilegen import layouts
+
+    chosen = layouts.parse(spec.pipeline.layout, str(path))
+    for name in chosen:
+        try:
+            why = layouts.check(name, root)
+        except CheckpointError as e:
+            why = str(e)
+        if why:
+            raise RecipeError(f"{path}: key 'pipeline.layout': {why}")
     from mobilegen.checkpoints.pipeline_folder import scheduler_config
     from mobilegen.errors import ConfigError
     from mobilegen.sampling.discrete import make_plan, schedule_from_config
@@ -436,7 +450,8 @@ def _load_sd_pipeline(path: Path, data: dict[str, Any]) -> PipelineRecipe:
                         negative_prompt=spec.pipeline.negative_prompt, sampler=spec.sampler)
     return PipelineRecipe(name=spec.name, description=spec.description, path=path.resolve(),
                           unet=parts["unet"], decoder=parts["decoder"], gates=spec.gates,
-                          text_encoder=parts["text_encoder"], diffusers=root, sd=sd)
+                          text_encoder=parts["text_encoder"], diffusers=root, sd=sd,
+                          layouts=chosen)
 
 
 def _swap_checkpoint(path: Path, key: str, value: str, family: str) -> tuple[str, Path, Any]:

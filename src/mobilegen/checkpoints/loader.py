@@ -191,6 +191,12 @@ def load_checkpoint(
         folder = path / "text_encoder" if (path / "model_index.json").is_file() else path
         cfg, tensors = read_text_encoder(folder)
         return _instantiate(folder, "clip-text", cfg, tensors)
+    if path.is_dir() and family == "vae-encoder":  # the encoder half of an AutoencoderKL
+        from mobilegen.models.vae_encoder import load_from_diffusers
+
+        folder = path / "vae" if (path / "model_index.json").is_file() else path
+        cfg, tensors = load_from_diffusers(folder)
+        return _instantiate(folder, "vae-encoder", cfg, tensors)
     if path.is_dir():
         from mobilegen.checkpoints.pipeline_folder import is_text_encoder_folder
 

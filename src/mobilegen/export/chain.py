@@ -77,6 +77,12 @@ def run_pipeline_export(
             chain = chain_entry(unet_c, dec_c)
             with timer.step("chain"):
                 chain_report = _run_chain(prec, recipes, reports, unet_c, dec_c, chain, out)
+        layout_results = []
+        if prec.layouts:  # consumer folder shapes beside mobilegen's (mobilegen/layouts)
+            layout_results = sd_chain.write_layouts(prec, comps, chain, out, timer)
+            for lr in layout_results:
+                failures += lr.failures
+                shipped += list(lr.files)
         for row in chain_report["rows"]:
             failure = check(f"chain:{row['format']}/{row['precision']}", "min_psnr_db",
                             row["psnr_db"], prec.gates.min_psnr_db, True)
@@ -90,6 +96,9 @@ def run_pipeline_export(
                             "slot": s, "dir": s, "manifest": f"{s}/manifest.json"}
                            for s in slots],
             "chain": chain,
+            **({"layouts": {lr.layout: {k: v for k, v in lr.to_dict().items()
+                                       if k not in ("files", "checks")}
+                            for lr in layout_results}} if layout_results else {}),
             "files": [{**f, "path": f"{s}/{f['path']}", "component": s}
                       for s in slots for f in manifests[s]["files"]] + shipped,
             "provenance": {
@@ -107,6 +116,7 @@ def run_pipeline_export(
             "status": "gate_failed" if failures else "ok",
             "components": {s: _component_summary(s, reports[s]) for s in slots},
             "chain": chain_report,
+            **({"layouts": [lr.to_dict() for lr in layout_results]} if layout_results else {}),
             "gates": {"config": prec.gates.model_dump(), "failures": failures},
             "notes": (_notes(recipes, unet_c, dec_c) if prec.sd is None
                       else sd_chain.notes(recipes)),

@@ -184,6 +184,22 @@ def run_chain(recipes: dict[str, Recipe], reports: dict[str, dict[str, Any]],
     return doc
 
 
+def write_layouts(prec: PipelineRecipe, comps: dict[str, dict[str, Any]], chain: dict[str, Any],
+                  out: StagedOutput, timer: Any) -> list[Any]:
+    """Each consumer layout the recipe names, written into the staging folder and checked."""
+    from mobilegen import layouts
+    from mobilegen.layouts.context import LayoutContext, load_models
+
+    with timer.step("layouts:load"):
+        models, configs = load_models(prec)
+    ctx = LayoutContext(prec, out, models, configs, comps, chain["tokenizer"])
+    results = []
+    for name in prec.layouts:
+        with timer.step(f"layout:{name}"):
+            results.append(layouts.write(name, ctx))
+    return results
+
+
 def notes(recipes: dict[str, Recipe]) -> list[str]:
     from mobilegen.export.manifest import pipeline_notes
 

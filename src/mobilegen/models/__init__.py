@@ -46,6 +46,10 @@ FAMILIES: dict[str, Family] = {
     "unet": Family("unet", "mobilegen.models.unet", "UNetConfig", "EfficientUNet"),
     "vae-decoder": Family("vae-decoder", "mobilegen.models.vae_decoder", "VAEDecoderConfig",
                           "VAEDecoder"),
+    # the encoder half of AutoencoderKL: image -> latent distribution (img2img, diffusers' ONNX
+    # folder's vae_encoder)
+    "vae-encoder": Family("vae-encoder", "mobilegen.models.vae_encoder", "VAEEncoderConfig",
+                          "VAEEncoder"),
     # CLIP's text encoder (transformers' CLIPTextModel names): token ids -> last hidden state
     "clip-text": Family("clip-text", "mobilegen.models.clip_text", "CLIPTextConfig",
                         "CLIPTextEncoder"),
