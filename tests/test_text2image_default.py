@@ -1,7 +1,7 @@
 """The shipped trained text-to-image pipeline (src/mobilegen/data/pipelines/digits-t2i): diffusers
 loads the folder as it is and draws what mobilegen's PyTorch chain draws; an export to ORT draws
 a prompt from its artifacts alone, at its native size; the prompt-fidelity judge scores the
-drawings. Small settings: one export to ort-mobile-cpu, 8 sampler steps."""
+drawings. Small settings: one export to ort-mobile-cpu, 4 sampler steps."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ latency = {{warmup = 1, runs = 2}}
 [pipeline.decoder]
 latency = {{warmup = 1, runs = 2}}
 [sampler]
-steps = 8
+steps = 4
 guidance_scale = 5.0
 num_images = 2
 """
@@ -91,7 +91,7 @@ def test_diffusers_draws_what_the_pytorch_chain_draws(exported: Path) -> None:
     pipe.set_progress_bar_config(disable=True)
     noise = np.random.default_rng(0).standard_normal((2, *comps["unet"]["sample_shape"]))
     expected = pipe([chain["prompt"]] * 2, negative_prompt=[""] * 2, height=32, width=32,
-                    num_inference_steps=8, guidance_scale=5.0, output_type="np",
+                    num_inference_steps=4, guidance_scale=5.0, output_type="np",
                     latents=torch.from_numpy(noise.astype(np.float32))).images
     found = np.clip((ours.transpose(0, 2, 3, 1) + 1) / 2, 0, 1)
     assert float(np.abs(found - expected).max()) <= 1e-4
@@ -114,7 +114,7 @@ def test_prompt_through_the_artifacts_draws_the_colours_asked_for(exported: Path
 
 
 def test_judge_on_prompts_through_pytorch(exported: Path) -> None:
-    """Colour and background as asked on >= 90% of 20 balanced prompts (the digit's own score
+    """Colour and background as asked on >= 90% of 10 balanced prompts (the digit's own score
     is reported by benchmarks/bench_text2image.py)."""
     from mobilegen.sampling.prompt_chain import generate_from_prompt, load_tokenizer
     from mobilegen.sampling.samplers import images_to_uint8
@@ -123,9 +123,9 @@ def test_judge_on_prompts_through_pytorch(exported: Path) -> None:
     manifest = json.loads((out / "manifest.json").read_text())
     chain, comps = manifest["chain"], {c["slot"]: c for c in manifest["components"]}
     runners, tok = _torch_runners(exported), load_tokenizer(out, chain)
-    caps = td.balanced_captions(20)
+    caps = td.balanced_captions(10)
     images = np.concatenate([generate_from_prompt(runners, comps, chain, tok, c.text, "",
-                                                  seed=i, num_images=1)
+                                                  seed=i, steps=10, num_images=1)
                              for i, c in enumerate(caps)])
     s = td.score(images_to_uint8(images), caps)
     assert s.colour >= 0.9 and s.background >= 0.9, s
