@@ -85,7 +85,8 @@ def main() -> None:
              "seconds": round(time.time() - t0, 1)}]
     print(rows[-1], flush=True)
     keys = sorted({(f["format"], f["precision"]) for f in manifest["files"]
-                   if f.get("component") == "unet" and f.get("runtime")})
+                   if f.get("component") == "unet" and f.get("runtime")
+                   and f["format"] != "companion"})
     for fmt, precision in keys:
         runners = artifact_runners(args.export, manifest, fmt, precision)
         if runners is None:
