@@ -111,15 +111,24 @@ def test_an_export_no_node_can_hold_is_refused_not_left_pending(head, tmp_path):
 
 
 def test_sensitivity_trials_on_ray_score_as_locally(head, tmp_path, tiny_recipe, monkeypatch):
+    from mobilegen.cli.sensitivity_cmd import SensitivityRequest, _setup
+    from mobilegen.passes.precision import PrecisionSpec
+    from mobilegen.passes.sensitivity import Study, layer_sensitivity
+
     monkeypatch.chdir(tmp_path)  # the shared work folder is made in the current folder
-    args = ("sensitivity", tiny_recipe, "--granularity", "block", "--feeds", "2", "--no-fp16",
-            "--json")
-    local = invoke(*args)
-    remote = invoke(*args, "--ray", head)
-    assert local.exit_code == 0 and remote.exit_code == 0, remote.output
-    a = json.loads(local.output[local.output.index("{"):])
+    remote = invoke("sensitivity", tiny_recipe, "--granularity", "block", "--feeds", "2",
+                    "--no-fp16", "--json", "--ray", head)
+    assert remote.exit_code == 0, remote.output
     b = json.loads(remote.output[remote.output.index("{"):])
-    assert len(b["layers"]) >= 2
-    assert {s["layer"]: round(s["step_psnr_db"], 3) for s in a["layers"]} == \
+    assert not list(tmp_path.glob(".mobilegen-sensitivity-*"))  # the work folder is gone
+    # the same study here, one trial after another
+    req = SensitivityRequest(tiny_recipe, "block", 45.0, 8, "minmax", 2, None, False)
+    work = tmp_path / "local"
+    work.mkdir()
+    ctx = _setup(req, work)
+    study = Study(ctx["fp32"], PrecisionSpec("int8", "static"), ctx["calibration"],
+                  ctx["validation"], work)
+    local = layer_sensitivity(study, "block")
+    assert len(local) >= 2
+    assert {s.layer: round(s.step_psnr_db, 3) for s in local} == \
         {s["layer"]: round(s["step_psnr_db"], 3) for s in b["layers"]}
-    assert not list(tmp_path.glob(".mobilegen-sensitivity-*"))
