@@ -5,7 +5,6 @@ call the library (export.single.export_recipe) and return typed results."""
 from __future__ import annotations
 
 import multiprocessing
-import signal
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from typing import Any
 
 from mobilegen.errors import EXIT_ERROR, EXIT_GATE, EXIT_INTERRUPTED, EXIT_OK, SEVERITY
 from mobilegen.export.progress import Progress, Silent
+from mobilegen.export.workers import init_worker
 
 
 @dataclass
@@ -23,16 +23,6 @@ class BatchResult:
     exit_code: int
     report: dict[str, Any] | None  # None when the export failed before writing one
     error: str | None  # the one line a user would have seen
-
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
-def _init_worker() -> None:
-    # a spawned worker starts with default handlers: make SIGTERM unwind like Ctrl-C, so the
-    # staging folder is cleaned up
-    signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
 def export_one(recipe_path: Path, out_dir: Path, no_cache: bool) -> BatchResult:
@@ -67,7 +57,7 @@ def run_batch(items: list[tuple[Path, Path]], jobs: int, no_cache: bool,
     running: dict[Future[BatchResult], tuple[int, str, float]] = {}
     queue = list(enumerate(items))
     with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=ctx,
-                             initializer=_init_worker) as pool:
+                             initializer=init_worker) as pool:
         while queue or running:
             while queue and len(running) < max(1, jobs):  # a worker is free: start the next
                 i, (recipe, out) = queue.pop(0)

@@ -88,26 +88,8 @@ def run_pipeline_export(
                             row["psnr_db"], prec.gates.min_psnr_db, True)
             if failure is not None:
                 failures.append(str(failure))
-        manifest = {
-            "schema_version": SCHEMA,
-            "kind": "pipeline",
-            "recipe": prec.name,
-            "components": [{**(comps[s] if prec.sd is None else sd_chain.in_chain(s, comps[s])),
-                            "slot": s, "dir": s, "manifest": f"{s}/manifest.json"}
-                           for s in slots],
-            "chain": chain,
-            **({"layouts": {lr.layout: {k: v for k, v in lr.to_dict().items()
-                                       if k not in ("files", "checks")}
-                            for lr in layout_results}} if layout_results else {}),
-            "files": [{**f, "path": f"{s}/{f['path']}", "component": s}
-                      for s in slots for f in manifests[s]["files"]] + shipped,
-            "provenance": {
-                "pipeline_recipe_sha256": sha256_file(prec.path),
-                "components": {s: manifests[s]["provenance"] for s in slots},
-                "command": shlex.join(argv if argv is not None else sys.argv),
-                "versions": library_versions(),
-            },
-        }
+        manifest = _pipeline_manifest(prec, comps, chain, layout_results, manifests, shipped,
+                                      argv)
         report = {
             "schema_version": SCHEMA,
             "kind": "pipeline",
@@ -129,6 +111,35 @@ def run_pipeline_export(
         out.path("report.md").write_text(render_markdown(report))
         final = out.commit()
     return PipelineResult(final, report, failures)
+
+
+def _pipeline_manifest(prec: PipelineRecipe, comps: dict[str, dict[str, Any]],
+                       chain: dict[str, Any], layout_results: list[Any],
+                       manifests: dict[str, dict[str, Any]], shipped: list[dict[str, Any]],
+                       argv: list[str] | None) -> dict[str, Any]:
+    """The pipeline's manifest.json: components as the chain feeds them, the chain, layouts,
+    every file (components' and shipped), provenance."""
+    slots = prec.slots()
+    return {
+        "schema_version": SCHEMA,
+        "kind": "pipeline",
+        "recipe": prec.name,
+        "components": [{**(comps[s] if prec.sd is None else sd_chain.in_chain(s, comps[s])),
+                        "slot": s, "dir": s, "manifest": f"{s}/manifest.json"}
+                       for s in slots],
+        "chain": chain,
+        **({"layouts": {lr.layout: {k: v for k, v in lr.to_dict().items()
+                                   if k not in ("files", "checks")}
+                        for lr in layout_results}} if layout_results else {}),
+        "files": [{**f, "path": f"{s}/{f['path']}", "component": s}
+                  for s in slots for f in manifests[s]["files"]] + shipped,
+        "provenance": {
+            "pipeline_recipe_sha256": sha256_file(prec.path),
+            "components": {s: manifests[s]["provenance"] for s in slots},
+            "command": shlex.join(argv if argv is not None else sys.argv),
+            "versions": library_versions(),
+        },
+    }
 
 
 def _check_checkpoint_chain(prec: PipelineRecipe) -> None:

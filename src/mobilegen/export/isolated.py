@@ -13,11 +13,12 @@ from __future__ import annotations
 import multiprocessing
 import pickle
 import tempfile
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mobilegen.errors import ExportError
 from mobilegen.measure.memory import Peak, release_freed
@@ -45,30 +46,15 @@ class TargetOutcome:
     steps: dict[str, Peak]  # the child's own per-step peaks (its subtree)
 
 
-def lower_target(job: TargetJob) -> TargetOutcome:
-    """In the child: load the plan and the capture, lower and validate one target."""
+def run_targets(plan: Plan, out: StagedOutput, timer: StepTimer, log: Path,
+                lower: Callable[[TargetJob], TargetOutcome],
+                program_for: Callable[..., Any]) -> list[tuple[Artifact, ArtifactResult]]:
+    """Every target of the plan's recipe, one child process each, in the recipe's order;
+    `lower` (export.run.lower_target) is what each child runs and `program_for`
+    (export.run._program_for) captures a profile's program: passed in, so that this module does
+    not import run.py, which imports it."""
     import torch
 
-    from mobilegen.export.run import StepTimer, target_rows
-    from mobilegen.export.staging import StagingFolder
-    from mobilegen.measure.memory import TreeSampler
-
-    plan = pickle.loads(job.plan.read_bytes())
-    key, path = job.program
-    with TreeSampler() as memory:
-        timer = StepTimer(None, memory)
-        with timer.step(f"load-capture:{job.target}"):
-            plan.programs = {key: torch.export.load(str(path))}
-        pairs = target_rows(plan, job.target, StagingFolder(job.staging), timer, job.log)
-    return TargetOutcome(pairs, timer.times, dict(memory.steps))
-
-
-def run_targets(plan: Plan, out: StagedOutput, timer: StepTimer,
-                log: Path) -> list[tuple[Artifact, ArtifactResult]]:
-    """Every target of the plan's recipe, one child process each, in the recipe's order."""
-    import torch
-
-    from mobilegen.export.run import _program_for
     from mobilegen.measure.costs import time_torch
     from mobilegen.targets.accel_rewrites import program_key
     from mobilegen.targets.profile import load_target
@@ -88,7 +74,7 @@ def run_targets(plan: Plan, out: StagedOutput, timer: StepTimer,
                     progress=timer.progress.advance).to_dict()
     keys = {}
     for p in profiles:
-        _program_for(plan, p, timer)  # captures a layout's program once, as in process
+        program_for(plan, p, timer)  # captures a layout's program once, as in process
         keys[p.name] = program_key(p.layout, p.accel_rewrites, p.fixed_shapes)
     # next to the output (same file system, room the output needs anyway), not inside it
     with tempfile.TemporaryDirectory(prefix=".mobilegen-capture-",
@@ -107,7 +93,7 @@ def run_targets(plan: Plan, out: StagedOutput, timer: StepTimer,
             job = TargetJob(plan_file, (keys[p.name], saved[keys[p.name]]), p.name,
                             out.staging, log)
             with timer.step(f"target:{p.name}"):
-                outcome = _in_child(job)
+                outcome = _in_child(job, lower)
             pairs += outcome.pairs
             for name, seconds in outcome.times.items():
                 timer.times[name] = round(timer.times.get(name, 0.0) + seconds, 3)
@@ -116,12 +102,12 @@ def run_targets(plan: Plan, out: StagedOutput, timer: StepTimer,
     return pairs
 
 
-def _in_child(job: TargetJob) -> TargetOutcome:
-    from mobilegen.export.batch import _init_worker
+def _in_child(job: TargetJob, lower: Callable[[TargetJob], TargetOutcome]) -> TargetOutcome:
+    from mobilegen.export.workers import init_worker
 
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing inherited
-    with ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_init_worker) as pool:
-        future = pool.submit(lower_target, job)
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=init_worker) as pool:
+        future = pool.submit(lower, job)
         try:
             return future.result()
         except BrokenProcessPool as e:

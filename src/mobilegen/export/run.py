@@ -181,7 +181,7 @@ def _run_export(recipe: Recipe, out_dir: Path, timer: StepTimer, argv: list[str]
             from mobilegen.export import isolated
 
             del loaded  # the plan holds the model; isolation drops both
-            pairs = isolated.run_targets(plan, out, timer, log)
+            pairs = isolated.run_targets(plan, out, timer, log, lower_target, _program_for)
         else:
             pairs = [p for name in recipe.targets for p in target_rows(plan, name, out, timer, log)]
         for art, row in pairs:
@@ -202,6 +202,27 @@ def _run_export(recipe: Recipe, out_dir: Path, timer: StepTimer, argv: list[str]
 
 def _param_bytes(model: Any) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def lower_target(job: Any) -> Any:
+    """In a child process (export/isolated.py): load the plan and the capture, lower and
+    validate one target; -> isolated.TargetOutcome."""
+    import pickle
+
+    import torch
+
+    from mobilegen.export.isolated import TargetOutcome
+    from mobilegen.export.staging import StagingFolder
+    from mobilegen.measure.memory import TreeSampler
+
+    plan = pickle.loads(job.plan.read_bytes())
+    key, path = job.program
+    with TreeSampler() as memory:
+        timer = StepTimer(None, memory)
+        with timer.step(f"load-capture:{job.target}"):
+            plan.programs = {key: torch.export.load(str(path))}
+        pairs = target_rows(plan, job.target, StagingFolder(job.staging), timer, job.log)
+    return TargetOutcome(pairs, timer.times, dict(memory.steps))
 
 
 def target_rows(plan: Plan, target_name: str, out: StagingFolder, timer: StepTimer,
