@@ -74,6 +74,10 @@ def artifact_rows(artifacts: list[dict[str, Any]], notes: Footnotes,
                 row["ms"] = f"{lat['median_ms']:.2f}"
                 row["eager"] = (f"{a['pytorch_latency']['median_ms']:.2f} "
                                 f"({a['speedup_vs_pytorch']:.1f}x)")
+            elif (gpu := a["details"].get("gpu_host_time")):  # LiteRT GPU on SwiftShader
+                row["ms"] = "-" + notes.mark(
+                    f"not timed: SwiftShader host {gpu['median_ms']:.1f} ms per call on the "
+                    "software Vulkan driver is no device latency")
             else:  # a simulated NPU row is not timed: the simulator's host time is no latency
                 row["ms"] = "-" + notes.mark("not timed: the HTP simulator's host time is no "
                                              "latency")
