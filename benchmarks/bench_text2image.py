@@ -24,19 +24,11 @@ RESULTS = Path(__file__).parent / "results" / "text2image.json"
 
 
 def torch_runners(recipe_path: Path) -> dict:
-    from mobilegen.export.run import load_model
-    from mobilegen.models import get_family
+    from mobilegen.export.sd_chain import pytorch_runners
     from mobilegen.recipe import load_any_recipe
-    from mobilegen.sampling.runner import torch_runner
 
     prec = load_any_recipe(recipe_path)
-    runners = {}
-    for slot in prec.slots():
-        loaded = load_model(getattr(prec, slot))
-        size = getattr(prec, slot).image_size or loaded.config.image_size
-        runners[slot] = torch_runner(loaded.model,
-                                     get_family(loaded.family).io_spec(loaded.config, size))
-    return runners
+    return pytorch_runners({slot: getattr(prec, slot) for slot in prec.slots()})
 
 
 def artifact_runners(out: Path, manifest: dict, fmt: str, precision: str) -> dict | None:

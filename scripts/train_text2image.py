@@ -40,41 +40,15 @@ WORDS = sorted({"a", "on", "background", *td.DIGIT_WORDS, *td.COLOURS, *td.BACKG
 
 
 # ------------------------------------------------------------------------------ tokenizer
-def bytes_to_unicode() -> dict[int, str]:
-    """CLIP's reversible byte -> printable character table (as in GPT-2)."""
-    bs = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-          + list(range(ord("®"), ord("ÿ") + 1)))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs), strict=True))
-
-
 def write_tokenizer(folder: Path) -> dict[str, int]:
     """A CLIP byte-level BPE: every byte alone and as a word end, one merge chain per caption
     word (so each becomes one token), the two specials; vocab.json, merges.txt, tokenizer.json."""
     import transformers
 
+    from mobilegen.sampling.word_bpe import word_bpe
+
     folder.mkdir(parents=True, exist_ok=True)
-    chars = list(bytes_to_unicode().values())
-    vocab: dict[str, int] = {}
-    for tok in chars + [c + "</w>" for c in chars]:
-        vocab.setdefault(tok, len(vocab))
-    merges: list[str] = []
-    for word in WORDS:
-        parts = [*word[:-1], word[-1] + "</w>"]
-        while len(parts) > 1:
-            pair = f"{parts[0]} {parts[1]}"
-            if pair not in merges:
-                merges.append(pair)
-            parts = [parts[0] + parts[1], *parts[2:]]
-            vocab.setdefault(parts[0], len(vocab))
-    for special in ("<|startoftext|>", "<|endoftext|>"):
-        vocab[special] = len(vocab)
+    vocab, merges = word_bpe(WORDS)
     (folder / "vocab.json").write_text(json.dumps(vocab))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
     tok = transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"),

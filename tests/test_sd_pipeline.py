@@ -72,20 +72,15 @@ def test_export_ships_every_part_under_one_manifest(exported: Path) -> None:
 def test_pytorch_chain_equals_diffusers_pipeline(exported: Path) -> None:
     """The chain's reference (our modules, our numpy scheduler, our tokenizer) against
     diffusers' StableDiffusionPipeline on the same folder, prompt and initial noise."""
-    from mobilegen.export.run import load_model
-    from mobilegen.models import get_family
+    from mobilegen.export.sd_chain import pytorch_runners
     from mobilegen.sampling.prompt_chain import generate_from_prompt, load_tokenizer
-    from mobilegen.sampling.runner import torch_runner
 
     out = exported / "out"
     manifest = json.loads((out / "manifest.json").read_text())
     chain, comps = manifest["chain"], {c["slot"]: c for c in manifest["components"]}
     prec = load_any_recipe(exported / "r.toml")
-    runners = {}
-    for slot in prec.slots():
-        loaded = load_model(getattr(prec, slot))
-        runners[slot] = torch_runner(loaded.model,
-                                     get_family(loaded.family).io_spec(loaded.config, 8))
+    runners = pytorch_runners({slot: getattr(prec, slot) for slot in prec.slots()},
+                              dict.fromkeys(prec.slots(), 8))
     ours = generate_from_prompt(runners, comps, chain, load_tokenizer(out, chain))
     pipe = diffusers.StableDiffusionPipeline.from_pretrained(
         exported / "pipe", safety_checker=None, requires_safety_checker=False)

@@ -50,17 +50,11 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _torch_runners(root: Path) -> dict:
-    from mobilegen.export.run import load_model
-    from mobilegen.models import get_family
-    from mobilegen.sampling.runner import torch_runner
+    from mobilegen.export.sd_chain import pytorch_runners
 
     prec = load_any_recipe(root / "r.toml")
-    runners = {}
-    for slot in prec.slots():
-        loaded = load_model(getattr(prec, slot))
-        runners[slot] = torch_runner(loaded.model,
-                                     get_family(loaded.family).io_spec(loaded.config, 8))
-    return runners
+    return pytorch_runners({slot: getattr(prec, slot) for slot in prec.slots()},
+                           dict.fromkeys(prec.slots(), 8))
 
 
 def test_shipped_folder_is_small_and_complete() -> None:

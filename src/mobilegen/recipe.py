@@ -457,19 +457,16 @@ def _load_sd_pipeline(path: Path, data: dict[str, Any]) -> PipelineRecipe:
 def _swap_checkpoint(path: Path, key: str, value: str, family: str) -> tuple[str, Path, Any]:
     """`pipeline.<key>`: a mobilegen checkpoint of `family` -> (family, file, config); its
     header is read, no tensor."""
-    from mobilegen.checkpoints.guards import regular_file
-    from mobilegen.checkpoints.loader import _config, _meta_config, _safetensors_meta
+    from mobilegen.checkpoints.loader import read_header
     from mobilegen.errors import CheckpointError, ConfigError
 
     rel = Path(value).expanduser()
     file = rel if rel.is_absolute() else (path.resolve().parent / rel)
     try:
-        meta = _safetensors_meta(regular_file(file))
-        found = meta.get("mobilegen.family")
-        if found != family:
+        found, cfg = read_header(file)
+        if found != family or cfg is None:
             raise CheckpointError(f"{file}: expected a mobilegen '{family}' checkpoint, found "
                                   f"family {found!r}")
-        cfg = _config(file, family, _meta_config(file, meta))
     except (CheckpointError, ConfigError) as e:
         raise RecipeError(f"{path}: key 'pipeline.{key}': {e}") from None
     if family == "stoic" and cfg.conditioning != "context":

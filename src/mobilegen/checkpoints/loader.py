@@ -80,6 +80,14 @@ def is_mobilegen_checkpoint(path: Path) -> bool:
         return False
 
 
+def read_header(path: Path) -> tuple[str | None, Any]:
+    """A mobilegen safetensors file's family and typed config, from its header alone (no tensor
+    is read); (None, None) parts where the header does not say."""
+    meta = _safetensors_meta(regular_file(path))
+    family, cfg = meta.get("mobilegen.family"), _meta_config(path, meta)
+    return family, (_config(path, family, cfg) if family and cfg is not None else None)
+
+
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors import safe_open
 

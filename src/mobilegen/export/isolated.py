@@ -24,7 +24,6 @@ from mobilegen.errors import ExportError
 from mobilegen.measure.memory import Peak, release_freed
 
 if TYPE_CHECKING:
-    from mobilegen.export.run import Plan, StepTimer
     from mobilegen.export.staging import StagedOutput
     from mobilegen.report.results import ArtifactResult
     from mobilegen.targets.base import Artifact
@@ -46,10 +45,11 @@ class TargetOutcome:
     steps: dict[str, Peak]  # the child's own per-step peaks (its subtree)
 
 
-def run_targets(plan: Plan, out: StagedOutput, timer: StepTimer, log: Path,
+def run_targets(plan: Any, out: StagedOutput, timer: Any, log: Path,
                 lower: Callable[[TargetJob], TargetOutcome],
                 program_for: Callable[..., Any]) -> list[tuple[Artifact, ArtifactResult]]:
-    """Every target of the plan's recipe, one child process each, in the recipe's order;
+    """Every target of the plan's recipe (an export.run.Plan; `timer` its StepTimer: typed
+    loosely so that this module does not import run.py), one child process each, in order;
     `lower` (export.run.lower_target) is what each child runs and `program_for`
     (export.run._program_for) captures a profile's program: passed in, so that this module does
     not import run.py, which imports it."""

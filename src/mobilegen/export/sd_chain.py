@@ -134,28 +134,38 @@ def in_chain(slot: str, entry: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def pytorch_runners(recipes: dict[str, Recipe],
+                    sizes: dict[str, int] | None = None) -> dict[str, Any]:
+    """Each component's loaded weights (before any module pass) as a runner with its
+    artifact's signature; `sizes` per slot, else each recipe's export size."""
+    from mobilegen.export.run import load_model
+    from mobilegen.models import get_family
+    from mobilegen.sampling.runner import torch_runner
+
+    runners = {}
+    for slot, recipe in recipes.items():
+        loaded = load_model(recipe)
+        size = (sizes or {}).get(slot) or recipe.export_size(loaded.config)
+        runners[slot] = torch_runner(loaded.model,
+                                     get_family(loaded.family).io_spec(loaded.config, size))
+    return runners
+
+
 def run_chain(recipes: dict[str, Recipe], reports: dict[str, dict[str, Any]],
               arts: dict[str, dict[tuple[str, str], str]], comps: dict[str, dict[str, Any]],
               chain: dict[str, Any], out: StagedOutput) -> dict[str, Any]:
     """The prompt through PyTorch (the loaded weights) and through each (format, precision)
     that all three components produced and the host runs (`arts`: slot -> (format, precision)
     -> runnable artifact); image PSNR of each against PyTorch."""
-    from mobilegen.export.run import load_model
     from mobilegen.measure.parity import compare
-    from mobilegen.models import get_family
     from mobilegen.sampling.generate import save_grid
     from mobilegen.sampling.prompt_chain import generate_from_prompt, load_tokenizer
-    from mobilegen.sampling.runner import torch_runner
     from mobilegen.targets import load_for_profile
     from mobilegen.targets.profile import load_target
 
     tokenizer = load_tokenizer(out.staging, chain)
-    torch_runners = {}
-    for slot, recipe in recipes.items():
-        loaded = load_model(recipe)
-        io = get_family(loaded.family).io_spec(loaded.config, reports[slot]["model"]["image_size"])
-        torch_runners[slot] = torch_runner(loaded.model, io)
-    reference = generate_from_prompt(torch_runners, comps, chain, tokenizer)
+    sizes = {slot: reports[slot]["model"]["image_size"] for slot in recipes}
+    reference = generate_from_prompt(pytorch_runners(recipes, sizes), comps, chain, tokenizer)
     save_grid(out.path("chain-pytorch.png"), reference)
     targets = {row["artifact"]: row["target"] for s in SLOTS for row in reports[s]["artifacts"]}
     rows = []
