@@ -30,15 +30,17 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import latency_zoo  # noqa: E402
+import latency_zoo
 
-from mobilegen.measure import latency_fit  # noqa: E402
-from mobilegen.measure.opclasses import count_features  # noqa: E402
+from mobilegen.measure import latency_fit
+from mobilegen.measure.opclasses import count_features
 
 DATA = Path(__file__).resolve().parents[1] / "src" / "mobilegen" / "data" / "latency"
 # the devices the Snapdragon target profiles correspond to (latency_fit.PROFILE_DEVICES)
 DEVICES = ("Samsung Galaxy S24", "Samsung Galaxy S25", "QCS8550 (Proxy)")
-RUNTIMES = ("qnn_dlc", "qnn_context_binary", "tflite", "onnx")
+# QNN on the NPU (what the Snapdragon profiles compile) and TFLite; the ONNX Runtime rows are left
+# out to keep the package data small (no profile prices ORT-on-QNN apart from QNN)
+RUNTIMES = ("qnn_dlc", "qnn_context_binary", "tflite")
 
 
 def wheel_root() -> Path:
@@ -76,17 +78,17 @@ def measurements(root: Path, entry: latency_zoo.ZooEntry, devices: dict[str, Any
             for runtime, m in per_rt.items():
                 if runtime not in RUNTIMES or "inference_time_milliseconds" not in m:
                     continue
+                lc = m.get("layer_counts", {})
                 rows.append({
                     "model": entry.model_id, "component": entry.component,
-                    "family": entry.family, "device": device, **devices[device],
-                    "runtime": runtime, "precision": precision,
+                    "family": entry.family, "device": device,
+                    "chipset": devices[device]["chipset"], "runtime": runtime,
+                    "precision": precision,
                     "measured_ms": float(m["inference_time_milliseconds"]),
                     "job_id": m["job_id"], "job_status": m.get("job_status"),
                     "primary_compute_unit": m.get("primary_compute_unit"),
-                    "layer_counts": m.get("layer_counts", {}),
-                    "tool_versions": m.get("tool_versions", {}),
-                    "source": f"qai-hub-models=={version}:qai_hub_models/models/"
-                              f"{entry.model_id}/perf.yaml",
+                    "layers_npu": lc.get("npu", 0), "layers_total": lc.get("total", 0),
+                    "qairt": m.get("tool_versions", {}).get("qairt"),
                     "qai_hub_models_version": version, "held_out": entry.held_out,
                 })
     return rows
@@ -111,7 +113,22 @@ def build(root: Path) -> dict[str, Any]:
                      "architectures mobilegen builds; features counted by "
                      "mobilegen.measure.opclasses on random-weight models",
             "qai_hub_models_version": version, "devices": devices,
+            "source": f"qai-hub-models=={version}: qai_hub_models/models/<model>/perf.yaml, "
+                      "precisions.<precision>.components.<component>.performance_metrics."
+                      "<device>.<runtime>.inference_time_milliseconds",
             "features": features, "rows": rows}
+
+
+def dump_lines(data: dict[str, Any]) -> str:
+    """Compact JSON with one row (and one architecture) per line: small, and diffs read."""
+    def items(d: dict[str, Any]) -> list[str]:
+        return [f"{json.dumps(k)}:{json.dumps(v, sort_keys=True, separators=(',', ':'))}"
+                for k, v in d.items()]
+    head = items({k: v for k, v in data.items() if k not in ("features", "rows")})
+    rows = ",\n".join(json.dumps(r, sort_keys=True, separators=(",", ":")) for r in data["rows"])
+    feats = ",\n".join(items(data["features"]))
+    return ("{" + ",\n".join(head) + ',\n"features":{\n' + feats + '\n},\n"rows":[\n' + rows
+            + "\n]}\n")
 
 
 def main() -> None:
@@ -120,10 +137,11 @@ def main() -> None:
     args = ap.parse_args()
     data = build(wheel_root())
     DATA.mkdir(parents=True, exist_ok=True)
-    (DATA / "calibration.json").write_text(json.dumps(data, sort_keys=True, separators=(",", ":")) + "\n")
+    (DATA / "calibration.json").write_text(dump_lines(data))
     models = latency_fit.fit_all(latency_fit.CalibrationSet.from_dict(data))
     (DATA / "coefficients.json").write_text(json.dumps(models.to_dict(), indent=1) + "\n")
-    print(f"{len(data['rows'])} rows, {len(data['features'])} architectures -> {DATA}")
+    n = len(data["rows"])
+    print(f"{n} rows, {len(data['features'])} architectures -> {DATA}")
     print(latency_fit.render_cv(models))
     if args.print:
         print(latency_fit.render_coefficients(models))

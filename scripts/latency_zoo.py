@@ -63,8 +63,9 @@ class _Bottleneck(nn.Module):
         super().__init__()
         out = planes * (1 if basic else 4)
         if basic:
-            self.body = nn.Sequential(_cbr(cin, planes, 3, stride), nn.Conv2d(planes, planes, 3, 1, 1,
-                                      bias=False), nn.BatchNorm2d(planes))
+            self.body = nn.Sequential(_cbr(cin, planes, 3, stride),
+                                      nn.Conv2d(planes, planes, 3, 1, 1, bias=False),
+                                      nn.BatchNorm2d(planes))
         else:
             mid = int(planes * width / 64) * groups
             self.body = nn.Sequential(_cbr(cin, mid, 1), _cbr(mid, mid, 3, stride, groups),
@@ -188,6 +189,243 @@ def densenet121() -> nn.Module:
     return nn.Sequential(*layers).eval()
 
 
+# ---------------------------------------------------------------- more torchvision / repo CNNs
+
+
+class _Inception(nn.Module):
+    def __init__(self, cin: int, c1: int, r3: int, c3: int, r5: int, c5: int, pp: int) -> None:
+        super().__init__()
+        self.b1 = _cbr(cin, c1, 1)
+        self.b2 = nn.Sequential(_cbr(cin, r3, 1), _cbr(r3, c3, 3))
+        self.b3 = nn.Sequential(_cbr(cin, r5, 1), _cbr(r5, c5, 3))  # torchvision: 3x3 here
+        self.b4 = nn.Sequential(nn.MaxPool2d(3, 1, 1, ceil_mode=True), _cbr(cin, pp, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.b1(x), self.b2(x), self.b3(x), self.b4(x)], 1)
+
+
+def googlenet() -> nn.Module:
+    pool = lambda: nn.MaxPool2d(3, 2, ceil_mode=True)
+    return nn.Sequential(
+        _cbr(3, 64, 7, 2), pool(), _cbr(64, 64, 1), _cbr(64, 192, 3), pool(),
+        _Inception(192, 64, 96, 128, 16, 32, 32), _Inception(256, 128, 128, 192, 32, 96, 64),
+        pool(), _Inception(480, 192, 96, 208, 16, 48, 64),
+        _Inception(512, 160, 112, 224, 24, 64, 64), _Inception(512, 128, 128, 256, 24, 64, 64),
+        _Inception(512, 112, 144, 288, 32, 64, 64), _Inception(528, 256, 160, 320, 32, 128, 128),
+        nn.MaxPool2d(2, 2, ceil_mode=True), _Inception(832, 256, 160, 320, 32, 128, 128),
+        _Inception(832, 384, 192, 384, 48, 128, 128), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(1024, 1000))
+
+
+class _Shuffle(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        bf = cout // 2
+        self.stride = stride
+        self.b1 = (nn.Sequential(nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False),
+                                 nn.BatchNorm2d(cin), _cbr(cin, bf, 1))
+                   if stride > 1 else nn.Identity())
+        c2 = cin if stride > 1 else bf
+        self.b2 = nn.Sequential(_cbr(c2, bf, 1), nn.Conv2d(bf, bf, 3, stride, 1, groups=bf,
+                                bias=False), nn.BatchNorm2d(bf), _cbr(bf, bf, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            x1, x2 = x.chunk(2, dim=1)
+            out = torch.cat([x1, self.b2(x2)], 1)
+        else:
+            out = torch.cat([self.b1(x), self.b2(x)], 1)
+        b, c, h, w = out.shape
+        return out.view(b, 2, c // 2, h, w).transpose(1, 2).contiguous().view(b, c, h, w)
+
+
+def shufflenet_v2_x0_5() -> nn.Module:
+    layers: list[nn.Module] = [_cbr(3, 24, 3, 2), nn.MaxPool2d(3, 2, 1)]
+    cin = 24
+    for reps, cout in zip((4, 8, 4), (48, 96, 192), strict=True):
+        layers += [_Shuffle(cin, cout, 2)] + [_Shuffle(cout, cout, 1) for _ in range(reps - 1)]
+        cin = cout
+    layers += [_cbr(cin, 1024, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1024, 1000)]
+    return nn.Sequential(*layers)
+
+
+def mnasnet0_5() -> nn.Module:
+    layers: list[nn.Module] = [_cbr(3, 16, 3, 2), _cbr(16, 16, 3, 1, 16),
+                               nn.Conv2d(16, 8, 1, bias=False), nn.BatchNorm2d(8)]
+    cin = 8
+    for cout, k, s, e, reps in ((16, 3, 2, 3, 3), (24, 5, 2, 3, 3), (40, 5, 2, 6, 3),
+                                (48, 3, 1, 6, 2), (96, 5, 2, 6, 4), (160, 3, 1, 6, 1)):
+        for i in range(reps):
+            layers.append(_IR(cin, k, cin * e, cout, False, False, s if i == 0 else 1))
+            cin = cout
+    layers += [_cbr(cin, 1280, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1280, 1000)]
+    return nn.Sequential(*layers)
+
+
+class _MB(nn.Module):
+    """EfficientNetV2's MBConv (SE, SiLU) or FusedMBConv."""
+
+    def __init__(self, cin: int, cout: int, k: int, s: int, e: int, fused: bool) -> None:
+        super().__init__()
+        mid, act = cin * e, nn.SiLU
+        if fused:
+            layers: list[nn.Module] = [_cbr(cin, mid if e > 1 else cout, k, s, act=act)]
+            if e > 1:
+                layers += [nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        else:
+            sq = max(1, cin // 4)
+            layers = [_cbr(cin, mid, 1, act=act), _cbr(mid, mid, k, s, mid, act=act),
+                      _SqueezeExcite(mid, sq), nn.Conv2d(mid, cout, 1, bias=False),
+                      nn.BatchNorm2d(cout)]
+        self.f, self.res = nn.Sequential(*layers), s == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.f(x) if self.res else self.f(x)
+
+
+class _SqueezeExcite(nn.Module):
+    def __init__(self, c: int, sq: int) -> None:
+        super().__init__()
+        self.f = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(c, sq, 1), nn.SiLU(),
+                               nn.Conv2d(sq, c, 1), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.f(x)
+
+
+def efficientnet_v2_s() -> nn.Module:
+    layers: list[nn.Module] = [_cbr(3, 24, 3, 2, act=nn.SiLU)]
+    cin = 24
+    for e, k, s, cout, reps, fused in ((1, 3, 1, 24, 2, True), (4, 3, 2, 48, 4, True),
+                                       (4, 3, 2, 64, 4, True), (4, 3, 2, 128, 6, False),
+                                       (6, 3, 1, 160, 9, False), (6, 3, 2, 256, 15, False)):
+        for i in range(reps):
+            layers.append(_MB(cin, cout, k, s if i == 0 else 1, e, fused))
+            cin = cout
+    layers += [_cbr(cin, 1280, 1, act=nn.SiLU), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+               nn.Linear(1280, 1000)]
+    return nn.Sequential(*layers)
+
+
+def _c3(cin: int, cout: int, k: tuple[int, int, int], s: tuple[int, int, int]) -> nn.Module:
+    return nn.Sequential(nn.Conv3d(cin, cout, k, s, tuple(x // 2 for x in k), bias=False),
+                         nn.BatchNorm3d(cout), nn.ReLU())
+
+
+class _Block3d(nn.Module):
+    def __init__(self, cin: int, planes: int, stride: int, kind: str) -> None:
+        super().__init__()
+        st = (stride, stride, stride) if kind != "mc3" else (1, stride, stride)
+
+        def conv(i: int, o: int, s: tuple[int, int, int]) -> nn.Module:
+            if kind == "r2plus1d":
+                mid = (i * o * 27) // (i * 9 + 3 * o)
+                return nn.Sequential(_c3(i, mid, (1, 3, 3), (1, s[1], s[2])),
+                                     nn.Conv3d(mid, o, (3, 1, 1), (s[0], 1, 1), (1, 0, 0),
+                                               bias=False))
+            return nn.Conv3d(i, o, (1 if kind == "mc3" else 3, 3, 3), s,
+                             (0 if kind == "mc3" else 1, 1, 1), bias=False)
+        self.body = nn.Sequential(conv(cin, planes, st), nn.BatchNorm3d(planes), nn.ReLU(),
+                                  conv(planes, planes, (1, 1, 1)), nn.BatchNorm3d(planes))
+        self.down = (nn.Sequential(nn.Conv3d(cin, planes, 1, st, bias=False),
+                                   nn.BatchNorm3d(planes)) if stride != 1 else nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.down(x))
+
+
+def video_resnet(kind: str) -> nn.Module:
+    """torchvision's r3d_18 / mc3_18 / r2plus1d_18 (mc3: 3D convs in layer1 only)."""
+    if kind == "r2plus1d":
+        stem: nn.Module = nn.Sequential(_c3(3, 45, (1, 7, 7), (1, 2, 2)),
+                                        _c3(45, 64, (3, 1, 1), (1, 1, 1)))
+    else:
+        stem = _c3(3, 64, (3, 7, 7), (1, 2, 2))
+    layers: list[nn.Module] = [stem]
+    cin = 64
+    for i, planes in enumerate((64, 128, 256, 512)):
+        k = "r3d" if kind == "mc3" and i == 0 else kind
+        layers += [_Block3d(cin, planes, 1 if i == 0 else 2, k), _Block3d(planes, planes, 1, k)]
+        cin = planes
+    layers += [nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(512, 400)]
+    return nn.Sequential(*layers)
+
+
+class _UNetSeg(nn.Module):
+    """milesial/Pytorch-UNet (transposed-conv upsampling), the unet_segmentation model."""
+
+    def __init__(self, classes: int = 2) -> None:
+        super().__init__()
+        dc = lambda i, o: nn.Sequential(_cbr(i, o, 3), _cbr(o, o, 3))
+        w = (64, 128, 256, 512, 1024)
+        self.inc = dc(3, 64)
+        self.downs = nn.ModuleList(nn.Sequential(nn.MaxPool2d(2), dc(w[i], w[i + 1]))
+                                   for i in range(4))
+        self.ups = nn.ModuleList(nn.ConvTranspose2d(w[i + 1], w[i], 2, 2)
+                                 for i in reversed(range(4)))
+        self.convs = nn.ModuleList(dc(w[i + 1], w[i]) for i in reversed(range(4)))
+        self.out = nn.Conv2d(64, classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = [self.inc(x)]
+        for d in self.downs:
+            skips.append(d(skips[-1]))
+        x = skips.pop()
+        for up, conv in zip(self.ups, self.convs, strict=True):
+            x = conv(torch.cat([skips.pop(), up(x)], 1))
+        return self.out(x)
+
+
+class _RDB(nn.Module):
+    def __init__(self, nf: int = 64, gc: int = 32) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(nf + i * gc, gc if i < 4 else nf, 3, 1, 1)
+                                   for i in range(5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = [x]
+        for i, c in enumerate(self.convs):
+            y = c(torch.cat(feats, 1))
+            feats.append(nn.functional.leaky_relu(y, 0.2) if i < 4 else y)
+        return x + 0.2 * feats[-1]
+
+
+class _RRDBNet(nn.Module):
+    """ESRGAN / Real-ESRGAN x4plus generator: 23 residual-in-residual dense blocks, x4."""
+
+    def __init__(self, blocks: int = 23) -> None:
+        super().__init__()
+        self.first = nn.Conv2d(3, 64, 3, 1, 1)
+        self.body = nn.Sequential(*[nn.Sequential(_RDB(), _RDB(), _RDB()) for _ in range(blocks)])
+        self.trunk, self.up1, self.up2 = (nn.Conv2d(64, 64, 3, 1, 1) for _ in range(3))
+        self.hr, self.last = nn.Conv2d(64, 64, 3, 1, 1), nn.Conv2d(64, 3, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.first(x)
+        f = f + self.trunk(self.body(f))
+        act = lambda t: nn.functional.leaky_relu(t, 0.2)
+        f = act(self.up1(nn.functional.interpolate(f, scale_factor=2, mode="nearest")))
+        f = act(self.up2(nn.functional.interpolate(f, scale_factor=2, mode="nearest")))
+        return self.last(act(self.hr(f)))
+
+
+class _PlainSR(nn.Module):
+    """A plain conv stack + depth-to-space x4 with the upsampled input added: Real-ESRGAN's
+    SRVGGNetCompact (PReLU) and QuickSRNet (ReLU)."""
+
+    def __init__(self, ch: int, layers: int, prelu: bool) -> None:
+        super().__init__()
+        act = (lambda: nn.PReLU(ch)) if prelu else nn.ReLU
+        body: list[nn.Module] = [nn.Conv2d(3, ch, 3, 1, 1), act()]
+        for _ in range(layers):
+            body += [nn.Conv2d(ch, ch, 3, 1, 1), act()]
+        body += [nn.Conv2d(ch, 48, 3, 1, 1), nn.PixelShuffle(4)]
+        self.body = nn.Sequential(*body)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x) + nn.functional.interpolate(x, scale_factor=4, mode="nearest")
+
+
 # ---------------------------------------------------------------- mobilegen's SD components
 
 
@@ -205,15 +443,6 @@ def _sd(component: str) -> Built:
         m = clip_text.CLIPTextEncoder(clip_text.VARIANTS["clip-vit-l14"]).eval()
     return m, (torch.zeros(1, 77, dtype=torch.long, device=META),)
 
-
-def snapfusion_unet() -> Built:
-    """SnapFusion's efficient UNet at SD-1.5's latent shape (not in qai-hub-models; estimated only)."""
-    from mobilegen.models import unet
-
-    with META:
-        m = unet.EfficientUNet(unet.VARIANTS["snapfusion"]).eval()
-    return m, (torch.empty(1, 4, 64, 64, device=META), torch.empty(1, device=META),
-               torch.empty(1, 77, 768, device=META))
 
 
 # ---------------------------------------------------------------- transformers configurations
@@ -252,7 +481,8 @@ def _clip() -> Built:
         projection_dim=512)
     with META:
         m = transformers.CLIPModel(cfg).eval()
-    return m, {"input_ids": torch.zeros(1, 77, dtype=torch.long, device=META),
+    # qai-hub-models scores 5 captions per image (cococaptions.CAPTIONS_PER_IMAGE)
+    return m, {"input_ids": torch.zeros(5, 77, dtype=torch.long, device=META),
                "pixel_values": torch.empty(1, 3, 224, 224, device=META)}
 
 
@@ -301,11 +531,31 @@ def _swin(size: str, v2: bool = False) -> Callable[[], Built]:
                    depths=list(depths), num_heads=list(heads), window_size=7)
 
 
-def _tv(fn: Callable[[], nn.Module], size: int = 224) -> Callable[[], Built]:
+def _tv(fn: Callable[[], nn.Module], size: int = 224,
+        shape: tuple[int, ...] | None = None) -> Callable[[], Built]:
     def build() -> Built:
         with META:
-            return fn().eval(), _img(size)
+            x = (torch.empty(*shape, device=META),) if shape else _img(size)
+            return fn().eval(), x
     return build
+
+
+def _video_mae() -> Built:
+    import transformers
+
+    with META:
+        m = transformers.VideoMAEForVideoClassification(transformers.VideoMAEConfig()).eval()
+    return m, (torch.empty(1, 16, 3, 224, 224, device=META),)
+
+
+def _yamnet() -> Built:
+    import transformers
+
+    cfg = transformers.MobileNetV1Config(num_channels=1, image_size=96, tf_padding=False,
+                                         num_labels=521)
+    with META:
+        m = transformers.MobileNetV1ForImageClassification(cfg).eval()
+    return m, (torch.empty(1, 1, 96, 64, device=META),)
 
 
 _EFF_B0 = {"width_coefficient": 1.0, "depth_coefficient": 1.0, "image_size": 224,
@@ -398,6 +648,32 @@ def entries() -> list[ZooEntry]:
         ZooEntry("whisper_medium_quantized", "encoder", "whisper", _whisper(1024, 24, 16), hf),
         ZooEntry("whisper_large_v3_turbo_quantized", "encoder", "whisper",
                  _whisper(1280, 32, 20, mels=128), hf),
+        ZooEntry("googlenet", "GoogLeNet", "googlenet", _tv(googlenet), tv),
+        ZooEntry("shufflenet_v2", "Shufflenet-v2", "shufflenet", _tv(shufflenet_v2_x0_5), tv),
+        ZooEntry("mnasnet05", "MNASNet05", "mnasnet", _tv(mnasnet0_5), tv),
+        ZooEntry("efficientnet_v2_s", "EfficientNet-V2-s", "efficientnet_v2",
+                 _tv(efficientnet_v2_s, 384), tv),
+        ZooEntry("resnet_3d", "ResNet-3D", "video_resnet",
+                 _tv(lambda: video_resnet("r3d"), shape=(1, 3, 16, 112, 112)), tv),
+        ZooEntry("resnet_mixed", "ResNet-Mixed-Convolution", "video_resnet",
+                 _tv(lambda: video_resnet("mc3"), shape=(1, 3, 16, 112, 112)), tv),
+        ZooEntry("resnet_2plus1d", "ResNet-2Plus1D", "video_resnet",
+                 _tv(lambda: video_resnet("r2plus1d"), shape=(1, 3, 16, 112, 112)), tv),
+        ZooEntry("unet_segmentation", "Unet-Segmentation", "unet_segmentation",
+                 _tv(_UNetSeg, shape=(1, 3, 640, 1280)), "hand definition (milesial UNet)"),
+        ZooEntry("esrgan", "ESRGAN", "rrdb", _tv(_RRDBNet, 128), "hand definition (RRDBNet)"),
+        ZooEntry("real_esrgan_x4plus", "Real-ESRGAN-x4plus", "rrdb", _tv(_RRDBNet, 128),
+                 "hand definition (RRDBNet)"),
+        ZooEntry("real_esrgan_general_x4v3", "Real-ESRGAN-General-x4v3", "plain_sr",
+                 _tv(lambda: _PlainSR(64, 32, True), 128), "hand definition (SRVGGNetCompact)"),
+        ZooEntry("quicksrnetsmall", "QuickSRNetSmall", "plain_sr",
+                 _tv(lambda: _PlainSR(32, 2, False), 128), "hand definition (QuickSRNet)"),
+        ZooEntry("quicksrnetmedium", "QuickSRNetMedium", "plain_sr",
+                 _tv(lambda: _PlainSR(32, 5, False), 128), "hand definition (QuickSRNet)"),
+        ZooEntry("quicksrnetlarge", "QuickSRNetLarge", "plain_sr",
+                 _tv(lambda: _PlainSR(64, 11, False), 128), "hand definition (QuickSRNet)"),
+        ZooEntry("video_mae", "Video-MAE", "vit", _video_mae, hf),
+        ZooEntry("yamnet", "YamNet", "mobilenet_v1", _yamnet, hf),
     ]
     sd = "mobilegen.models (SD-1.5 variants)"
     for mid in ("stable_diffusion_v1_5", "controlnet_canny"):

@@ -17,8 +17,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-OP_CLASSES = ("conv", "dwconv", "linear", "attn_matmul", "elementwise", "pool_resize",
-              "data_movement")
+OP_CLASSES = ("conv", "dwconv", "linear", "attn_matmul", "activation", "elementwise",
+              "pool_resize", "data_movement")
 
 # zero-cost views and metadata ops (no node, no bytes)
 _VIEW_OPS = frozenset({
@@ -32,6 +32,14 @@ _VIEW_OPS = frozenset({
     "lift_fresh_copy", "_assert_tensor_metadata", "item", "copy_", "rand", "randn",
     "bernoulli_", "uniform_", "normal_", "fill_", "set_",
 })
+# inference batch norm: every converter folds it into the convolution before it (no node)
+_FOLDED_OPS = frozenset({"_native_batch_norm_legit_no_training", "native_batch_norm",
+                         "batch_norm", "_native_batch_norm_legit", "cudnn_batch_norm",
+                         "dropout", "native_dropout", "feature_dropout"})
+_ACTIVATION_OPS = frozenset({"relu", "gelu", "silu", "hardswish", "hardsigmoid", "sigmoid",
+                             "tanh", "leaky_relu", "prelu", "_prelu_kernel", "clamp",
+                             "hardtanh", "elu", "softplus", "mish", "clamp_min", "clamp_max",
+                             "threshold", "relu6", "glu"})
 _POOL_OPS = ("pool", "upsample", "interpolate", "grid_sampler", "pixel_shuffle",
              "pixel_unshuffle", "im2col", "col2im", "max_pool", "avg_pool")
 _MOVE_OPS = frozenset({"cat", "stack", "clone", "contiguous", "_to_copy", "constant_pad_nd",
@@ -43,12 +51,16 @@ _MATMUL_OPS = frozenset({"mm", "addmm", "bmm", "baddbmm", "matmul", "linear", "a
 _SDPA_PREFIX = "_scaled_dot_product"
 
 
+SPILL_ELEMS = 1 << 20  # an activation tensor this large (2 MiB in fp16) leaves on-chip memory
+
+
 @dataclass
 class ClassCount:
     macs: int = 0
     weight_elems: int = 0
     act_elems: int = 0
     nodes: int = 0
+    spill_elems: int = 0  # the part of act_elems in tensors of >= SPILL_ELEMS elements
 
 
 @dataclass
@@ -105,14 +117,14 @@ def _classify(name: str, args: tuple[Any, ...], out: Any,
     if name in ("convolution", "_convolution", "conv2d", "conv1d", "conv3d",
                 "cudnn_convolution", "mkldnn_convolution", "convolution_overrideable"):
         weight, groups = args[1], int(args[8] if len(args) > 8 else 1)
-        k = math.prod(weight.shape[1:])  # (Cin/groups) * kernel
-        macs = _numel(outs[0]) * k
+        transposed = bool(args[6]) if len(args) > 6 else False
+        k = math.prod(weight.shape[1:])  # (Cin/groups) * kernel, or (Cout/groups) * kernel
+        macs = (_numel(args[0]) if transposed else _numel(outs[0])) * k
         kind = "conv" if groups == 1 else "dwconv"
         return kind, macs, w_elems, a_elems
     if name in _MATMUL_OPS:
         mats = [t for t in ins if t.dim() >= 2]
-        a, b = mats[-2], mats[-1]
-        macs = _numel(outs[0]) * int(a.shape[-1])
+        macs = _numel(outs[0]) * int(mats[-2].shape[-1])
         kind = "linear" if any(is_weight(t) for t in mats) else "attn_matmul"
         return kind, macs, w_elems, a_elems
     if name.startswith(_SDPA_PREFIX) or name == "scaled_dot_product_attention":
@@ -121,8 +133,10 @@ def _classify(name: str, args: tuple[Any, ...], out: Any,
         heads = math.prod(q.shape[:-2])
         scores = heads * lq * lk
         return "attn_matmul", 2 * scores * d, 0, a_elems + 2 * scores
-    if name in _VIEW_OPS:
+    if name in _VIEW_OPS or name in _FOLDED_OPS:
         return None
+    if name in _ACTIVATION_OPS:
+        return "activation", 0, w_elems, a_elems
     if any(p in name for p in _POOL_OPS):
         return "pool_resize", 0, w_elems, a_elems
     if name in _MOVE_OPS:
@@ -148,7 +162,7 @@ def count_features(model: Any, inputs: tuple[Any, ...] | dict[str, Any]) -> OpFe
         return t in weights
 
     class Counter(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
             name = func._overloadpacket.__name__.rstrip("_") or func._overloadpacket.__name__
             ins = _tensors(list(args))
@@ -160,6 +174,8 @@ def count_features(model: Any, inputs: tuple[Any, ...] | dict[str, Any]) -> OpFe
             if got is not None:
                 kind, macs, w, a = got
                 c = feats.classes[kind]
+                c.spill_elems += sum(_numel(t) for t in [*ins, *_tensors(out)]
+                                     if not is_weight(t) and _numel(t) >= SPILL_ELEMS)
                 c.macs += macs
                 c.weight_elems += w
                 c.act_elems += a
