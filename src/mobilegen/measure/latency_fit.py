@@ -154,6 +154,7 @@ class SliceModel:
     families: int
     calibrated_classes: list[str]
     gmac_range: tuple[float, float]
+    op_types: list[str] = field(default_factory=list)  # aten ops some fitted row used
     cv: list[CVRow] = field(default_factory=list)
 
     @property
@@ -176,7 +177,7 @@ class SliceModel:
         return {"device": self.device, "runtime": self.runtime, "precision": self.precision,
                 "coefficients": self.coefficients, "rows": self.rows,
                 "families": self.families, "calibrated_classes": self.calibrated_classes,
-                "gmac_range": list(self.gmac_range),
+                "gmac_range": list(self.gmac_range), "op_types": self.op_types,
                 "cv_median_abs_err_pct": round(100 * self.median_abs_err, 1),
                 "cv_p90_abs_err_pct": round(100 * self.p90_abs_err, 1),
                 "cv": [{**asdict(c), "error_pct": round(100 * c.error, 1)} for c in self.cv]}
@@ -186,7 +187,8 @@ class SliceModel:
         cv = [CVRow(c["name"], c["family"], c["measured_ms"], c["predicted_ms"])
               for c in d["cv"]]
         return cls(d["device"], d["runtime"], d["precision"], d["coefficients"], d["rows"],
-                   d["families"], d["calibrated_classes"], tuple(d["gmac_range"]), cv)
+                   d["families"], d["calibrated_classes"], tuple(d["gmac_range"]),
+                   d["op_types"], cv)
 
 
 def _fit(rows: list[CalRow], feats: dict[str, OpFeatures]) -> np.ndarray:
@@ -217,7 +219,9 @@ def fit_slice(cal: CalibrationSet, key: tuple[str, str, str]) -> SliceModel | No
     return SliceModel(key[0], key[1], key[2], dict(zip(names, map(float, coef), strict=True)),
                       len(rows), len(families),
                       [c for c in OP_CLASSES if counts[c] >= MIN_CLASS_ROWS],
-                      (min(gmacs), max(gmacs)), sorted(cv, key=lambda c: c.name))
+                      (min(gmacs), max(gmacs)),
+                      sorted({op for r in rows for op in cal.features[r.features].op_types}),
+                      sorted(cv, key=lambda c: c.name))
 
 
 @dataclass(frozen=True)
