@@ -53,6 +53,10 @@ def profile_slice(profile: Any, models: LatencyModels | None = None) -> Calibrat
         if profile.runtime == "litert":
             return Calibrated(None, f"no calibration: the qai-hub-models TFLite rows ran on the "
                                     f"NPU, not the {profile.accelerator.upper()} this profile uses")
+        if profile.runtime == "coreml":
+            return Calibrated(None, "no calibration: no comparable published per-model Apple "
+                                    "device measurements; Apple profiles keep the roofline "
+                                    "estimate (measure/estimate.py) and its held-out error")
         return Calibrated(None, f"no calibration for runtime '{profile.runtime}' "
                                 "(no published device measurements of it were found)")
     device = HTP_DEVICES.get(profile.htp_arch or "")
@@ -133,3 +137,14 @@ def estimate_model(model: Any, inputs: tuple[Any, ...], profiles: list[Any]) -> 
     the model and inputs are (`meta` allocates nothing)."""
     feats = count_features(model, inputs)
     return [estimate_features(feats, p) for p in profiles]
+
+
+def report_section(model: Any, inputs: tuple[Any, ...]) -> dict[str, Any]:
+    """report.json's `estimates.calibrated`: one row per shipped target profile (those without
+    a calibration say why, with no number)."""
+    from mobilegen.targets.profile import list_target_names, load_target
+
+    profiles = [load_target(n) for n in list_target_names()]
+    models = load_models()
+    return {"label": LABEL, "qai_hub_models_version": models.version,
+            "rows": [r.to_dict() for r in estimate_model(model, inputs, profiles)]}
