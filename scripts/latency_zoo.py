@@ -52,14 +52,15 @@ def _hf(cls_name: str, cfg_name: str, **cfg: Any) -> nn.Module:
 # ---------------------------------------------------------------- hand CNNs (torchvision shapes)
 
 
-def _cbr(cin: int, cout: int, k: int, s: int = 1, g: int = 1, act: type = nn.ReLU) -> nn.Module:
-    return nn.Sequential(nn.Conv2d(cin, cout, k, s, k // 2, groups=g, bias=False),
-                         nn.BatchNorm2d(cout), act())
+def _cbr(cin: int, cout: int, k: int, s: int = 1, g: int = 1, act: type = nn.ReLU,
+         d: int = 1) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, s, d * (k // 2), dilation=d, groups=g,
+                                   bias=False), nn.BatchNorm2d(cout), act())
 
 
 class _Bottleneck(nn.Module):
     def __init__(self, cin: int, planes: int, stride: int, groups: int, width: int,
-                 basic: bool) -> None:
+                 basic: bool, dilation: int = 1) -> None:
         super().__init__()
         out = planes * (1 if basic else 4)
         if basic:
@@ -68,7 +69,8 @@ class _Bottleneck(nn.Module):
                                       nn.BatchNorm2d(planes))
         else:
             mid = int(planes * width / 64) * groups
-            self.body = nn.Sequential(_cbr(cin, mid, 1), _cbr(mid, mid, 3, stride, groups),
+            self.body = nn.Sequential(_cbr(cin, mid, 1), _cbr(mid, mid, 3, stride, groups,
+                                                                d=dilation),
                                       nn.Conv2d(mid, out, 1, bias=False), nn.BatchNorm2d(out))
         self.down = (nn.Sequential(nn.Conv2d(cin, out, 1, stride, bias=False), nn.BatchNorm2d(out))
                      if stride != 1 or cin != out else nn.Identity())
@@ -77,19 +79,69 @@ class _Bottleneck(nn.Module):
         return torch.relu(self.body(x) + self.down(x))
 
 
-def resnet(layers: tuple[int, ...], basic: bool = False, groups: int = 1,
-           width: int = 64) -> nn.Module:
-    """torchvision's ResNet / ResNeXt / Wide ResNet layout (stride on the 3x3)."""
+def _resnet_body(layers: tuple[int, ...], basic: bool, groups: int, width: int,
+                 dilate: bool) -> tuple[list[nn.Module], int]:
+    """torchvision's ResNet stages (stride on the 3x3); `dilate`: the segmentation backbone,
+    stages 3 and 4 at stride 1 with dilation 2 and 4 (output stride 8)."""
     blocks: list[nn.Module] = [_cbr(3, 64, 7, 2), nn.MaxPool2d(3, 2, 1)]
     cin = 64
     for i, n in enumerate(layers):
         planes = 64 * 2**i
+        dil = 2 ** (i - 1) if dilate and i >= 2 else 1
         for j in range(n):
-            blocks.append(_Bottleneck(cin, planes, 2 if j == 0 and i > 0 else 1, groups, width,
-                                      basic))
+            stride = 2 if j == 0 and i > 0 and dil == 1 else 1
+            blocks.append(_Bottleneck(cin, planes, stride, groups, width, basic, dil))
             cin = planes * (1 if basic else 4)
+    return blocks, cin
+
+
+def resnet(layers: tuple[int, ...], basic: bool = False, groups: int = 1,
+           width: int = 64) -> nn.Module:
+    """torchvision's ResNet / ResNeXt / Wide ResNet."""
+    blocks, cin = _resnet_body(layers, basic, groups, width, False)
     blocks += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, 1000)]
     return nn.Sequential(*blocks).eval()
+
+
+class _FCN(nn.Module):
+    """torchvision's fcn_resnet50 without its aux head (as qai-hub-models exports it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        blocks, cin = _resnet_body((3, 4, 6, 3), False, 1, 64, True)
+        self.backbone = nn.Sequential(*blocks)
+        self.head = nn.Sequential(_cbr(cin, 512, 3), nn.Conv2d(512, 21, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.head(self.backbone(x))
+        return nn.functional.interpolate(y, size=x.shape[-2:], mode="bilinear")
+
+
+class _DnCNN(nn.Module):
+    """DnCNN: 17 3x3 convs of 64 channels on a grayscale image, predicting the noise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.f = nn.Sequential(nn.Conv2d(1, 64, 3, 1, 1), nn.ReLU(),
+                               *[_cbr(64, 64, 3) for _ in range(15)], nn.Conv2d(64, 1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x - self.f(x)
+
+
+def efficientnet_lite4() -> nn.Module:
+    """EfficientNet-Lite4: width 1.4 / depth 1.8, no squeeze-excite, ReLU6, stem and head
+    fixed, first and last stage unrepeated."""
+    layers: list[nn.Module] = [_cbr(3, 32, 3, 2)]
+    cin = 32
+    for e, k, s, cout, reps in ((1, 3, 1, 24, 1), (6, 3, 2, 32, 4), (6, 5, 2, 56, 4),
+                                (6, 3, 2, 112, 6), (6, 5, 1, 160, 6), (6, 5, 2, 272, 8),
+                                (6, 3, 1, 448, 1)):
+        for i in range(reps):
+            layers.append(_IR(cin, k, cin * e, cout, False, False, s if i == 0 else 1))
+            cin = cout
+    layers += [_cbr(cin, 1280, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1280, 1000)]
+    return nn.Sequential(*layers)
 
 
 class _Fire(nn.Module):
@@ -672,6 +724,11 @@ def entries() -> list[ZooEntry]:
                  _tv(lambda: _PlainSR(32, 5, False), 128), "hand definition (QuickSRNet)"),
         ZooEntry("quicksrnetlarge", "QuickSRNetLarge", "plain_sr",
                  _tv(lambda: _PlainSR(64, 11, False), 128), "hand definition (QuickSRNet)"),
+        ZooEntry("fcn_resnet50", "FCN-ResNet50", "resnet", _tv(_FCN, 520), tv),
+        ZooEntry("dncnn", "DnCNN", "dncnn", _tv(_DnCNN, shape=(1, 1, 256, 256)),
+                 "hand definition (DnCNN)"),
+        ZooEntry("efficientnet_lite4", "EfficientNet-Lite4", "efficientnet",
+                 _tv(efficientnet_lite4, 300), "hand definition (TF EfficientNet-Lite)"),
         ZooEntry("video_mae", "Video-MAE", "vit", _video_mae, hf),
         ZooEntry("yamnet", "YamNet", "mobilenet_v1", _yamnet, hf),
     ]
