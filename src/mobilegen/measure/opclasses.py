@@ -140,8 +140,22 @@ def _classify(name: str, args: tuple[Any, ...], out: Any,
     if any(p in name for p in _POOL_OPS):
         return "pool_resize", 0, w_elems, a_elems
     if name in _MOVE_OPS:
+        if name in ("embedding", "index_select") and w_elems:  # a lookup reads its rows only
+            w_elems = sum(_numel(t) for t in outs)
         return "data_movement", 0, w_elems, a_elems
     return "elementwise", 0, w_elems, a_elems
+
+
+def _fused_softmax(feats: OpFeatures, q: Any, k: Any) -> None:
+    """A fused attention kernel hides the score matrix that an NPU materialises (HTP has no
+    flash attention): price it as the eager graph does, a softmax over the scores (pointwise),
+    spilling when large, so fused and eager attention count alike."""
+    scores = math.prod(q.shape[:-2]) * q.shape[-2] * k.shape[-2]
+    c = feats.classes["elementwise"]
+    c.act_elems += 2 * scores
+    c.nodes += 1
+    if scores >= SPILL_ELEMS:
+        c.spill_elems += 4 * scores  # written by q.k, read and written by softmax, read by .v
 
 
 def count_features(model: Any, inputs: tuple[Any, ...] | dict[str, Any]) -> OpFeatures:
@@ -171,6 +185,8 @@ def count_features(model: Any, inputs: tuple[Any, ...] | dict[str, Any]) -> OpFe
                     weights[t] = True
                 return out
             got = _classify(name, tuple(args), out, is_weight)
+            if name.startswith(_SDPA_PREFIX) or name == "scaled_dot_product_attention":
+                _fused_softmax(feats, args[0], args[1])
             if got is not None:
                 kind, macs, w, a = got
                 c = feats.classes[kind]
