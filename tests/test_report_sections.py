@@ -27,7 +27,12 @@ def test_export_writes_block_table_estimates_and_html(tmp_path, tiny_ckpt):
     est = report["estimates"]
     assert est["label"].startswith("ESTIMATE") and est["rows"]
     assert all(r["calibration_error_pct"] > 0 for r in est["rows"])
+    # every shipped profile has a calibrated row: a number with its band, or why there is none
+    cal = {r["profile"]: r for r in est["calibrated"]["rows"]}
+    assert cal["snapdragon-8gen3-htp"]["device"] == "Samsung Galaxy S24"
+    assert cal["ios-ane"]["estimate_ms"] is None and cal["ios-ane"]["reason"]
     md = (out / "report.md").read_text()
     assert "## Per-block latency" in md and "## Device estimates: ESTIMATE" in md
+    assert "## Calibrated device estimates: ESTIMATE" in md and "Samsung Galaxy S24" in md
     html = (out / "report.html").read_text()
     assert "http://" not in html and "https://" not in html and "data:image/png;base64," in html

@@ -11,6 +11,7 @@ import typer
 from mobilegen.cli import (
     bench_cmd,
     distill_cmd,
+    estimate_cmd,
     export_cmd,
     inspect_cmd,
     prune_cmd,
@@ -39,6 +40,7 @@ app.command("distill-decoder")(distill_cmd.distill_decoder)
 app.command("report")(report_cmd.report)
 app.command("bench")(bench_cmd.bench)
 app.command("sensitivity")(sensitivity_cmd.sensitivity)
+app.command("estimate")(estimate_cmd.estimate)
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

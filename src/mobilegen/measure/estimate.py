@@ -268,7 +268,12 @@ def estimate_model(model: Any, inputs: tuple[Any, ...], calibration: Calibration
 
 
 def report_section(model: Any, inputs: tuple[Any, ...]) -> dict[str, Any]:
-    """report.json's `estimates` section, kept apart from every measured figure."""
+    """report.json's `estimates` section, kept apart from every measured figure: `rows` from
+    this roofline (Apple profiles), `calibrated` from the fit on Qualcomm's device measurements
+    (measure/latency.py; every shipped profile, with "no calibration" where it has none)."""
+    from mobilegen.measure import latency
+
     calibration = calibrate()
     return {"label": ESTIMATE_LABEL, "calibration": calibration.to_dict(),
-            "rows": [e.to_dict() for e in estimate_model(model, inputs, calibration)]}
+            "rows": [e.to_dict() for e in estimate_model(model, inputs, calibration)],
+            "calibrated": latency.report_section(model, inputs)}

@@ -211,8 +211,14 @@ def _blocks_section(blocks: dict[str, Any] | None) -> list[str]:
 def _estimates_section(est: dict[str, Any] | None) -> list[str]:
     if not est:
         return []
-    out = ["<h2>Device estimates (ESTIMATES, not measurements)</h2>",
-           f"<div class='est'><p>{html.escape(est['label'])}.</p>",
+    out = ["<h2>Device estimates (ESTIMATES, not measurements)</h2>"]
+    cal = est.get("calibrated")
+    if cal:
+        out += [f"<div class='est'><p>{html.escape(cal['label'])}.</p>",
+                _table(["target", "calibrated on", "estimate ms", "band ms (CV p90)",
+                        "CV median |err|", "rows behind it"],
+                       [_calibrated_cells(r) for r in cal["rows"]]), "</div>"]
+    out += [f"<div class='est'><p>Apple profiles: {html.escape(est['label'])}.</p>",
            _table(["target", "device", "estimate ms", "calibration error (held-out)"],
                   [[r["profile"], r["device"], f"~{r['latency_ms']:.1f}",
                     f"±{r['calibration_error_pct']:.0f}%"] for r in est["rows"]])]
@@ -224,6 +230,17 @@ def _estimates_section(est: dict[str, Any] | None) -> list[str]:
                            for h in held]))
     out.append("</div>")
     return out
+
+
+def _calibrated_cells(r: dict[str, Any]) -> list[str]:
+    """One calibrated estimate as table cells (shared by the HTML and Markdown reports)."""
+    on = f"{r['device']} ({r['runtime']}, {r['precision']})" if r["device"] else "-"
+    if r["estimate_ms"] is None:
+        return [r["profile"], on, "no calibration", r["reason"].removeprefix("no calibration: "),
+                "", str(r["rows"] or "")]
+    lo, hi = r["band_ms"]
+    return [r["profile"], on, f"~{r['estimate_ms']:.2f}", f"{lo:.2f}-{hi:.2f}",
+            f"{r['cv_median_abs_err_pct']:.0f}%", f"{r['rows']} ({r['families']} families)"]
 
 
 def _sampling_run(report: dict[str, Any], out_dir: Path) -> str:
@@ -328,7 +345,14 @@ def latency_markdown(blocks: dict[str, Any] | None, estimates: dict[str, Any] | 
         lines += _block_summary(blocks)
     if not estimates:
         return "\n".join(lines) + "\n"
+    cal = estimates.get("calibrated")
+    if cal:
+        lines += ["", f"## Calibrated device estimates: {cal['label']}", "",
+                  "| target | calibrated on | estimate ms | band ms (CV p90) | CV median abs err "
+                  "| rows behind it |", "|---|---|---|---|---|---|"]
+        lines += ["| " + " | ".join(_calibrated_cells(r)) + " |" for r in cal["rows"]]
     lines += ["", f"## Device estimates: {estimates['label']}", "",
+              "Apple profiles (no published Apple device measurements to calibrate on):", "",
               "| target | device | estimate ms | calibration error (mean abs, held-out) |",
               "|---|---|---|---|"]
     lines += [f"| {r['profile']} | {r['device']} | ~{r['latency_ms']:.1f} | "

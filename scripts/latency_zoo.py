@@ -1,0 +1,740 @@
+"""The qai-hub-models architectures mobilegen can build offline, with random weights, on `meta`.
+
+Each entry maps a (qai-hub-models model id, component) to a builder returning (model, inputs) at
+the input shape its perf.yaml was measured at, and to a family: a model and its sizes together
+(leave-one-family-out holds them all out at once). Architectures come from `transformers`
+configurations (written out here, no download), from mobilegen's own SD components, and from small
+hand definitions of a few torchvision CNNs (torchvision does not install beside torch 2.13 here).
+Used only by scripts/build_latency_calibration.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+META = torch.device("meta")
+Built = tuple[nn.Module, tuple[Any, ...] | dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    model_id: str  # qai-hub-models folder name
+    component: str  # the perf.yaml component
+    family: str
+    build: Callable[[], Built]
+    source: str  # what the architecture is built from
+    held_out: bool = False  # stable diffusion / controlnet: never fitted
+
+
+def _img(h: int, w: int | None = None, c: int = 3) -> tuple[Any, ...]:
+    return (torch.empty(1, c, h, w or h, device=META),)
+
+
+def _ids(n: int) -> dict[str, Any]:
+    """Token ids only: an all-ones mask changes no op count, and on `meta` the masking code
+    would call .item()."""
+    return {"input_ids": torch.zeros(1, n, dtype=torch.long, device=META)}
+
+
+def _hf(cls_name: str, cfg_name: str, **cfg: Any) -> nn.Module:
+    import transformers
+
+    config = getattr(transformers, cfg_name)(**cfg)
+    with META:
+        return getattr(transformers, cls_name)(config).eval()
+
+
+# ---------------------------------------------------------------- hand CNNs (torchvision shapes)
+
+
+def _cbr(cin: int, cout: int, k: int, s: int = 1, g: int = 1, act: type = nn.ReLU,
+         d: int = 1) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, s, d * (k // 2), dilation=d, groups=g,
+                                   bias=False), nn.BatchNorm2d(cout), act())
+
+
+class _Bottleneck(nn.Module):
+    def __init__(self, cin: int, planes: int, stride: int, groups: int, width: int,
+                 basic: bool, dilation: int = 1) -> None:
+        super().__init__()
+        out = planes * (1 if basic else 4)
+        if basic:
+            self.body = nn.Sequential(_cbr(cin, planes, 3, stride),
+                                      nn.Conv2d(planes, planes, 3, 1, 1, bias=False),
+                                      nn.BatchNorm2d(planes))
+        else:
+            mid = int(planes * width / 64) * groups
+            self.body = nn.Sequential(_cbr(cin, mid, 1), _cbr(mid, mid, 3, stride, groups,
+                                                                d=dilation),
+                                      nn.Conv2d(mid, out, 1, bias=False), nn.BatchNorm2d(out))
+        self.down = (nn.Sequential(nn.Conv2d(cin, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+                     if stride != 1 or cin != out else nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.down(x))
+
+
+def _resnet_body(layers: tuple[int, ...], basic: bool, groups: int, width: int,
+                 dilate: bool) -> tuple[list[nn.Module], int]:
+    """torchvision's ResNet stages (stride on the 3x3); `dilate`: the segmentation backbone,
+    stages 3 and 4 at stride 1 with dilation 2 and 4 (output stride 8)."""
+    blocks: list[nn.Module] = [_cbr(3, 64, 7, 2), nn.MaxPool2d(3, 2, 1)]
+    cin = 64
+    for i, n in enumerate(layers):
+        planes = 64 * 2**i
+        dil = 2 ** (i - 1) if dilate and i >= 2 else 1
+        for j in range(n):
+            stride = 2 if j == 0 and i > 0 and dil == 1 else 1
+            blocks.append(_Bottleneck(cin, planes, stride, groups, width, basic, dil))
+            cin = planes * (1 if basic else 4)
+    return blocks, cin
+
+
+def resnet(layers: tuple[int, ...], basic: bool = False, groups: int = 1,
+           width: int = 64) -> nn.Module:
+    """torchvision's ResNet / ResNeXt / Wide ResNet."""
+    blocks, cin = _resnet_body(layers, basic, groups, width, False)
+    blocks += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, 1000)]
+    return nn.Sequential(*blocks).eval()
+
+
+class _FCN(nn.Module):
+    """torchvision's fcn_resnet50 without its aux head (as qai-hub-models exports it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        blocks, cin = _resnet_body((3, 4, 6, 3), False, 1, 64, True)
+        self.backbone = nn.Sequential(*blocks)
+        self.head = nn.Sequential(_cbr(cin, 512, 3), nn.Conv2d(512, 21, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.head(self.backbone(x))
+        return nn.functional.interpolate(y, size=x.shape[-2:], mode="bilinear")
+
+
+class _DnCNN(nn.Module):
+    """DnCNN: 17 3x3 convs of 64 channels on a grayscale image, predicting the noise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.f = nn.Sequential(nn.Conv2d(1, 64, 3, 1, 1), nn.ReLU(),
+                               *[_cbr(64, 64, 3) for _ in range(15)], nn.Conv2d(64, 1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x - self.f(x)
+
+
+def efficientnet_lite4() -> nn.Module:
+    """EfficientNet-Lite4: width 1.4 / depth 1.8, no squeeze-excite, ReLU6, stem and head
+    fixed, first and last stage unrepeated."""
+    layers: list[nn.Module] = [_cbr(3, 32, 3, 2)]
+    cin = 32
+    for e, k, s, cout, reps in ((1, 3, 1, 24, 1), (6, 3, 2, 32, 4), (6, 5, 2, 56, 4),
+                                (6, 3, 2, 112, 6), (6, 5, 1, 160, 6), (6, 5, 2, 272, 8),
+                                (6, 3, 1, 448, 1)):
+        for i in range(reps):
+            layers.append(_IR(cin, k, cin * e, cout, False, False, s if i == 0 else 1))
+            cin = cout
+    layers += [_cbr(cin, 1280, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1280, 1000)]
+    return nn.Sequential(*layers)
+
+
+class _Fire(nn.Module):
+    def __init__(self, cin: int, sq: int, e: int) -> None:
+        super().__init__()
+        self.s, self.e1, self.e3 = nn.Conv2d(cin, sq, 1), nn.Conv2d(sq, e, 1), nn.Conv2d(sq, e, 3,
+                                                                                        padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.s(x))
+        return torch.cat([torch.relu(self.e1(x)), torch.relu(self.e3(x))], 1)
+
+
+def squeezenet1_1() -> nn.Module:
+    pool = lambda: nn.MaxPool2d(3, 2, ceil_mode=True)
+    return nn.Sequential(
+            nn.Conv2d(3, 64, 3, 2), nn.ReLU(), pool(), _Fire(64, 16, 64), _Fire(128, 16, 64),
+            pool(), _Fire(128, 32, 128), _Fire(256, 32, 128), pool(), _Fire(256, 48, 192),
+            _Fire(384, 48, 192), _Fire(384, 64, 256), _Fire(512, 64, 256),
+            nn.Conv2d(512, 1000, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+
+
+class _SE(nn.Module):
+    def __init__(self, c: int, sq: int) -> None:
+        super().__init__()
+        self.f = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(c, sq, 1), nn.ReLU(),
+                               nn.Conv2d(sq, c, 1), nn.Hardsigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.f(x)
+
+
+class _IR(nn.Module):
+    def __init__(self, cin: int, k: int, exp: int, cout: int, se: bool, hs: bool, s: int) -> None:
+        super().__init__()
+        act = nn.Hardswish if hs else nn.ReLU
+        layers: list[nn.Module] = [] if exp == cin else [_cbr(cin, exp, 1, act=act)]
+        layers.append(_cbr(exp, exp, k, s, exp, act=act))
+        if se:
+            layers.append(_SE(exp, ((exp // 4 + 4) // 8) * 8))
+        layers += [nn.Conv2d(exp, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        self.f, self.res = nn.Sequential(*layers), s == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.f(x) if self.res else self.f(x)
+
+
+_MNV3 = {  # (k, exp, out, se, hardswish, stride) per block, torchvision's tables
+    "large": ([(3, 16, 16, 0, 0, 1), (3, 64, 24, 0, 0, 2), (3, 72, 24, 0, 0, 1),
+               (5, 72, 40, 1, 0, 2), (5, 120, 40, 1, 0, 1), (5, 120, 40, 1, 0, 1),
+               (3, 240, 80, 0, 1, 2), (3, 200, 80, 0, 1, 1), (3, 184, 80, 0, 1, 1),
+               (3, 184, 80, 0, 1, 1), (3, 480, 112, 1, 1, 1), (3, 672, 112, 1, 1, 1),
+               (5, 672, 160, 1, 1, 2), (5, 960, 160, 1, 1, 1), (5, 960, 160, 1, 1, 1)], 1280),
+    "small": ([(3, 16, 16, 1, 0, 2), (3, 72, 24, 0, 0, 2), (3, 88, 24, 0, 0, 1),
+               (5, 96, 40, 1, 1, 2), (5, 240, 40, 1, 1, 1), (5, 240, 40, 1, 1, 1),
+               (5, 120, 48, 1, 1, 1), (5, 144, 48, 1, 1, 1), (5, 288, 96, 1, 1, 2),
+               (5, 576, 96, 1, 1, 1), (5, 576, 96, 1, 1, 1)], 1024),
+}
+
+
+def mobilenet_v3(size: str) -> nn.Module:
+    table, head = _MNV3[size]
+    layers: list[nn.Module] = [_cbr(3, 16, 3, 2, act=nn.Hardswish)]
+    cin = 16
+    for k, exp, out, se, hs, s in table:
+        layers.append(_IR(cin, k, exp, out, bool(se), bool(hs), s))
+        cin = out
+    layers += [_cbr(cin, 6 * cin, 1, act=nn.Hardswish), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+               nn.Linear(6 * cin, head), nn.Hardswish(), nn.Linear(head, 1000)]
+    return nn.Sequential(*layers).eval()
+
+
+class _DenseLayer(nn.Module):
+    def __init__(self, cin: int, growth: int = 32) -> None:
+        super().__init__()
+        self.f = nn.Sequential(nn.BatchNorm2d(cin), nn.ReLU(), nn.Conv2d(cin, 4 * growth, 1,
+                               bias=False), nn.BatchNorm2d(4 * growth), nn.ReLU(),
+                               nn.Conv2d(4 * growth, growth, 3, padding=1, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, self.f(x)], 1)
+
+
+def densenet121() -> nn.Module:
+    layers: list[nn.Module] = [_cbr(3, 64, 7, 2), nn.MaxPool2d(3, 2, 1)]
+    c = 64
+    for i, n in enumerate((6, 12, 24, 16)):
+        for _ in range(n):
+            layers.append(_DenseLayer(c))
+            c += 32
+        if i < 3:
+            layers += [nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, c // 2, 1, bias=False),
+                       nn.AvgPool2d(2)]
+            c //= 2
+    layers += [nn.BatchNorm2d(c), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+               nn.Linear(c, 1000)]
+    return nn.Sequential(*layers).eval()
+
+
+# ---------------------------------------------------------------- more torchvision / repo CNNs
+
+
+class _Inception(nn.Module):
+    def __init__(self, cin: int, c1: int, r3: int, c3: int, r5: int, c5: int, pp: int) -> None:
+        super().__init__()
+        self.b1 = _cbr(cin, c1, 1)
+        self.b2 = nn.Sequential(_cbr(cin, r3, 1), _cbr(r3, c3, 3))
+        self.b3 = nn.Sequential(_cbr(cin, r5, 1), _cbr(r5, c5, 3))  # torchvision: 3x3 here
+        self.b4 = nn.Sequential(nn.MaxPool2d(3, 1, 1, ceil_mode=True), _cbr(cin, pp, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.b1(x), self.b2(x), self.b3(x), self.b4(x)], 1)
+
+
+def googlenet() -> nn.Module:
+    pool = lambda: nn.MaxPool2d(3, 2, ceil_mode=True)
+    return nn.Sequential(
+        _cbr(3, 64, 7, 2), pool(), _cbr(64, 64, 1), _cbr(64, 192, 3), pool(),
+        _Inception(192, 64, 96, 128, 16, 32, 32), _Inception(256, 128, 128, 192, 32, 96, 64),
+        pool(), _Inception(480, 192, 96, 208, 16, 48, 64),
+        _Inception(512, 160, 112, 224, 24, 64, 64), _Inception(512, 128, 128, 256, 24, 64, 64),
+        _Inception(512, 112, 144, 288, 32, 64, 64), _Inception(528, 256, 160, 320, 32, 128, 128),
+        nn.MaxPool2d(2, 2, ceil_mode=True), _Inception(832, 256, 160, 320, 32, 128, 128),
+        _Inception(832, 384, 192, 384, 48, 128, 128), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(1024, 1000))
+
+
+class _Shuffle(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        bf = cout // 2
+        self.stride = stride
+        self.b1 = (nn.Sequential(nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False),
+                                 nn.BatchNorm2d(cin), _cbr(cin, bf, 1))
+                   if stride > 1 else nn.Identity())
+        c2 = cin if stride > 1 else bf
+        self.b2 = nn.Sequential(_cbr(c2, bf, 1), nn.Conv2d(bf, bf, 3, stride, 1, groups=bf,
+                                bias=False), nn.BatchNorm2d(bf), _cbr(bf, bf, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            x1, x2 = x.chunk(2, dim=1)
+            out = torch.cat([x1, self.b2(x2)], 1)
+        else:
+            out = torch.cat([self.b1(x), self.b2(x)], 1)
+        b, c, h, w = out.shape
+        return out.view(b, 2, c // 2, h, w).transpose(1, 2).contiguous().view(b, c, h, w)
+
+
+def shufflenet_v2_x0_5() -> nn.Module:
+    layers: list[nn.Module] = [_cbr(3, 24, 3, 2), nn.MaxPool2d(3, 2, 1)]
+    cin = 24
+    for reps, cout in zip((4, 8, 4), (48, 96, 192), strict=True):
+        layers += [_Shuffle(cin, cout, 2)] + [_Shuffle(cout, cout, 1) for _ in range(reps - 1)]
+        cin = cout
+    layers += [_cbr(cin, 1024, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1024, 1000)]
+    return nn.Sequential(*layers)
+
+
+def mnasnet0_5() -> nn.Module:
+    layers: list[nn.Module] = [_cbr(3, 16, 3, 2), _cbr(16, 16, 3, 1, 16),
+                               nn.Conv2d(16, 8, 1, bias=False), nn.BatchNorm2d(8)]
+    cin = 8
+    for cout, k, s, e, reps in ((16, 3, 2, 3, 3), (24, 5, 2, 3, 3), (40, 5, 2, 6, 3),
+                                (48, 3, 1, 6, 2), (96, 5, 2, 6, 4), (160, 3, 1, 6, 1)):
+        for i in range(reps):
+            layers.append(_IR(cin, k, cin * e, cout, False, False, s if i == 0 else 1))
+            cin = cout
+    layers += [_cbr(cin, 1280, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1280, 1000)]
+    return nn.Sequential(*layers)
+
+
+class _MB(nn.Module):
+    """EfficientNetV2's MBConv (SE, SiLU) or FusedMBConv."""
+
+    def __init__(self, cin: int, cout: int, k: int, s: int, e: int, fused: bool) -> None:
+        super().__init__()
+        mid, act = cin * e, nn.SiLU
+        if fused:
+            layers: list[nn.Module] = [_cbr(cin, mid if e > 1 else cout, k, s, act=act)]
+            if e > 1:
+                layers += [nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        else:
+            sq = max(1, cin // 4)
+            layers = [_cbr(cin, mid, 1, act=act), _cbr(mid, mid, k, s, mid, act=act),
+                      _SqueezeExcite(mid, sq), nn.Conv2d(mid, cout, 1, bias=False),
+                      nn.BatchNorm2d(cout)]
+        self.f, self.res = nn.Sequential(*layers), s == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.f(x) if self.res else self.f(x)
+
+
+class _SqueezeExcite(nn.Module):
+    def __init__(self, c: int, sq: int) -> None:
+        super().__init__()
+        self.f = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(c, sq, 1), nn.SiLU(),
+                               nn.Conv2d(sq, c, 1), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.f(x)
+
+
+def efficientnet_v2_s() -> nn.Module:
+    layers: list[nn.Module] = [_cbr(3, 24, 3, 2, act=nn.SiLU)]
+    cin = 24
+    for e, k, s, cout, reps, fused in ((1, 3, 1, 24, 2, True), (4, 3, 2, 48, 4, True),
+                                       (4, 3, 2, 64, 4, True), (4, 3, 2, 128, 6, False),
+                                       (6, 3, 1, 160, 9, False), (6, 3, 2, 256, 15, False)):
+        for i in range(reps):
+            layers.append(_MB(cin, cout, k, s if i == 0 else 1, e, fused))
+            cin = cout
+    layers += [_cbr(cin, 1280, 1, act=nn.SiLU), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+               nn.Linear(1280, 1000)]
+    return nn.Sequential(*layers)
+
+
+def _c3(cin: int, cout: int, k: tuple[int, int, int], s: tuple[int, int, int]) -> nn.Module:
+    return nn.Sequential(nn.Conv3d(cin, cout, k, s, tuple(x // 2 for x in k), bias=False),
+                         nn.BatchNorm3d(cout), nn.ReLU())
+
+
+class _Block3d(nn.Module):
+    def __init__(self, cin: int, planes: int, stride: int, kind: str) -> None:
+        super().__init__()
+        st = (stride, stride, stride) if kind != "mc3" else (1, stride, stride)
+
+        def conv(i: int, o: int, s: tuple[int, int, int]) -> nn.Module:
+            if kind == "r2plus1d":
+                mid = (i * o * 27) // (i * 9 + 3 * o)
+                return nn.Sequential(_c3(i, mid, (1, 3, 3), (1, s[1], s[2])),
+                                     nn.Conv3d(mid, o, (3, 1, 1), (s[0], 1, 1), (1, 0, 0),
+                                               bias=False))
+            return nn.Conv3d(i, o, (1 if kind == "mc3" else 3, 3, 3), s,
+                             (0 if kind == "mc3" else 1, 1, 1), bias=False)
+        self.body = nn.Sequential(conv(cin, planes, st), nn.BatchNorm3d(planes), nn.ReLU(),
+                                  conv(planes, planes, (1, 1, 1)), nn.BatchNorm3d(planes))
+        self.down = (nn.Sequential(nn.Conv3d(cin, planes, 1, st, bias=False),
+                                   nn.BatchNorm3d(planes)) if stride != 1 else nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.down(x))
+
+
+def video_resnet(kind: str) -> nn.Module:
+    """torchvision's r3d_18 / mc3_18 / r2plus1d_18 (mc3: 3D convs in layer1 only)."""
+    if kind == "r2plus1d":
+        stem: nn.Module = nn.Sequential(_c3(3, 45, (1, 7, 7), (1, 2, 2)),
+                                        _c3(45, 64, (3, 1, 1), (1, 1, 1)))
+    else:
+        stem = _c3(3, 64, (3, 7, 7), (1, 2, 2))
+    layers: list[nn.Module] = [stem]
+    cin = 64
+    for i, planes in enumerate((64, 128, 256, 512)):
+        k = "r3d" if kind == "mc3" and i == 0 else kind
+        layers += [_Block3d(cin, planes, 1 if i == 0 else 2, k), _Block3d(planes, planes, 1, k)]
+        cin = planes
+    layers += [nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(512, 400)]
+    return nn.Sequential(*layers)
+
+
+class _UNetSeg(nn.Module):
+    """milesial/Pytorch-UNet (transposed-conv upsampling), the unet_segmentation model."""
+
+    def __init__(self, classes: int = 2) -> None:
+        super().__init__()
+        dc = lambda i, o: nn.Sequential(_cbr(i, o, 3), _cbr(o, o, 3))
+        w = (64, 128, 256, 512, 1024)
+        self.inc = dc(3, 64)
+        self.downs = nn.ModuleList(nn.Sequential(nn.MaxPool2d(2), dc(w[i], w[i + 1]))
+                                   for i in range(4))
+        self.ups = nn.ModuleList(nn.ConvTranspose2d(w[i + 1], w[i], 2, 2)
+                                 for i in reversed(range(4)))
+        self.convs = nn.ModuleList(dc(w[i + 1], w[i]) for i in reversed(range(4)))
+        self.out = nn.Conv2d(64, classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = [self.inc(x)]
+        for d in self.downs:
+            skips.append(d(skips[-1]))
+        x = skips.pop()
+        for up, conv in zip(self.ups, self.convs, strict=True):
+            x = conv(torch.cat([skips.pop(), up(x)], 1))
+        return self.out(x)
+
+
+class _RDB(nn.Module):
+    def __init__(self, nf: int = 64, gc: int = 32) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(nf + i * gc, gc if i < 4 else nf, 3, 1, 1)
+                                   for i in range(5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = [x]
+        for i, c in enumerate(self.convs):
+            y = c(torch.cat(feats, 1))
+            feats.append(nn.functional.leaky_relu(y, 0.2) if i < 4 else y)
+        return x + 0.2 * feats[-1]
+
+
+class _RRDBNet(nn.Module):
+    """ESRGAN / Real-ESRGAN x4plus generator: 23 residual-in-residual dense blocks, x4."""
+
+    def __init__(self, blocks: int = 23) -> None:
+        super().__init__()
+        self.first = nn.Conv2d(3, 64, 3, 1, 1)
+        self.body = nn.Sequential(*[nn.Sequential(_RDB(), _RDB(), _RDB()) for _ in range(blocks)])
+        self.trunk, self.up1, self.up2 = (nn.Conv2d(64, 64, 3, 1, 1) for _ in range(3))
+        self.hr, self.last = nn.Conv2d(64, 64, 3, 1, 1), nn.Conv2d(64, 3, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.first(x)
+        f = f + self.trunk(self.body(f))
+        act = lambda t: nn.functional.leaky_relu(t, 0.2)
+        f = act(self.up1(nn.functional.interpolate(f, scale_factor=2, mode="nearest")))
+        f = act(self.up2(nn.functional.interpolate(f, scale_factor=2, mode="nearest")))
+        return self.last(act(self.hr(f)))
+
+
+class _PlainSR(nn.Module):
+    """A plain conv stack + depth-to-space x4 with the upsampled input added: Real-ESRGAN's
+    SRVGGNetCompact (PReLU) and QuickSRNet (ReLU)."""
+
+    def __init__(self, ch: int, layers: int, prelu: bool) -> None:
+        super().__init__()
+        act = (lambda: nn.PReLU(ch)) if prelu else nn.ReLU
+        body: list[nn.Module] = [nn.Conv2d(3, ch, 3, 1, 1), act()]
+        for _ in range(layers):
+            body += [nn.Conv2d(ch, ch, 3, 1, 1), act()]
+        body += [nn.Conv2d(ch, 48, 3, 1, 1), nn.PixelShuffle(4)]
+        self.body = nn.Sequential(*body)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x) + nn.functional.interpolate(x, scale_factor=4, mode="nearest")
+
+
+# ---------------------------------------------------------------- mobilegen's SD components
+
+
+def _sd(component: str) -> Built:
+    from mobilegen.models import clip_text, unet, vae_decoder
+
+    with META:
+        if component == "unet":
+            m: nn.Module = unet.EfficientUNet(unet.VARIANTS["sd15"]).eval()
+            return m, (torch.empty(1, 4, 64, 64, device=META), torch.empty(1, device=META),
+                       torch.empty(1, 77, 768, device=META))
+        if component == "vae":
+            m = vae_decoder.VAEDecoder(vae_decoder.VARIANTS["sd-vae"]).eval()
+            return m, (torch.empty(1, 4, 64, 64, device=META),)
+        m = clip_text.CLIPTextEncoder(clip_text.VARIANTS["clip-vit-l14"]).eval()
+    return m, (torch.zeros(1, 77, dtype=torch.long, device=META),)
+
+
+
+# ---------------------------------------------------------------- transformers configurations
+
+
+def _vision(cls_name: str, cfg_name: str, size: int, **cfg: Any) -> Callable[[], Built]:
+    return lambda: (_hf(cls_name, cfg_name, **cfg), _img(size))
+
+
+def _text(cls_name: str, cfg_name: str, n: int, **cfg: Any) -> Callable[[], Built]:
+    return lambda: (_hf(cls_name, cfg_name, **cfg), _ids(n))
+
+
+def _whisper(d: int, layers: int, heads: int, mels: int = 80) -> Callable[[], Built]:
+    def build() -> Built:
+        import transformers
+
+        cfg = transformers.WhisperConfig(d_model=d, encoder_layers=layers, decoder_layers=2,
+                                         encoder_attention_heads=heads,
+                                         decoder_attention_heads=heads, encoder_ffn_dim=4 * d,
+                                         decoder_ffn_dim=4 * d, num_mel_bins=mels)
+        with META:
+            m = transformers.WhisperModel(cfg).get_encoder().eval()
+        return m, (torch.empty(1, mels, 3000, device=META),)
+    return build
+
+
+def _clip() -> Built:
+    import transformers
+
+    cfg = transformers.CLIPConfig(
+        text_config={"hidden_size": 512, "intermediate_size": 2048, "num_attention_heads": 8,
+                     "num_hidden_layers": 12},
+        vision_config={"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12,
+                       "num_hidden_layers": 12, "patch_size": 16, "image_size": 224},
+        projection_dim=512)
+    with META:
+        m = transformers.CLIPModel(cfg).eval()
+    # qai-hub-models scores 5 captions per image (cococaptions.CAPTIONS_PER_IMAGE)
+    return m, {"input_ids": torch.zeros(5, 77, dtype=torch.long, device=META),
+               "pixel_values": torch.empty(1, 3, 224, 224, device=META)}
+
+
+def _siglip(part: str) -> Built:
+    import transformers
+
+    text = {"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12,
+            "num_hidden_layers": 12, "max_position_embeddings": 64}
+    vision = {"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12,
+              "num_hidden_layers": 12, "patch_size": 16, "image_size": 224}
+    if part == "text":
+        cfg = transformers.SiglipTextConfig(**text)
+        with META:
+            m = transformers.SiglipTextModel(cfg).eval()
+        return m, _ids(64)
+    cfg = transformers.SiglipVisionConfig(**vision)
+    with META:
+        m = transformers.SiglipVisionModel(cfg).eval()
+    return m, _img(224)
+
+
+def _depth_anything() -> Built:
+    import transformers
+
+    backbone = transformers.Dinov2Config(hidden_size=384, num_hidden_layers=12,
+                                         num_attention_heads=6, image_size=518, patch_size=14,
+                                         out_indices=[9, 10, 11, 12], reshape_hidden_states=False)
+    cfg = transformers.DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=384,
+                                           neck_hidden_sizes=[48, 96, 192, 384],
+                                           fusion_hidden_size=64)
+    with META:
+        m = transformers.DepthAnythingForDepthEstimation(cfg).eval()
+    return m, _img(518)
+
+
+_SWIN = {"tiny": (96, (2, 2, 6, 2), (3, 6, 12, 24)), "small": (96, (2, 2, 18, 2), (3, 6, 12, 24)),
+         "base": (128, (2, 2, 18, 2), (4, 8, 16, 32))}
+
+
+def _swin(size: str, v2: bool = False) -> Callable[[], Built]:
+    e, depths, heads = _SWIN[size]
+    if v2:
+        return _vision("Swinv2ForImageClassification", "Swinv2Config", 256, image_size=256,
+                       embed_dim=e, depths=list(depths), num_heads=list(heads), window_size=8)
+    return _vision("SwinForImageClassification", "SwinConfig", 224, embed_dim=e,
+                   depths=list(depths), num_heads=list(heads), window_size=7)
+
+
+def _tv(fn: Callable[[], nn.Module], size: int = 224,
+        shape: tuple[int, ...] | None = None) -> Callable[[], Built]:
+    def build() -> Built:
+        with META:
+            x = (torch.empty(*shape, device=META),) if shape else _img(size)
+            return fn().eval(), x
+    return build
+
+
+def _video_mae() -> Built:
+    import transformers
+
+    with META:
+        m = transformers.VideoMAEForVideoClassification(transformers.VideoMAEConfig()).eval()
+    return m, (torch.empty(1, 16, 3, 224, 224, device=META),)
+
+
+def _yamnet() -> Built:
+    import transformers
+
+    cfg = transformers.MobileNetV1Config(num_channels=1, image_size=96, tf_padding=False,
+                                         num_labels=521)
+    with META:
+        m = transformers.MobileNetV1ForImageClassification(cfg).eval()
+    return m, (torch.empty(1, 1, 96, 64, device=META),)
+
+
+_EFF_B0 = {"width_coefficient": 1.0, "depth_coefficient": 1.0, "image_size": 224,
+           "hidden_dim": 1280}
+_EFF_B4 = {"width_coefficient": 1.4, "depth_coefficient": 1.8, "image_size": 380,
+           "hidden_dim": 1792}
+
+
+def entries() -> list[ZooEntry]:
+    """Every buildable (model id, component); the SD / controlnet ones are held out."""
+    tv, hf = "hand definition (torchvision layout)", "transformers config"
+    e = [
+        ZooEntry("resnet18", "ResNet18", "resnet", _tv(lambda: resnet((2, 2, 2, 2), True)), tv),
+        ZooEntry("resnet50", "ResNet50", "resnet", _tv(lambda: resnet((3, 4, 6, 3))), tv),
+        ZooEntry("resnet101", "ResNet101", "resnet", _tv(lambda: resnet((3, 4, 23, 3))), tv),
+        ZooEntry("wideresnet50", "WideResNet50", "resnet",
+                 _tv(lambda: resnet((3, 4, 6, 3), width=128)), tv),
+        ZooEntry("resnext50", "ResNeXt50", "resnext",
+                 _tv(lambda: resnet((3, 4, 6, 3), groups=32, width=4)), tv),
+        ZooEntry("resnext101", "ResNeXt101", "resnext",
+                 _tv(lambda: resnet((3, 4, 23, 3), groups=32, width=8)), tv),
+        ZooEntry("squeezenet1_1", "SqueezeNet-1.1", "squeezenet", _tv(squeezenet1_1), tv),
+        ZooEntry("mobilenet_v3_large", "MobileNet-v3-Large", "mobilenet_v3",
+                 _tv(lambda: mobilenet_v3("large")), tv),
+        ZooEntry("mobilenet_v3_small", "MobileNet-v3-Small", "mobilenet_v3",
+                 _tv(lambda: mobilenet_v3("small")), tv),
+        ZooEntry("densenet121", "DenseNet-121", "densenet", _tv(densenet121), tv),
+        ZooEntry("mobilenet_v2", "MobileNet-v2", "mobilenet_v2",
+                 _vision("MobileNetV2ForImageClassification", "MobileNetV2Config", 224,
+                         tf_padding=False), hf),
+        ZooEntry("efficientnet_b0", "EfficientNet-B0", "efficientnet",
+                 _vision("EfficientNetForImageClassification", "EfficientNetConfig", 224,
+                         **_EFF_B0), hf),
+        ZooEntry("efficientnet_b4", "EfficientNet-B4", "efficientnet",
+                 _vision("EfficientNetForImageClassification", "EfficientNetConfig", 380,
+                         **_EFF_B4), hf),
+        ZooEntry("regnet", "RegNet", "regnet",
+                 _vision("RegNetForImageClassification", "RegNetConfig", 224, layer_type="x",
+                         depths=[2, 6, 15, 2], hidden_sizes=[96, 192, 432, 1008],
+                         groups_width=48), hf),
+        ZooEntry("regnet_y_800mf", "RegNet-Y-800MF", "regnet",
+                 _vision("RegNetForImageClassification", "RegNetConfig", 224, layer_type="y",
+                         depths=[1, 3, 8, 2], hidden_sizes=[64, 144, 320, 784],
+                         groups_width=16), hf),
+        ZooEntry("convnext_tiny", "ConvNext-Tiny", "convnext",
+                 _vision("ConvNextForImageClassification", "ConvNextConfig", 224), hf),
+        ZooEntry("convnext_base", "ConvNext-Base", "convnext",
+                 _vision("ConvNextForImageClassification", "ConvNextConfig", 224,
+                         depths=[3, 3, 27, 3], hidden_sizes=[128, 256, 512, 1024]), hf),
+        ZooEntry("convnext_v2_base", "ConvNextV2-Base", "convnext",
+                 _vision("ConvNextV2ForImageClassification", "ConvNextV2Config", 224,
+                         depths=[3, 3, 27, 3], hidden_sizes=[128, 256, 512, 1024]), hf),
+        ZooEntry("vit", "VIT", "vit", _vision("ViTForImageClassification", "ViTConfig", 224), hf),
+        ZooEntry("beit", "Beit", "vit", _vision("BeitForImageClassification", "BeitConfig", 224,
+                                                use_relative_position_bias=True), hf),
+        ZooEntry("swin_tiny", "Swin-Tiny", "swin", _swin("tiny"), hf),
+        ZooEntry("swin_small", "Swin-Small", "swin", _swin("small"), hf),
+        ZooEntry("swin_base", "Swin-Base", "swin", _swin("base"), hf),
+        ZooEntry("swinv2_base", "SwinV2-Base", "swin", _swin("base", v2=True), hf),
+        ZooEntry("levit", "LeViT", "levit",
+                 _vision("LevitForImageClassification", "LevitConfig", 224), hf),
+        ZooEntry("mobile_vit", "Mobile-VIT", "mobilevit",
+                 _vision("MobileViTForImageClassification", "MobileViTConfig", 224,
+                         image_size=224), hf),
+        ZooEntry("segformer_base", "Segformer-Base", "segformer",
+                 _vision("SegformerForSemanticSegmentation", "SegformerConfig", 512), hf),
+        ZooEntry("depth_anything", "Depth-Anything", "depth_anything", _depth_anything, hf),
+        ZooEntry("depth_anything_v2", "Depth-Anything-V2", "depth_anything", _depth_anything, hf),
+        ZooEntry("bert_base_uncased_hf", "Bert-Base-Uncased-Hf", "bert",
+                 _text("BertForMaskedLM", "BertConfig", 384), hf),
+        ZooEntry("distil_bert_base_uncased_hf", "Distil-Bert-Base-Uncased-Hf", "bert",
+                 _text("DistilBertForMaskedLM", "DistilBertConfig", 384), hf),
+        ZooEntry("electra_bert_base_discrim_google", "Electra-Bert-Base-Discrim-Google", "bert",
+                 _text("ElectraForPreTraining", "ElectraConfig", 384, hidden_size=768,
+                       num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                       embedding_size=768), hf),
+        ZooEntry("albert_base_v2_hf", "Albert-Base-V2-Hf", "albert",
+                 _text("AlbertForMaskedLM", "AlbertConfig", 384, hidden_size=768,
+                       num_attention_heads=12, intermediate_size=3072), hf),
+        ZooEntry("mobile_bert_uncased_google", "Mobile-Bert-Uncased-Google", "mobilebert",
+                 _text("MobileBertForMaskedLM", "MobileBertConfig", 384), hf),
+        ZooEntry("minilm_v2", "MiniLM-v2", "bert",
+                 _text("BertModel", "BertConfig", 128, hidden_size=384, num_hidden_layers=6,
+                       num_attention_heads=12, intermediate_size=1536), hf),
+        ZooEntry("openai_clip", "OpenAI-Clip", "clip", _clip, hf),
+        ZooEntry("siglip2", "image_encoder", "siglip", lambda: _siglip("image"), hf),
+        ZooEntry("siglip2", "text_encoder", "siglip", lambda: _siglip("text"), hf),
+        ZooEntry("distil_whisper", "encoder", "whisper", _whisper(768, 12, 12), hf),
+        ZooEntry("whisper_small_quantized", "encoder", "whisper", _whisper(768, 12, 12), hf),
+        ZooEntry("whisper_medium_quantized", "encoder", "whisper", _whisper(1024, 24, 16), hf),
+        ZooEntry("whisper_large_v3_turbo_quantized", "encoder", "whisper",
+                 _whisper(1280, 32, 20, mels=128), hf),
+        ZooEntry("googlenet", "GoogLeNet", "googlenet", _tv(googlenet), tv),
+        ZooEntry("shufflenet_v2", "Shufflenet-v2", "shufflenet", _tv(shufflenet_v2_x0_5), tv),
+        ZooEntry("mnasnet05", "MNASNet05", "mnasnet", _tv(mnasnet0_5), tv),
+        ZooEntry("efficientnet_v2_s", "EfficientNet-V2-s", "efficientnet_v2",
+                 _tv(efficientnet_v2_s, 384), tv),
+        ZooEntry("resnet_3d", "ResNet-3D", "video_resnet",
+                 _tv(lambda: video_resnet("r3d"), shape=(1, 3, 16, 112, 112)), tv),
+        ZooEntry("resnet_mixed", "ResNet-Mixed-Convolution", "video_resnet",
+                 _tv(lambda: video_resnet("mc3"), shape=(1, 3, 16, 112, 112)), tv),
+        ZooEntry("resnet_2plus1d", "ResNet-2Plus1D", "video_resnet",
+                 _tv(lambda: video_resnet("r2plus1d"), shape=(1, 3, 16, 112, 112)), tv),
+        ZooEntry("unet_segmentation", "Unet-Segmentation", "unet_segmentation",
+                 _tv(_UNetSeg, shape=(1, 3, 640, 1280)), "hand definition (milesial UNet)"),
+        ZooEntry("esrgan", "ESRGAN", "rrdb", _tv(_RRDBNet, 128), "hand definition (RRDBNet)"),
+        ZooEntry("real_esrgan_x4plus", "Real-ESRGAN-x4plus", "rrdb", _tv(_RRDBNet, 128),
+                 "hand definition (RRDBNet)"),
+        ZooEntry("real_esrgan_general_x4v3", "Real-ESRGAN-General-x4v3", "plain_sr",
+                 _tv(lambda: _PlainSR(64, 32, True), 128), "hand definition (SRVGGNetCompact)"),
+        ZooEntry("quicksrnetsmall", "QuickSRNetSmall", "plain_sr",
+                 _tv(lambda: _PlainSR(32, 2, False), 128), "hand definition (QuickSRNet)"),
+        ZooEntry("quicksrnetmedium", "QuickSRNetMedium", "plain_sr",
+                 _tv(lambda: _PlainSR(32, 5, False), 128), "hand definition (QuickSRNet)"),
+        ZooEntry("quicksrnetlarge", "QuickSRNetLarge", "plain_sr",
+                 _tv(lambda: _PlainSR(64, 11, False), 128), "hand definition (QuickSRNet)"),
+        ZooEntry("fcn_resnet50", "FCN-ResNet50", "resnet", _tv(_FCN, 520), tv),
+        ZooEntry("dncnn", "DnCNN", "dncnn", _tv(_DnCNN, shape=(1, 1, 256, 256)),
+                 "hand definition (DnCNN)"),
+        ZooEntry("efficientnet_lite4", "EfficientNet-Lite4", "efficientnet",
+                 _tv(efficientnet_lite4, 300), "hand definition (TF EfficientNet-Lite)"),
+        ZooEntry("video_mae", "Video-MAE", "vit", _video_mae, hf),
+        ZooEntry("yamnet", "YamNet", "mobilenet_v1", _yamnet, hf),
+    ]
+    sd = "mobilegen.models (SD-1.5 variants)"
+    for mid in ("stable_diffusion_v1_5", "controlnet_canny"):
+        for comp in ("text_encoder", "unet", "vae"):
+            e.append(ZooEntry(mid, comp, "stable_diffusion", lambda c=comp: _sd(c), sd,
+                              held_out=True))
+    return e
