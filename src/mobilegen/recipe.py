@@ -252,6 +252,7 @@ class SDSamplerSpec(Strict):
 class SDPipelineSpec(Strict):
     prompt: str
     negative_prompt: str
+    calibration_prompts: list[str]
     sampler: SDSamplerSpec
 
 
@@ -357,6 +358,9 @@ class SDPipelineSlots(Strict):
                                min_length=1)
     prompt: str = "a photo of a cat"  # what the export's end-to-end check draws
     negative_prompt: str = ""  # the null branch of guidance, through the same text encoder
+    # what static int8 / W8A16 components calibrate on: the chain run on these prompts, every
+    # component's own calls recorded (export/chain_calibration.py); empty: the prompt above
+    calibration_prompts: list[str] = Field(default_factory=list, max_length=256)
     # mobilegen checkpoints (relative to the recipe) that replace a folder component: a STOIC
     # with context conditioning reading the text encoder's states in place of unet/, a pruned
     # (and distilled) decoder in place of vae/'s decoder
@@ -447,7 +451,9 @@ def _load_sd_pipeline(path: Path, data: dict[str, Any]) -> PipelineRecipe:
             raise RecipeError(str(e).replace(f"{path}: ", f"{path}: [pipeline.{slot}] ", 1)) \
                 from None
     sd = SDPipelineSpec(prompt=spec.pipeline.prompt,
-                        negative_prompt=spec.pipeline.negative_prompt, sampler=spec.sampler)
+                        negative_prompt=spec.pipeline.negative_prompt,
+                        calibration_prompts=spec.pipeline.calibration_prompts,
+                        sampler=spec.sampler)
     return PipelineRecipe(name=spec.name, description=spec.description, path=path.resolve(),
                           unet=parts["unet"], decoder=parts["decoder"], gates=spec.gates,
                           text_encoder=parts["text_encoder"], diffusers=root, sd=sd,

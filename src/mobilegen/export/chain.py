@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from mobilegen import __version__
-from mobilegen.export import sd_chain
+from mobilegen.export import chain_calibration, sd_chain
 from mobilegen.export.gates import check
 from mobilegen.export.staging import StagedOutput, sha256_file
 from mobilegen.recipe import PipelineRecipe, Recipe, check_chain
@@ -54,11 +54,16 @@ def run_pipeline_export(
     reports: dict[str, dict[str, Any]] = {}
     manifests: dict[str, dict[str, Any]] = {}
     with StagedOutput(out_dir) as out:
+        calibration: dict[str, list[Any]] = {}
+        if prec.sd is not None and (count := chain_calibration.needs_calibration(recipes)):
+            with timer.step("calibrate-chain"):  # real text states and latents, not stand-ins
+                calibration = chain_calibration.record(prec, recipes, out, count)
         for slot in slots:
             # a component's failed gate is reported below; any error ends the export and the
             # staging folder goes with it
             with timer.step(f"export:{slot}"):
-                result = run_export(recipes[slot], out.staging / slot, progress, argv=argv)
+                result = run_export(recipes[slot], out.staging / slot, progress, argv=argv,
+                                    calibration=calibration.get(slot))
             reports[slot] = result.report.to_dict()
             manifests[slot] = json.loads((out.staging / slot / "manifest.json").read_text())
             failures += [f"{slot}/{f}" for f in reports[slot]["gates"]["failures"]]
@@ -98,6 +103,8 @@ def run_pipeline_export(
             "status": "gate_failed" if failures else "ok",
             "components": {s: _component_summary(s, reports[s]) for s in slots},
             "chain": chain_report,
+            **({"calibration": chain_calibration.summary(prec, calibration)}
+               if calibration else {}),
             **({"layouts": [lr.to_dict() for lr in layout_results]} if layout_results else {}),
             "gates": {"config": prec.gates.model_dump(), "failures": failures},
             "notes": (_notes(recipes, unet_c, dec_c) if prec.sd is None

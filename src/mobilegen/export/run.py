@@ -159,20 +159,26 @@ class Plan:
 def run_export(
     recipe: Recipe, out_dir: Path, progress: Progress | Callable[[str], None] | None = None,
     argv: list[str] | None = None, train_progress: TrainProgress | None = None,
+    calibration: list[dict[str, np.ndarray]] | None = None,
 ) -> ExportResult:
+    """`calibration`: feeds recorded by the caller (a pipeline's chain,
+    export/chain_calibration.py) in place of the component's own made-up ones."""
     with TreeSampler() as memory:
-        return _run_export(recipe, out_dir, StepTimer(progress, memory), argv, train_progress)
+        return _run_export(recipe, out_dir, StepTimer(progress, memory), argv, train_progress,
+                           calibration)
 
 
 def _run_export(recipe: Recipe, out_dir: Path, timer: StepTimer, argv: list[str] | None,
-                train_progress: TrainProgress | None) -> ExportResult:
+                train_progress: TrainProgress | None,
+                calibration: list[dict[str, np.ndarray]] | None) -> ExportResult:
     with StagedOutput(out_dir) as out:  # a bad output folder fails before any work
         with timer.step("load"):
             loaded = load_model(recipe)
         # before the heavy steps: refuses (exit 1) or picks child processes per target
         gate = preflight.check(recipe, _param_bytes(loaded.model))
         plan, model_summary, pass_reports = _prepare(recipe, loaded, out, timer,
-                                                     train_progress or timer.recovery)
+                                                     train_progress or timer.recovery,
+                                                     calibration)
         log = out.path("logs/toolchain.log")  # what converters print (toolchain_log.py)
         sections = _report_sections(recipe, plan, timer)  # on the model, before it may be dropped
         rows: list[ArtifactResult] = []
@@ -245,7 +251,9 @@ def target_rows(plan: Plan, target_name: str, out: StagingFolder, timer: StepTim
 
 
 def _prepare(recipe: Recipe, loaded: LoadedModel, out: StagedOutput, timer: StepTimer,
-             train_progress: TrainProgress | None) -> tuple[Plan, dict[str, Any], list[Any]]:
+             train_progress: TrainProgress | None,
+             calibration: list[dict[str, np.ndarray]] | None = None,
+             ) -> tuple[Plan, dict[str, Any], list[Any]]:
     """Count, describe, run module passes, capture, and compute what every artifact is compared
     with (per-timestep outputs, the PyTorch sampling run, calibration feeds)."""
     import torch
@@ -286,7 +294,9 @@ def _prepare(recipe: Recipe, loaded: LoadedModel, out: StagedOutput, timer: Step
     # static int8, or a profile that quantizes for its accelerator (qnn: calibration_feeds)
     count = max([plan.precision.calibration_feeds,
                  *(load_target(t).calibration_feeds for t in recipe.targets)])
-    if count:
+    if count and calibration:
+        plan.calibration = tuple(calibration[:count])
+    elif count:
         with timer.step("calibrate"):
             plan.calibration = _calibration(plan, count, timer)
     summary = {"family": loaded.family, "source": loaded.source, "init": recipe.model.init,
