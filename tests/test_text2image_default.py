@@ -154,7 +154,7 @@ def test_quantized_components_calibrate_on_the_chains_own_calls(tmp_path: Path) 
     with torch.no_grad():
         states = te(tok(prompts, padding="max_length", max_length=77,
                         return_tensors="pt").input_ids).last_hidden_state.numpy()
-    sample, time, context = feeds["unet"][0]  # the UNet's inputs, in its signature's order
+    _, time, context = feeds["unet"][0]  # the UNet's inputs, in its signature's order
     for k, feed in enumerate(feeds["unet"]):  # rows [cond x 2; null x 2] of prompt k mod 2
         np.testing.assert_allclose(feed[context][0], states[k % 2], atol=1e-5)
     times = [float(f[time].ravel()[0]) for f in feeds["unet"]]
