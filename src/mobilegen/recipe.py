@@ -405,7 +405,7 @@ def _load_sd_pipeline(path: Path, data: dict[str, Any]) -> PipelineRecipe:
     chosen = layouts.parse(spec.pipeline.layout, str(path))
     for name in chosen:
         try:
-            why = layouts.check(name, root)
+            why = layouts.check(name, root, swaps)
         except CheckpointError as e:
             why = str(e)
         if why:

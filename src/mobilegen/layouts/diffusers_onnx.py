@@ -56,7 +56,7 @@ CONTRACT: dict[str, dict[str, Any]] = {
 }
 
 
-def check(root: Path) -> str | None:
+def check(root: Path, swapped: dict[str, Any] | None = None) -> str | None:
     from mobilegen.checkpoints.pipeline_folder import read_json
 
     vae = read_json(root / "vae" / "config.json")
