@@ -37,15 +37,13 @@ NAME = "litert-sd"
 DIR = "litert-sd"
 TIME_DIM = 320  # util.get_time_embedding: 160 frequencies, cos then sin
 TOKENS = 77  # tokenizer.Tokenizer.max_length
-# util.get_alphas_cumprod's defaults, which every sampler of the example uses
-SCHEDULE = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
-            "num_train_timesteps": 1000, "prediction_type": "epsilon"}
 SIGNATURES = ("encode", "diffusion", "decode")
 FILES = {"encode": "clip.tflite", "diffusion": "diffusion.tflite", "decode": "decoder.tflite"}
 
 
 def check(root: Path, swapped: dict[str, Any] | None = None) -> str | None:
     from mobilegen.checkpoints.pipeline_folder import read_json
+    from mobilegen.layouts.context import sd_schedule_problem
 
     if swapped and "unet" in swapped:
         return (f"litert-sd needs an SD UNet (its diffusion signature takes the time embedding "
@@ -61,13 +59,9 @@ def check(root: Path, swapped: dict[str, Any] | None = None) -> str | None:
         if unet.get(key, want) != want:
             return (f"litert-sd needs unet/config.json {key} = {want!r} (litert-torch's time "
                     f"embedding is cos then sin of SD's frequencies); found {unet.get(key)!r}")
-    sched = read_json(root / "scheduler" / "scheduler_config.json")
-    for key, want in SCHEDULE.items():
-        found = sched.get(key, "epsilon" if key == "prediction_type" else None)
-        if found != want and not (isinstance(want, float) and isinstance(found, float)
-                                  and abs(found - want) < 1e-9):
-            return (f"litert-sd needs SD-1.x's schedule (litert-torch's samplers hard-code it): "
-                    f"scheduler_config.json {key} is {found!r}, expected {want!r}")
+    why = sd_schedule_problem(root, NAME, "litert-torch's samplers")
+    if why:
+        return why
     te = read_json(root / "text_encoder" / "config.json")
     if te.get("max_position_embeddings") != TOKENS:
         return (f"litert-sd needs {TOKENS}-token prompts (litert-torch's tokenizer pads to "
