@@ -36,6 +36,29 @@ guidance_scale = 7.5
 """
 
 
+# the text-to-image recipe the consumer-layout tests export (test_layouts, test_layout_consumers):
+# `layout` and `extra` (more [pipeline] keys) are filled in; one validation timestep, one timing
+LAYOUT_RECIPE = """name = "sd-tiny-layouts"
+[pipeline]
+diffusers = "pipe"
+prompt = "a photo of the cat"
+layout = {layout}{extra}
+[pipeline.text_encoder]
+validate = {{timesteps = [1.0]}}
+latency = {{warmup = 0, runs = 1}}
+[pipeline.unet]
+validate = {{timesteps = [999.0]}}
+latency = {{warmup = 0, runs = 1}}
+[pipeline.decoder]
+validate = {{timesteps = [0.0]}}
+latency = {{warmup = 0, runs = 1}}
+[sampler]
+kind = "dpm++2m"
+steps = 3
+num_images = 1
+"""
+
+
 def write_tokenizer(folder: Path) -> dict[str, int]:
     """Every byte alone and as a word end, one merge chain per word, then the two specials."""
     from mobilegen.sampling.word_bpe import word_bpe

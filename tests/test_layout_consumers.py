@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from mobilegen.cli.main import app
 from mobilegen.errors import RecipeError
 from mobilegen.recipe import load_any_recipe
+from sd_pipeline_fixture import LAYOUT_RECIPE as RECIPE
 from sd_pipeline_fixture import write_tiny_pipeline
 
 diffusers = pytest.importorskip("diffusers")
@@ -29,25 +30,6 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("litert_torch")
 
 PROMPT = "a photo of the cat"
-RECIPE = """name = "sd-tiny-consumers"
-[pipeline]
-diffusers = "pipe"
-prompt = "a photo of the cat"
-layout = {layout}
-[pipeline.text_encoder]
-validate = {{timesteps = [1.0]}}
-latency = {{warmup = 0, runs = 1}}
-[pipeline.unet]
-validate = {{timesteps = [999.0]}}
-latency = {{warmup = 0, runs = 1}}
-[pipeline.decoder]
-validate = {{timesteps = [0.0]}}
-latency = {{warmup = 0, runs = 1}}
-[sampler]
-kind = "dpm++2m"
-steps = 3
-num_images = 1
-"""
 
 
 def invoke(*args):
@@ -58,7 +40,7 @@ def invoke(*args):
 def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("consumers")
     write_tiny_pipeline(root / "pipe", unet="sd-time")
-    (root / "r.toml").write_text(RECIPE.format(layout='["litert-sd"]'))
+    (root / "r.toml").write_text(RECIPE.format(layout='["litert-sd"]', extra=""))
     result = invoke("export", root / "r.toml", "--out", root / "out", "--json")
     assert result.exit_code == 0, result.output
     return root
@@ -153,7 +135,7 @@ def test_litert_sd_pipeline_runs_the_export(export: Path, tmp_path: Path) -> Non
 
 def test_litert_sd_refuses_a_unet_not_320_wide(tmp_path: Path) -> None:
     write_tiny_pipeline(tmp_path / "pipe")  # first width 16
-    (tmp_path / "r.toml").write_text(RECIPE.format(layout='"litert-sd"'))
+    (tmp_path / "r.toml").write_text(RECIPE.format(layout='"litert-sd"', extra=""))
     with pytest.raises(RecipeError) as err:
         load_any_recipe(tmp_path / "r.toml")
     msg = str(err.value)

@@ -21,31 +21,13 @@ from typer.testing import CliRunner
 from mobilegen.cli.main import app
 from mobilegen.errors import RecipeError
 from mobilegen.recipe import load_any_recipe
+from sd_pipeline_fixture import LAYOUT_RECIPE as RECIPE
 from sd_pipeline_fixture import write_tiny_pipeline
 
 diffusers = pytest.importorskip("diffusers")
 torch = pytest.importorskip("torch")
 
 PROMPT = "a photo of the cat"
-RECIPE = """name = "sd-tiny-layouts"
-[pipeline]
-diffusers = "pipe"
-prompt = "a photo of the cat"
-layout = {layout}{extra}
-[pipeline.text_encoder]
-validate = {{timesteps = [1.0]}}
-latency = {{warmup = 0, runs = 1}}
-[pipeline.unet]
-validate = {{timesteps = [999.0]}}
-latency = {{warmup = 0, runs = 1}}
-[pipeline.decoder]
-validate = {{timesteps = [0.0]}}
-latency = {{warmup = 0, runs = 1}}
-[sampler]
-kind = "dpm++2m"
-steps = 3
-num_images = 1
-"""
 
 
 def invoke(*args):

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from mobilegen.layouts import LayoutCheck, LayoutResult
-from mobilegen.layouts.context import LayoutContext, compare
+from mobilegen.layouts.context import LayoutContext, compare, consumer_decoder
 
 NAME = "apple-coreml"
 DIR = "apple-coreml"
@@ -92,7 +92,6 @@ def _wrappers(ctx: LayoutContext) -> dict[str, Any]:
     te, unet, dec, enc = (ctx.models[k] for k in ("text_encoder", "unet", "decoder",
                                                   "vae_encoder"))
     dcfg, ecfg = ctx.configs["decoder"], ctx.configs["vae_encoder"]
-    d_mul, d_add = SWIFT_SCALE / dcfg.latent_scaling_factor, dcfg.latent_shift_factor
     e_mul = ecfg.latent_scaling_factor / SWIFT_SCALE
     lat = ecfg.latent_channels
 
@@ -113,14 +112,6 @@ def _wrappers(ctx: LayoutContext) -> dict[str, Any]:
                     encoder_hidden_states: torch.Tensor) -> torch.Tensor:
             return self.unet(sample, timestep, encoder_hidden_states.squeeze(2).transpose(1, 2))
 
-    class VAEDecoder(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.dec = dec
-
-        def forward(self, z: torch.Tensor) -> torch.Tensor:
-            return self.dec(z if (d_mul, d_add) == (1.0, 0.0) else z * d_mul + d_add)
-
     class VAEEncoder(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -132,7 +123,8 @@ def _wrappers(ctx: LayoutContext) -> dict[str, Any]:
             return torch.cat([mean, moments[:, lat:] + 2 * math.log(e_mul)], dim=1)
 
     return {"TextEncoder": TextEncoder().eval(), "Unet": Unet().eval(),
-            "VAEDecoder": VAEDecoder().eval(), "VAEEncoder": VAEEncoder().eval()}
+            "VAEDecoder": consumer_decoder(dec, dcfg, SWIFT_SCALE),
+            "VAEEncoder": VAEEncoder().eval()}
 
 
 def _chunk_wrappers(unet_wrapper: Any) -> tuple[Any, Any]:

@@ -97,3 +97,22 @@ def sd_schedule_problem(root: Path, layout: str, samplers: str) -> str | None:
             return (f"{layout} needs SD-1.x's schedule ({samplers} hard-code it): "
                     f"scheduler/scheduler_config.json {key} is {found!r}, expected {want!r}")
     return None
+
+
+def consumer_decoder(dec: Any, cfg: Any, consumer_scale: float) -> Any:
+    """The VAE decoder as a consumer feeds it: latents / `consumer_scale` (diffusers' and Apple's
+    hard-coded 0.18215; 1.0 where the consumer passes the sampler's latents as they are); the
+    VAE's own scaling and shift are applied inside, so the decoder sees latents / scale + shift."""
+    import torch
+
+    mul, add = consumer_scale / cfg.latent_scaling_factor, cfg.latent_shift_factor
+
+    class Decoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.dec = dec
+
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            return self.dec(z if (mul, add) == (1.0, 0.0) else z * mul + add)
+
+    return Decoder().eval()

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from mobilegen.layouts import LayoutCheck, LayoutResult
-from mobilegen.layouts.context import LayoutContext, compare
+from mobilegen.layouts.context import LayoutContext, compare, consumer_decoder
 
 NAME = "litert-sd"
 DIR = "litert-sd"
@@ -82,8 +82,6 @@ def _wrappers(ctx: LayoutContext) -> dict[str, Any]:
     if not hasattr(unet, "forward_time_features"):
         raise ExportError(f"{NAME}: the UNet ({type(unet).__name__}) has no entry taking the "
                           "time embedding")
-    dcfg = ctx.configs["decoder"]
-    scale, shift = dcfg.latent_scaling_factor, dcfg.latent_shift_factor
 
     class Clip(torch.nn.Module):
         def __init__(self) -> None:
@@ -102,15 +100,8 @@ def _wrappers(ctx: LayoutContext) -> dict[str, Any]:
                     time_embedding: torch.Tensor) -> torch.Tensor:
             return self.unet.forward_time_features(latents, time_embedding, context)
 
-    class Decode(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.dec = dec
-
-        def forward(self, latents: torch.Tensor) -> torch.Tensor:
-            return self.dec(latents / scale + shift)
-
-    return {"encode": Clip().eval(), "diffusion": Diffusion().eval(), "decode": Decode().eval()}
+    return {"encode": Clip().eval(), "diffusion": Diffusion().eval(),
+            "decode": consumer_decoder(dec, ctx.configs["decoder"], 1.0)}
 
 
 def _examples(ctx: LayoutContext) -> dict[str, tuple[Any, ...]]:
