@@ -36,6 +36,29 @@ guidance_scale = 7.5
 """
 
 
+# the text-to-image recipe the consumer-layout tests export (test_layouts, test_layout_consumers):
+# `layout` and `extra` (more [pipeline] keys) are filled in; one validation timestep, one timing
+LAYOUT_RECIPE = """name = "sd-tiny-layouts"
+[pipeline]
+diffusers = "pipe"
+prompt = "a photo of the cat"
+layout = {layout}{extra}
+[pipeline.text_encoder]
+validate = {{timesteps = [1.0]}}
+latency = {{warmup = 0, runs = 1}}
+[pipeline.unet]
+validate = {{timesteps = [999.0]}}
+latency = {{warmup = 0, runs = 1}}
+[pipeline.decoder]
+validate = {{timesteps = [0.0]}}
+latency = {{warmup = 0, runs = 1}}
+[sampler]
+kind = "dpm++2m"
+steps = 3
+num_images = 1
+"""
+
+
 def write_tokenizer(folder: Path) -> dict[str, int]:
     """Every byte alone and as a word end, one merge chain per word, then the two specials."""
     from mobilegen.sampling.word_bpe import word_bpe
@@ -71,32 +94,39 @@ def write_text_encoder(folder: Path, vocab: dict[str, int], hidden_act: str = "q
     model.save_pretrained(folder)
 
 
-def write_unet_and_vae(root: Path, seed: int = 0) -> None:
+# UNet widths: the default tiny UNet, and SD-1.x's 320-wide first stage that litert-torch's SD
+# pipeline needs (its time embedding is (1, 320)); cross-attention at the second stage only
+UNET_WIDTHS = {"tiny": (16, 32), "sd-time": (320, 16)}
+
+
+def write_unet_and_vae(root: Path, seed: int = 0, unet: str = "tiny") -> None:
     import diffusers
     import torch
 
     torch.manual_seed(seed)
-    unet = diffusers.UNet2DConditionModel(
-        sample_size=8, block_out_channels=(16, 32), layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=HIDDEN,
+    blocks = ((("CrossAttnDownBlock2D", "DownBlock2D"), ("UpBlock2D", "CrossAttnUpBlock2D"))
+              if unet == "tiny" else
+              (("DownBlock2D", "CrossAttnDownBlock2D"), ("CrossAttnUpBlock2D", "UpBlock2D")))
+    unet_model = diffusers.UNet2DConditionModel(
+        sample_size=8, block_out_channels=UNET_WIDTHS[unet], layers_per_block=1,
+        down_block_types=blocks[0], up_block_types=blocks[1], cross_attention_dim=HIDDEN,
         attention_head_dim=2, norm_num_groups=8)
     vae = diffusers.AutoencoderKL(
         block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
         sample_size=16)
     with torch.no_grad():
-        for p in [*unet.parameters(), *vae.parameters()]:
+        for p in [*unet_model.parameters(), *vae.parameters()]:
             p.add_(0.02 * torch.randn_like(p))
-    unet.save_pretrained(root / "unet")
+    unet_model.save_pretrained(root / "unet")
     vae.save_pretrained(root / "vae")
 
 
-def write_tiny_pipeline(root: Path, scheduler: dict | None = None) -> Path:
+def write_tiny_pipeline(root: Path, scheduler: dict | None = None, unet: str = "tiny") -> Path:
     root.mkdir(parents=True, exist_ok=True)
     vocab = write_tokenizer(root / "tokenizer")
     write_text_encoder(root / "text_encoder", vocab)
-    write_unet_and_vae(root)
+    write_unet_and_vae(root, unet=unet)
     (root / "scheduler").mkdir(exist_ok=True)
     (root / "scheduler" / "scheduler_config.json").write_text(
         json.dumps(scheduler or SD15_SCHEDULER))

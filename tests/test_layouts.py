@@ -2,6 +2,10 @@
 tiny random SD pipeline (tests/sd_pipeline_fixture.py) exported with `layout = [...]`, then
 - diffusers-onnx: diffusers' own OnnxStableDiffusionPipeline on OUT against diffusers'
   StableDiffusionPipeline on the source folder, same latents and scheduler (image PSNR);
+- apple-coreml (UNet chunked): every feature of the saved .mlpackage specs against the contract
+  as Apple's Swift source states it (SWIFT_CONTRACT below, file by file), and the two chunks in
+  PyTorch against the whole UNet (Core ML cannot predict on Linux).
+litert-sd needs a 320-wide UNet: tests/test_layout_consumers.py.
 """
 
 from __future__ import annotations
@@ -17,31 +21,13 @@ from typer.testing import CliRunner
 from mobilegen.cli.main import app
 from mobilegen.errors import RecipeError
 from mobilegen.recipe import load_any_recipe
+from sd_pipeline_fixture import LAYOUT_RECIPE as RECIPE
 from sd_pipeline_fixture import write_tiny_pipeline
 
 diffusers = pytest.importorskip("diffusers")
 torch = pytest.importorskip("torch")
 
 PROMPT = "a photo of the cat"
-RECIPE = """name = "sd-tiny-layouts"
-[pipeline]
-diffusers = "pipe"
-prompt = "a photo of the cat"
-layout = {layout}
-[pipeline.text_encoder]
-validate = {{timesteps = [1.0]}}
-latency = {{warmup = 0, runs = 1}}
-[pipeline.unet]
-validate = {{timesteps = [999.0]}}
-latency = {{warmup = 0, runs = 1}}
-[pipeline.decoder]
-validate = {{timesteps = [0.0]}}
-latency = {{warmup = 0, runs = 1}}
-[sampler]
-kind = "dpm++2m"
-steps = 3
-num_images = 1
-"""
 
 
 def invoke(*args):
@@ -57,7 +43,8 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 def diffusers_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("layouts")
     write_tiny_pipeline(root / "pipe")
-    (root / "r.toml").write_text(RECIPE.format(layout='"diffusers-onnx"'))
+    (root / "r.toml").write_text(RECIPE.format(layout='["diffusers-onnx", "apple-coreml"]',
+                                                extra="\nchunk_unet = true"))
     result = invoke("export", root / "r.toml", "--out", root / "out", "--json")
     assert result.exit_code == 0, result.output
     return root
@@ -83,7 +70,7 @@ def test_diffusers_onnx_pipeline_runs_the_export(diffusers_export: Path, tmp_pat
     assert {"unet/model.onnx", "model_index.json", "vae_encoder/config.json"} <= paths
     assert "unet/manifest.json" in {c["manifest"] for c in manifest["components"]}
     report = json.loads((out / "report.json").read_text())
-    (layout,) = report["layouts"]
+    layout = report["layouts"][0]
     assert layout["layout"] == "diffusers-onnx" and all(c["passed"] for c in layout["checks"])
 
     noise = np.random.default_rng(0).standard_normal((1, 4, 8, 8)).astype(np.float32)
@@ -159,7 +146,110 @@ def test_vae_encoder_family_matches_diffusers(diffusers_export: Path) -> None:
 ])
 def test_bad_layout_fails_at_load(tmp_path: Path, layout: str, message: str) -> None:
     write_tiny_pipeline(tmp_path / "pipe")
-    (tmp_path / "r.toml").write_text(RECIPE.format(layout=layout))
+    (tmp_path / "r.toml").write_text(RECIPE.format(layout=layout, extra=""))
     with pytest.raises(RecipeError) as err:
         load_any_recipe(tmp_path / "r.toml")
     assert message in str(err.value) and "key 'pipeline.layout'" in str(err.value)
+
+
+# What apple/ml-stable-diffusion's Swift package (swift/StableDiffusion/, read at commit e12202c)
+# reads, per resource; "first" where the Swift code takes the first feature rather than a name.
+# L = 77 tokens, D = 32 (the tiny CLIP), latents (4, 8, 8), images (3, 16, 16).
+SWIFT_CONTRACT = {
+    # pipeline/TextEncoder.swift: inputDescriptionsByName.first, shape (1, L) from the model,
+    # fed `ids.map { Float32($0) }`; result.featureValue(for: "last_hidden_state")
+    "TextEncoder": {"inputs": [("first", "float32", [1, 77])],
+                    "outputs": [("last_hidden_state", "float32", [1, 77, 32])]},
+    # pipeline/Unet.swift: "sample", "timestep" (shape [2] for a batch of 2 hidden states,
+    # Float32), "encoder_hidden_states"; StableDiffusionPipeline.swift toHiddenStates:
+    # [2, 77, D] -> [2, D, 1, 77]; the first output is the noise
+    "Unet": {"inputs": [("sample", "float32", [2, 4, 8, 8]), ("timestep", "float32", [2]),
+                        ("encoder_hidden_states", "float32", [2, 32, 1, 77])],
+             "outputs": [("first", "float32", [2, 4, 8, 8])]},
+    # pipeline/Decoder.swift: the first input, latents / scaleFactor; the first output to
+    # CGImage+vImage.swift fromShapedArray (maps [-1, 1] to pixels)
+    "VAEDecoder": {"inputs": [("first", "float32", [1, 4, 8, 8])],
+                   "outputs": [("first", "float32", [1, 3, 16, 16])]},
+    # pipeline/Encoder.swift: the first input must equal the image's planar RGB shape; the
+    # first output's channels 0..<4 are the mean, 4..<8 the log-variance
+    "VAEEncoder": {"inputs": [("first", "float32", [1, 3, 16, 16])],
+                   "outputs": [("first", "float32", [1, 8, 8, 8])]},
+}
+# pipeline/StableDiffusionPipeline+Resources.swift: the file names (compiled: .mlmodelc)
+SWIFT_FILES = ["TextEncoder", "UnetChunk1", "UnetChunk2", "VAEDecoder", "VAEEncoder",
+               "vocab.json", "merges.txt"]
+
+
+def _spec_features(path: Path) -> dict[str, list[tuple[str, str, list[int]]]]:
+    import coremltools as ct
+    from coremltools.proto import FeatureTypes_pb2
+
+    spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
+
+    def one(f):
+        arr = f.type.multiArrayType
+        dtype = FeatureTypes_pb2.ArrayFeatureType.ArrayDataType.Name(arr.dataType).lower()
+        return (f.name, dtype, [int(d) for d in arr.shape])
+
+    return {"inputs": [one(f) for f in spec.description.input],
+            "outputs": [one(f) for f in spec.description.output]}
+
+
+def _matches(found: list[tuple], want: list[tuple]) -> None:
+    for i, (name, dtype, shape) in enumerate(want):
+        got = found[i] if name == "first" else next(f for f in found if f[0] == name)
+        assert got[1:] == (dtype, shape), (name, got)
+
+
+def test_apple_coreml_specs_follow_the_swift_contract(diffusers_export: Path) -> None:
+    folder = diffusers_export / "out" / "apple-coreml"
+    for name in SWIFT_FILES:
+        assert (folder / (name if "." in name else f"{name}.mlpackage")).exists(), name
+    assert not (folder / "Unet.mlpackage").exists()  # chunked: the chunks only
+    specs = {n: _spec_features(folder / f"{n}.mlpackage")
+             for n in ("TextEncoder", "UnetChunk1", "UnetChunk2", "VAEDecoder", "VAEEncoder")}
+    for name in ("TextEncoder", "VAEDecoder", "VAEEncoder"):
+        _matches(specs[name]["inputs"], SWIFT_CONTRACT[name]["inputs"])
+        _matches(specs[name]["outputs"], SWIFT_CONTRACT[name]["outputs"])
+    # Unet.swift reads "sample" from models.first (chunk 1) and feeds all three inputs to it;
+    # ManagedMLModel.swift: chunk 2 gets chunk 1's outputs merged with the original inputs
+    c1, c2 = specs["UnetChunk1"], specs["UnetChunk2"]
+    _matches(c1["inputs"], SWIFT_CONTRACT["Unet"]["inputs"])
+    _matches(c2["outputs"], SWIFT_CONTRACT["Unet"]["outputs"])
+    offered = {n: (d, s) for n, d, s in [*SWIFT_CONTRACT["Unet"]["inputs"], *c1["outputs"]]}
+    for name, dtype, shape in c2["inputs"]:
+        assert offered.get(name) == (dtype, shape), (name, offered.get(name))
+    assert {n for n, _, _ in c1["outputs"]}.isdisjoint({"sample", "timestep"})
+    # the names Apple's converter gives (torch2coreml.py), which apps' code may look up
+    assert [f[0] for f in specs["UnetChunk2"]["outputs"]] == ["noise_pred"]
+    assert [f[0] for f in specs["VAEDecoder"]["inputs"]] == ["z"]
+    # BPETokenizer+Reading.swift skips '#' lines of merges.txt; the vocab has the specials
+    vocab = json.loads((folder / "vocab.json").read_text())
+    assert {"<|startoftext|>", "<|endoftext|>"} <= set(vocab)
+    report = json.loads((diffusers_export / "out" / "report.json").read_text())
+    layout = next(x for x in report["layouts"] if x["layout"] == "apple-coreml")
+    assert all(c["passed"] for c in layout["checks"]), layout["checks"]
+    checks = {c["check"] for c in layout["checks"]}
+    assert "UnetChunk1 -> UnetChunk2 in PyTorch vs the whole UNet" in checks
+
+
+def test_unet_chunks_equal_the_whole_unet(diffusers_export: Path) -> None:
+    """The split run in PyTorch on the source weights: chunk 1 then chunk 2 (fed chunk 1's
+    outputs and the context) equals the whole UNet; and diffusers' UNet on the same inputs."""
+    from mobilegen.checkpoints.diffusers import load_diffusers_model
+    from mobilegen.layouts import unet_chunks
+
+    folder = diffusers_export / "pipe" / "unet"
+    _, _, ours = load_diffusers_model(folder)
+    c1, c2 = unet_chunks.split(ours)
+    assert 0 < unet_chunks.split_point(ours) < 2 * ours.config.num_stages + 2
+    g = torch.Generator().manual_seed(0)
+    x, ctx = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 77, 32, generator=g)
+    t = torch.tensor([981.0, 981.0])
+    ref = diffusers.UNet2DConditionModel.from_pretrained(folder).eval()
+    with torch.no_grad():
+        whole = ours(x, t, ctx)
+        pieces = c2(*c1(x, t, ctx), ctx)
+        want = ref(x, t, ctx).sample
+    assert float((pieces - whole).abs().max()) == 0.0
+    assert float((pieces - want).abs().max()) <= 1e-4

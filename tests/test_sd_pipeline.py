@@ -39,7 +39,7 @@ def exported(sd_prompt_export: Path) -> Path:
     return sd_prompt_export  # conftest: one export shared with the bad-input corpus
 
 
-def test_export_ships_every_part_under_one_manifest(exported: Path) -> None:
+def test_export_ships_every_part_under_one_manifest(exported: Path, tmp_path: Path) -> None:
     out = exported / "out"
     manifest = json.loads((out / "manifest.json").read_text())
     assert [c["slot"] for c in manifest["components"]] == ["text_encoder", "unet", "decoder"]
@@ -67,6 +67,23 @@ def test_export_ships_every_part_under_one_manifest(exported: Path) -> None:
     te = json.loads((out / "text_encoder" / "report.json").read_text())
     for art in te["artifacts"]:
         assert art["parity"]["max_abs_error"] <= 1e-4, art
+    # the UNet's own manifest describes it as the chain feeds it: the text encoder's states
+    # and the pipeline's scheduler, not the standalone export's Gaussian stand-in and VP sampler
+    unet = json.loads((out / "unet" / "manifest.json").read_text())
+    (entry,) = unet["components"]
+    assert entry["conditioning"]["kind"] == "text" and entry["conditioning"]["shape"] == [77, 32]
+    assert "sampler" not in entry and entry["scheduler"].startswith("chain.scheduler")
+    assert "stand-in" not in json.dumps(entry)
+    assert unet["pipeline"]["manifest"] == "../manifest.json"
+    alone = invoke("sample", out / "unet", "--png", tmp_path / "u.png")
+    assert alone.exit_code != 0 and "driven by its pipeline's chain" in alone.output
+    assert [f["path"] for f in unet["files"]] == [
+        f["path"].removeprefix("unet/") for f in manifest["files"]
+        if f["component"] == "unet" and f["path"].startswith("unet/")]
+    # report.json is the typed result's rendering (report/pipeline.py)
+    assert report["kind"] == "pipeline" and set(report["components"]) == {
+        "text_encoder", "unet", "decoder"}
+    assert {"unet_artifact", "text_encoder_artifact", "grid"} <= set(report["chain"]["rows"][0])
 
 
 def test_pytorch_chain_equals_diffusers_pipeline(exported: Path) -> None:

@@ -273,6 +273,7 @@ class PipelineRecipe(BaseModel):
     diffusers: Path | None = None
     sd: SDPipelineSpec | None = None
     layouts: tuple[str, ...] = ()  # consumer layouts beside mobilegen's (mobilegen/layouts)
+    chunk_unet: bool | None = None  # apple-coreml's UNet split (None: by size)
 
     def slots(self) -> tuple[str, ...]:
         """The component slots in chain order (also the folders under OUT)."""
@@ -369,6 +370,9 @@ class SDPipelineSlots(Strict):
     # the consumer folder shapes written beside mobilegen's own (mobilegen/layouts): a name or
     # a list, e.g. "diffusers-onnx" or ["diffusers-onnx", "litert-sd"]
     layout: str | list[str] = "mobilegen"
+    # apple-coreml: split the UNet into UnetChunk1 + UnetChunk2 as Apple's --chunk-unet does;
+    # unset: only when its fp16 weights pass 1 GiB (mobilegen/layouts/apple_coreml.py)
+    chunk_unet: bool | None = None
     # per-component recipe keys (targets, passes, image_size, validate, latency, report, gates)
     text_encoder: dict[str, Any] = Field(default_factory=dict)
     unet: dict[str, Any] = Field(default_factory=dict)
@@ -409,7 +413,7 @@ def _load_sd_pipeline(path: Path, data: dict[str, Any]) -> PipelineRecipe:
     chosen = layouts.parse(spec.pipeline.layout, str(path))
     for name in chosen:
         try:
-            why = layouts.check(name, root)
+            why = layouts.check(name, root, swaps)
         except CheckpointError as e:
             why = str(e)
         if why:
@@ -457,7 +461,7 @@ def _load_sd_pipeline(path: Path, data: dict[str, Any]) -> PipelineRecipe:
     return PipelineRecipe(name=spec.name, description=spec.description, path=path.resolve(),
                           unet=parts["unet"], decoder=parts["decoder"], gates=spec.gates,
                           text_encoder=parts["text_encoder"], diffusers=root, sd=sd,
-                          layouts=chosen)
+                          layouts=chosen, chunk_unet=spec.pipeline.chunk_unet)
 
 
 def _swap_checkpoint(path: Path, key: str, value: str, family: str) -> tuple[str, Path, Any]:

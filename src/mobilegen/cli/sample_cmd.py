@@ -144,6 +144,9 @@ def _dispatch(outdir: Path, manifest: dict[str, Any], target: str, seed: int | N
 
             raise OptionError(f"--prompt: {outdir} is not a text-to-image export (it has no "
                               "text encoder)")
+        elif "pipeline" in manifest:  # a text-to-image export's UNet: the chain drives it
+            raise MobilegenError(f"{outdir / 'manifest.json'}: this component is driven by "
+                                 f"its pipeline's chain; sample {outdir.parent} --prompt ...")
         elif "chain" in manifest:  # a pipeline export: UNet sampler, then the VAE decoder
             result = _sample_chain(outdir, manifest, target, seed, steps, png, threads, verify)
         else:

@@ -20,23 +20,26 @@ from typing import Any
 
 import numpy as np
 
-from mobilegen import __version__
 from mobilegen.export import chain_calibration, sd_chain
 from mobilegen.export.gates import check
 from mobilegen.export.staging import StagedOutput, sha256_file
 from mobilegen.recipe import PipelineRecipe, Recipe, check_chain
+from mobilegen.report.pipeline import ChainReport, ChainRow, ComponentSummary, PipelineReport
 from mobilegen.report.provenance import host_info, library_versions
-from mobilegen.report.results import json_safe
 
-SCHEMA = 1
-SLOTS = ("unet", "decoder")  # also the component folders under OUT
+SCHEMA = 1  # manifest.json of a pipeline export
 
 
 @dataclass
 class PipelineResult:
     out_dir: Path
-    report: dict[str, Any]  # report.json as written
+    typed: PipelineReport
     failures: list[str] = field(default_factory=list)
+
+    @property
+    def report(self) -> dict[str, Any]:
+        """report.json as written."""
+        return self.typed.to_dict()
 
 
 def run_pipeline_export(
@@ -74,48 +77,37 @@ def run_pipeline_export(
             tok, shipped = sd_chain.ship_tokenizer_and_scheduler(
                 prec, comps["text_encoder"]["sequence_length"], out)
             chain = sd_chain.chain_entry(prec, comps, tok, shipped)
-            with timer.step("chain"):
-                chain_report = sd_chain.run_chain(
-                    recipes, reports, {s: _runnable(reports[s]) for s in slots}, comps, chain,
-                    out)
+            sd_chain.describe_unet_in_chain(out, comps["unet"])
         else:
             chain = chain_entry(unet_c, dec_c)
-            with timer.step("chain"):
-                chain_report = _run_chain(prec, recipes, reports, unet_c, dec_c, chain, out)
+        with timer.step("chain"):
+            chain_report = run_chain(prec, recipes, reports, comps, chain, out)
         layout_results = []
         if prec.layouts:  # consumer folder shapes beside mobilegen's (mobilegen/layouts)
             layout_results = sd_chain.write_layouts(prec, comps, chain, out, timer)
             for lr in layout_results:
                 failures += lr.failures
                 shipped += list(lr.files)
-        for row in chain_report["rows"]:
-            failure = check(f"chain:{row['format']}/{row['precision']}", "min_psnr_db",
-                            row["psnr_db"], prec.gates.min_psnr_db, True)
+        for row in chain_report.rows:
+            failure = check(f"chain:{row.format}/{row.precision}", "min_psnr_db",
+                            row.psnr_db, prec.gates.min_psnr_db, True)
             if failure is not None:
                 failures.append(str(failure))
         manifest = _pipeline_manifest(prec, comps, chain, layout_results, manifests, shipped,
                                       argv)
-        report = {
-            "schema_version": SCHEMA,
-            "kind": "pipeline",
-            "tool": {"name": "mobilegen", "version": __version__},
-            "recipe": {"name": prec.name, "path": str(prec.path)},
-            "status": "gate_failed" if failures else "ok",
-            "components": {s: _component_summary(s, reports[s]) for s in slots},
-            "chain": chain_report,
-            **({"calibration": chain_calibration.summary(prec, calibration)}
-               if calibration else {}),
-            **({"layouts": [lr.to_dict() for lr in layout_results]} if layout_results else {}),
-            "gates": {"config": prec.gates.model_dump(), "failures": failures},
-            "notes": (_notes(recipes, unet_c, dec_c) if prec.sd is None
-                      else sd_chain.notes(recipes)),
-            "timings_s": timer.times,
-            "host": host_info(),
-        }
-        report = json_safe(report)
+        report = PipelineReport(
+            recipe={"name": prec.name, "path": str(prec.path)},
+            components={s: ComponentSummary.of(s, reports[s]) for s in slots},
+            chain=chain_report, layouts=[lr.to_dict() for lr in layout_results],
+            calibration=(chain_calibration.summary(prec, calibration) if calibration
+                         else None),
+            gates={"config": prec.gates.model_dump(), "failures": failures},
+            notes=(_notes(recipes, unet_c, dec_c) if prec.sd is None
+                   else sd_chain.notes(recipes)),
+            timings_s=timer.times, host=host_info())
         out.write_json("manifest.json", manifest)
-        out.write_json("report.json", report)
-        out.path("report.md").write_text(render_markdown(report))
+        out.write_json("report.json", report.to_dict())
+        out.path("report.md").write_text(report.markdown())
         final = out.commit()
     return PipelineResult(final, report, failures)
 
@@ -199,67 +191,58 @@ def _runnable(report: dict[str, Any]) -> dict[tuple[str, str], str]:
     return out
 
 
-def _run_chain(
-    prec: PipelineRecipe, recipes: dict[str, Recipe], reports: dict[str, dict[str, Any]],
-    unet_c: dict[str, Any], dec_c: dict[str, Any], chain: dict[str, Any], out: StagedOutput,
-) -> dict[str, Any]:
-    """The chain through PyTorch (the loaded weights) and through each (format, precision) pair
-    that both components produced and the host can run; image PSNR of each against PyTorch."""
-    from mobilegen.export.run import load_model
+def run_chain(prec: PipelineRecipe, recipes: dict[str, Recipe],
+              reports: dict[str, dict[str, Any]], comps: dict[str, dict[str, Any]],
+              chain: dict[str, Any], out: StagedOutput) -> ChainReport:
+    """The chain through PyTorch (the loaded weights, before any module pass) and through each
+    (format, precision) that every component produced and the host runs; image PSNR of each
+    against PyTorch, one PNG grid each. A UNet + decoder pair samples on its VP sampler with its
+    conditioning; a text-to-image pipeline goes from the prompt (sampling/prompt_chain.py)."""
     from mobilegen.measure.parity import compare
-    from mobilegen.models import get_family
     from mobilegen.sampling.generate import generate_chain, save_grid
-    from mobilegen.sampling.runner import torch_runner
+    from mobilegen.sampling.prompt_chain import generate_from_prompt, load_tokenizer
     from mobilegen.targets import load_for_profile
     from mobilegen.targets.profile import load_target
 
-    torch_runners = {}
-    for slot, recipe in recipes.items():
-        loaded = load_model(recipe)
-        size = reports[slot]["model"]["image_size"]
-        io = get_family(loaded.family).io_spec(loaded.config, size)
-        torch_runners[slot] = torch_runner(loaded.model, io)
-    reference = generate_chain(torch_runners["unet"], torch_runners["decoder"], unet_c, dec_c,
-                               chain)
+    slots = prec.slots()
+    if prec.sd is not None:
+        tokenizer = load_tokenizer(out.staging, chain)
+
+        def generate(runners: dict[str, Any]) -> np.ndarray:
+            return generate_from_prompt(runners, comps, chain, tokenizer)
+    else:
+        def generate(runners: dict[str, Any]) -> np.ndarray:
+            return generate_chain(runners["unet"], runners["decoder"], comps["unet"],
+                                  comps["decoder"], chain)
+
+    sizes = {slot: reports[slot]["model"]["image_size"] for slot in slots}
+    reference = generate(sd_chain.pytorch_runners(recipes, sizes))
     save_grid(out.path("chain-pytorch.png"), reference)
-    runtimes = {row["artifact"]: (row["target"]) for s in SLOTS for row in reports[s]["artifacts"]}
-    u_arts, d_arts = _runnable(reports["unet"]), _runnable(reports["decoder"])
+    targets = {row["artifact"]: row["target"] for s in slots for row in reports[s]["artifacts"]}
+    arts = {s: _runnable(reports[s]) for s in slots}
     rows = []
-    for key in [k for k in u_arts if k in d_arts]:
-        runners = {}
-        for slot, art in (("unet", u_arts[key]), ("decoder", d_arts[key])):
-            profile = load_target(runtimes[art])
-            runners[slot] = load_for_profile(out.staging / slot / art, profile)
-        images = generate_chain(runners["unet"], runners["decoder"], unet_c, dec_c, chain)
+    for key in [k for k in arts["unet"] if all(k in arts[s] for s in slots)]:
+        runners = {s: load_for_profile(out.staging / s / arts[s][key],
+                                       load_target(targets[arts[s][key]])) for s in slots}
+        images = generate(runners)
         grid = f"chain-{key[0]}-{key[1]}.png"
         save_grid(out.path(grid), images)
-        rows.append({"format": key[0], "precision": key[1],
-                     "unet_artifact": f"unet/{u_arts[key]}",
-                     "decoder_artifact": f"decoder/{d_arts[key]}",
-                     **compare(reference, images, 2.0).to_dict(), "grid": grid,
-                     "finite": bool(np.isfinite(images).all())})
-    skipped = sorted(f"{f}/{p}" for f, p in set(u_arts) ^ set(d_arts))
-    out_doc = {"reference": "PyTorch, the loaded weights (before any module passes)",
-               "images": int(reference.shape[0]), "image_shape": list(reference.shape[1:]),
-               "pytorch_grid": "chain-pytorch.png", "rows": rows,
-               "unpaired_artifacts": skipped}
-    if not rows:  # e.g. Core ML only, off macOS: say so rather than pass a gate on nothing
-        out_doc["note"] = ("no artifact format that both components produced runs on this host: "
-                           "the chain ran through PyTorch only")
-    return out_doc
-
-
-def _component_summary(slot: str, report: dict[str, Any]) -> dict[str, Any]:
-    m = report["model"]
-    return {"dir": slot, "report": f"{slot}/report.json", "status": report["status"],
-            "family": m["family"], "init": m["init"], "params": m["params"], "gmac": m["gmac"],
-            "image_size": m["image_size"],
-            "artifacts": [{"artifact": f"{slot}/{r['artifact']}", "format": r["format"],
-                           "precision": r["precision"], "runnable": r["runnable"],
-                           "median_ms": (r.get("latency") or {}).get("median_ms"),
-                           "step_psnr_db": (r.get("parity") or {}).get("psnr_db")}
-                          for r in report["artifacts"]],
-            "gate_failures": report["gates"]["failures"]}
+        rows.append(ChainRow(format=key[0], precision=key[1],
+                             artifacts={s: f"{s}/{arts[s][key]}" for s in slots},
+                             **compare(reference, images, 2.0).to_dict(), grid=grid,
+                             finite=bool(np.isfinite(images).all())))
+    every = set().union(*arts.values())
+    return ChainReport(
+        reference="PyTorch, the loaded weights (before any module passes)",
+        **({"prompt": chain["prompt"], "negative_prompt": chain["negative_prompt"]}
+           if prec.sd is not None else {}),
+        images=int(reference.shape[0]), image_shape=list(reference.shape[1:]),
+        pytorch_grid="chain-pytorch.png", rows=rows,
+        unpaired_artifacts=sorted(f"{f}/{p}" for f, p in every
+                                  if not all((f, p) in arts[s] for s in slots)),
+        # e.g. Core ML only, off macOS: say so rather than pass a gate on nothing
+        note=None if rows else (f"no artifact format that all {len(slots)} components produced "
+                                "runs on this host: the chain ran through PyTorch only"))
 
 
 def _notes(recipes: dict[str, Recipe], unet_c: dict[str, Any], dec_c: dict[str, Any]) -> list[str]:
@@ -273,28 +256,3 @@ def _notes(recipes: dict[str, Recipe], unet_c: dict[str, Any], dec_c: dict[str, 
     notes.append("conditioning is a seeded Gaussian stand-in for text-encoder states "
                  "(no text encoder ships with the pipeline)")
     return notes
-
-
-def render_markdown(report: dict[str, Any]) -> str:
-    lines = [f"# Pipeline export: {report['recipe']['name']}", "",
-             f"Status: **{report['status']}**", "", "## Components", "",
-             "| slot | family | init | params | GMAC | status |", "|---|---|---|---|---|---|"]
-    for slot, c in report["components"].items():
-        lines.append(f"| [{slot}]({c['report']}) | {c['family']} | {c['init']} | "
-                     f"{c['params']:,} | {c['gmac']:.3f} | {c['status']} |")
-    ch = report["chain"]
-    lines += ["", "## Chain (UNet sampler -> latents / scaling -> decoder)", "",
-              f"Reference: {ch['reference']}; {ch['images']} images of shape "
-              f"{tuple(ch['image_shape'])}; grid [{ch['pytorch_grid']}]({ch['pytorch_grid']})"
-              + (f"; prompt {ch['prompt']!r}, negative {ch['negative_prompt']!r}."
-                 if "prompt" in ch else "."),
-              "", "| format | precision | image PSNR dB | max abs err | grid |",
-              "|---|---|---|---|---|"]
-    for r in ch["rows"]:
-        psnr = "inf" if r["psnr_db"] is None else f"{r['psnr_db']:.2f}"
-        lines.append(f"| {r['format']} | {r['precision']} | {psnr} | "
-                     f"{r['max_abs_error']:.3g} | [{r['grid']}]({r['grid']}) |")
-    if report["gates"]["failures"]:
-        lines += ["", "## Gate failures", ""] + [f"- {f}" for f in report["gates"]["failures"]]
-    lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
-    return "\n".join(lines) + "\n"

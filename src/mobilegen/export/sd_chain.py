@@ -4,8 +4,9 @@ manifest's `chain` section (tokenize, encode, sample on SD's discrete scheduler,
 the end-to-end check: the same prompt through PyTorch and through every artifact format all three
 components produced, image PSNR against PyTorch, one PNG grid each.
 
-export/chain.py runs the component exports and writes the pipeline's manifest and report; it
-calls this module when the recipe names a diffusers folder.
+export/chain.py runs the component exports, the one chain check for both kinds of pipeline, and
+writes the pipeline's manifest and typed report; it calls this module when the recipe names a
+diffusers folder.
 """
 
 from __future__ import annotations
@@ -13,14 +14,10 @@ from __future__ import annotations
 import shutil
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from mobilegen.export.staging import StagedOutput, sha256_file
 
 if TYPE_CHECKING:
     from mobilegen.recipe import PipelineRecipe, Recipe
-
-SLOTS = ("text_encoder", "unet", "decoder")
 
 
 def _ship(out: StagedOutput, src: Any, rel: str, fmt: str) -> dict[str, Any]:
@@ -129,9 +126,33 @@ def in_chain(slot: str, entry: dict[str, Any]) -> dict[str, Any]:
     if slot != "unet":
         return entry
     out = {k: v for k, v in entry.items() if k not in ("sampler", "guidance", "prediction")}
-    out["conditioning"] = {"kind": "text", "see": "chain.conditioning"}
+    shape = (entry.get("conditioning") or {}).get("shape")
+    out["conditioning"] = {
+        "kind": "text", **({"shape": shape} if shape else {}),
+        "cond": "the text encoder's last_hidden_state of the prompt",
+        "null": "the same of the negative prompt (the empty prompt by default)",
+        "see": "chain.conditioning"}
+    ranges = dict(out.get("value_ranges") or {})
+    if "encoder_hidden_states" in ranges:
+        ranges["encoder_hidden_states"] = "the shipped text encoder's last_hidden_state"
+        out["value_ranges"] = ranges
     out["scheduler"] = "chain.scheduler (its `prediction` says epsilon or v)"
     return out
+
+
+def describe_unet_in_chain(out: StagedOutput, entry: dict[str, Any]) -> None:
+    """OUT/unet/manifest.json as the chain feeds the UNet (the text encoder's states, the
+    pipeline's scheduler), pointing at the pipeline's manifest; its files are unchanged."""
+    import json
+
+    path = out.path("unet/manifest.json")
+    manifest = json.loads(path.read_text())
+    manifest["components"] = [in_chain("unet", entry)]
+    manifest["pipeline"] = {"manifest": "../manifest.json",
+                            "note": "this UNet is driven by the pipeline's chain: its "
+                                    "conditioning is the text encoder's states and its "
+                                    "scheduler is chain.scheduler"}
+    out.write_json("unet/manifest.json", manifest)
 
 
 def pytorch_runners(recipes: dict[str, Recipe],
@@ -149,49 +170,6 @@ def pytorch_runners(recipes: dict[str, Recipe],
         runners[slot] = torch_runner(loaded.model,
                                      get_family(loaded.family).io_spec(loaded.config, size))
     return runners
-
-
-def run_chain(recipes: dict[str, Recipe], reports: dict[str, dict[str, Any]],
-              arts: dict[str, dict[tuple[str, str], str]], comps: dict[str, dict[str, Any]],
-              chain: dict[str, Any], out: StagedOutput) -> dict[str, Any]:
-    """The prompt through PyTorch (the loaded weights) and through each (format, precision)
-    that all three components produced and the host runs (`arts`: slot -> (format, precision)
-    -> runnable artifact); image PSNR of each against PyTorch."""
-    from mobilegen.measure.parity import compare
-    from mobilegen.sampling.generate import save_grid
-    from mobilegen.sampling.prompt_chain import generate_from_prompt, load_tokenizer
-    from mobilegen.targets import load_for_profile
-    from mobilegen.targets.profile import load_target
-
-    tokenizer = load_tokenizer(out.staging, chain)
-    sizes = {slot: reports[slot]["model"]["image_size"] for slot in recipes}
-    reference = generate_from_prompt(pytorch_runners(recipes, sizes), comps, chain, tokenizer)
-    save_grid(out.path("chain-pytorch.png"), reference)
-    targets = {row["artifact"]: row["target"] for s in SLOTS for row in reports[s]["artifacts"]}
-    rows = []
-    for key in [k for k in arts["unet"] if all(k in arts[s] for s in SLOTS)]:
-        runners = {}
-        for slot in SLOTS:
-            profile = load_target(targets[arts[slot][key]])
-            runners[slot] = load_for_profile(out.staging / slot / arts[slot][key], profile)
-        images = generate_from_prompt(runners, comps, chain, tokenizer)
-        grid = f"chain-{key[0]}-{key[1]}.png"
-        save_grid(out.path(grid), images)
-        rows.append({"format": key[0], "precision": key[1],
-                     **{f"{s}_artifact": f"{s}/{arts[s][key]}" for s in SLOTS},
-                     **compare(reference, images, 2.0).to_dict(), "grid": grid,
-                     "finite": bool(np.isfinite(images).all())})
-    all_keys = set().union(*arts.values())
-    doc = {"reference": "PyTorch, the loaded weights (before any module passes)",
-           "prompt": chain["prompt"], "negative_prompt": chain["negative_prompt"],
-           "images": int(reference.shape[0]), "image_shape": list(reference.shape[1:]),
-           "pytorch_grid": "chain-pytorch.png", "rows": rows,
-           "unpaired_artifacts": sorted(f"{f}/{p}" for f, p in all_keys
-                                        if not all((f, p) in arts[s] for s in SLOTS))}
-    if not rows:
-        doc["note"] = ("no artifact format that all three components produced runs on this "
-                       "host: the chain ran through PyTorch only")
-    return doc
 
 
 def write_layouts(prec: PipelineRecipe, comps: dict[str, dict[str, Any]], chain: dict[str, Any],

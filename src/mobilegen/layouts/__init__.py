@@ -80,9 +80,10 @@ def module(name: str) -> Any:
     return importlib.import_module(f"mobilegen.layouts.{LAYOUTS[name]}")
 
 
-def check(name: str, root: Path) -> str | None:
-    """Why the diffusers pipeline folder `root` cannot take layout `name` (None: it can)."""
-    return module(name).check(root)
+def check(name: str, root: Path, swapped: dict[str, Any] | None = None) -> str | None:
+    """Why the diffusers pipeline folder `root` (with the recipe's checkpoint swaps: slot ->
+    (family, file, config)) cannot take layout `name` (None: it can)."""
+    return module(name).check(root, swapped or {})
 
 
 def write(name: str, ctx: Any) -> LayoutResult:

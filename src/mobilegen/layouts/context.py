@@ -77,3 +77,42 @@ def compare(artifact: str, check: str, got: np.ndarray, want: np.ndarray) -> Lay
     ok = bool(np.isfinite(got).all()) and err <= REL_TOL * max(scale, 1.0)
     return LayoutCheck(artifact, check, ok, err,
                        f"max abs error {err:.3g} (limit {REL_TOL * max(scale, 1.0):.3g})")
+
+
+# SD-1.x's training schedule, which the consumers' own samplers hard-code (litert-torch's
+# util.get_alphas_cumprod; Apple's Scheduler.swift defaults)
+SD_SCHEDULE = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
+               "num_train_timesteps": 1000, "prediction_type": "epsilon"}
+
+
+def sd_schedule_problem(root: Path, layout: str, samplers: str) -> str | None:
+    """Why the folder's scheduler config is not the schedule `samplers` hard-code, or None."""
+    from mobilegen.checkpoints.pipeline_folder import read_json
+
+    sched = read_json(root / "scheduler" / "scheduler_config.json")
+    for key, want in SD_SCHEDULE.items():
+        found = sched.get(key, "epsilon" if key == "prediction_type" else None)
+        if found != want and not (isinstance(want, float) and isinstance(found, float)
+                                  and abs(found - want) < 1e-9):
+            return (f"{layout} needs SD-1.x's schedule ({samplers} hard-code it): "
+                    f"scheduler/scheduler_config.json {key} is {found!r}, expected {want!r}")
+    return None
+
+
+def consumer_decoder(dec: Any, cfg: Any, consumer_scale: float) -> Any:
+    """The VAE decoder as a consumer feeds it: latents / `consumer_scale` (diffusers' and Apple's
+    hard-coded 0.18215; 1.0 where the consumer passes the sampler's latents as they are); the
+    VAE's own scaling and shift are applied inside, so the decoder sees latents / scale + shift."""
+    import torch
+
+    mul, add = consumer_scale / cfg.latent_scaling_factor, cfg.latent_shift_factor
+
+    class Decoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.dec = dec
+
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            return self.dec(z if (mul, add) == (1.0, 0.0) else z * mul + add)
+
+    return Decoder().eval()

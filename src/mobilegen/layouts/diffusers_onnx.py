@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from mobilegen.layouts import LayoutCheck, LayoutResult
-from mobilegen.layouts.context import LayoutContext, compare
+from mobilegen.layouts.context import LayoutContext, compare, consumer_decoder
 
 NAME = "diffusers-onnx"
 DIFFUSERS_SCALE = 0.18215  # hard-coded in OnnxStableDiffusionPipeline (decode and img2img)
@@ -56,7 +56,7 @@ CONTRACT: dict[str, dict[str, Any]] = {
 }
 
 
-def check(root: Path) -> str | None:
+def check(root: Path, swapped: dict[str, Any] | None = None) -> str | None:
     from mobilegen.checkpoints.pipeline_folder import read_json
 
     vae = read_json(root / "vae" / "config.json")
@@ -99,19 +99,6 @@ def _wrappers(ctx: LayoutContext) -> dict[str, Any]:
             t = timestep.reshape(-1)[:1].float().expand(sample.shape[0])  # one t per call
             return self.unet(sample, t, encoder_hidden_states)
 
-    # decoder input = latents / own_scale + shift; diffusers gives latents / 0.18215
-    d_mul = DIFFUSERS_SCALE / dcfg.latent_scaling_factor
-    d_add = dcfg.latent_shift_factor
-
-    class Decoder(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.dec = dec
-
-        def forward(self, latent_sample: torch.Tensor) -> torch.Tensor:
-            x = latent_sample if (d_mul, d_add) == (1.0, 0.0) else latent_sample * d_mul + d_add
-            return self.dec(x)
-
     lat = ecfg.latent_channels
     e_mul = ecfg.latent_scaling_factor / DIFFUSERS_SCALE
 
@@ -125,7 +112,8 @@ def _wrappers(ctx: LayoutContext) -> dict[str, Any]:
             return (mean - ecfg.latent_shift_factor) * e_mul
 
     return {"text_encoder": TextEncoder().eval(), "unet": Unet().eval(),
-            "vae_decoder": Decoder().eval(), "vae_encoder": Encoder().eval()}
+            "vae_decoder": consumer_decoder(dec, dcfg, DIFFUSERS_SCALE),
+            "vae_encoder": Encoder().eval()}
 
 
 def _examples(ctx: LayoutContext, batch: int) -> dict[str, tuple[Any, ...]]:
@@ -167,7 +155,8 @@ def _export(module: Any, args: tuple[Any, ...], path: Path, comp: str) -> bool:
         with contextlib.redirect_stdout(sys.stderr), torch.no_grad():
             torch.onnx.export(module, args, str(path), dynamo=True, opset_version=OPSET,
                               input_names=names, output_names=list(spec["outputs"]),
-                              dynamic_shapes=dyn, external_data=external, verbose=False)
+                              dynamic_shapes=tuple(dyn[n] for n in names),  # by position
+                              external_data=external, verbose=False)
     except Exception as e:
         raise ExportError(f"{NAME}: torch.onnx.export failed for {comp}: "
                           f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e)}") \

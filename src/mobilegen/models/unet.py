@@ -460,10 +460,20 @@ class EfficientUNet(nn.Module):
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor,
                 encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.forward_time_features(sample, self.time_features(timestep),
+                                          encoder_hidden_states)
+
+    def time_features(self, timestep: torch.Tensor) -> torch.Tensor:
+        """t (B,) -> the (B, C0) sinusoids the time MLP reads."""
         cfg = self.config
-        t_feat = timestep_embedding(timestep, cfg.block_out_channels[0], cfg.flip_sin_to_cos,
-                                    cfg.freq_shift)  # (B, C0)
-        temb = self.time_embedding(t_feat.to(sample.dtype))  # (B, 4 C0)
+        return timestep_embedding(timestep, cfg.block_out_channels[0], cfg.flip_sin_to_cos,
+                                  cfg.freq_shift)
+
+    def forward_time_features(self, sample: torch.Tensor, time_features: torch.Tensor,
+                              encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+        """The UNet from the sinusoidal time features on (a consumer that computes them
+        outside the graph: litert-torch's SD pipeline); (1, C0) features serve the whole batch."""
+        temb = self.time_embedding(time_features.to(sample.dtype))  # (B or 1, 4 C0)
         ctx = encoder_hidden_states  # (B, 77, D)
         x = self.conv_in(sample)  # (B, C0, h, w)
         skips = [x]
