@@ -72,6 +72,10 @@ def _artifact(out: Path, req: ExportRequest, precision: str,
               details: dict[str, Any]) -> Artifact:
     backend = req.profile.partitioner
     runnable = backend in ("xnnpack", "qnn")
+    if backend == "xnnpack":
+        from mobilegen.targets.executorch_profile import etdump_profile
+
+        details["etdump_profile"] = etdump_profile(out, list(req.example))
     if backend == "qnn":
         why = qnn_runtime_note(out)
         runnable = why is None

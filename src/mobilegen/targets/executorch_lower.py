@@ -301,9 +301,10 @@ def coverage(edge: Any, backend: str) -> dict[str, Any]:
         if int(row[2]):
             portable[op] += int(row[2])
     supported, total = sum(delegated.values()), sum(delegated.values()) + sum(portable.values())
+    left = ", ".join(f"{k} x{v}" for k, v in sorted(portable.items()))
     note = (f"{info.num_delegated_subgraphs} delegated subgraph(s); "
-            + (f"on the portable CPU kernels: {', '.join(f'{k} x{v}' for k, v in sorted(portable.items()))}"
-               if portable else "nothing left on the portable CPU kernels"))
+            + (f"on the portable CPU kernels: {left}" if portable
+               else "nothing left on the portable CPU kernels"))
     return entry(ACCELERATOR[backend], TOOL, verdict_of(supported, total), supported, total,
                  portable, note, delegated_subgraphs=info.num_delegated_subgraphs,
                  delegated_ops=dict(sorted(delegated.items())),
