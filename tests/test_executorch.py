@@ -129,3 +129,21 @@ def test_missing_extra_names_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "executorch", None)  # import executorch -> ImportError
     with pytest.raises(TargetUnavailableError, match=r"pip install 'mobilegen\[executorch\]'"):
         runtime_module("executorch")
+
+
+def test_vulkan_lowers_and_says_the_runtime_lacks_it(tiny):
+    (art,) = et.export(_request(tiny, "android-vulkan-executorch"))
+    (cov,) = art.details["coverage"]
+    assert not art.runnable and "Vulkan" in art.details["not_run"]
+    assert cov["accelerator"] == "executorch-vulkan" and cov["supported_nodes"] > 0
+
+
+def test_qnn_profile_lowers_or_fails_in_one_line(tiny):
+    """With onnxruntime-qnn's QNN 2.51 libraries ExecuTorch 1.5.1's QNN AOT fails its device
+    config (README); whatever happens, it is an artifact or one line naming QNN."""
+    try:
+        (art,) = et.export(_request(tiny, "snapdragon-8gen3-executorch"))
+    except ExportError as e:
+        assert "\n" not in str(e) and "qnn" in str(e).lower()
+    else:
+        assert art.details["coverage"][0]["accelerator"] == "executorch-qnn-htp"
