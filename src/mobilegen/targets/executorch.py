@@ -121,9 +121,11 @@ def export_precision(req: ExportRequest, spec: PrecisionSpec, base: bool = False
     from mobilegen.targets import executorch_quant as quant
 
     profile = req.profile
-    if profile.partitioner != "xnnpack":
-        raise ExportError(f"{profile.name}: precision passes run on XNNPACK profiles only "
-                          f"(this one lowers to {profile.partitioner} at {profile.precision})")
+    if profile.partitioner != "xnnpack":  # a row saying why, not a failed export
+        return [Artifact(f"{req.stem}.{spec.tag}", "none", profile.name, "executorch", spec.tag,
+                         runnable=False, details={"skipped": (
+                             f"precision passes run on XNNPACK profiles only; this profile "
+                             f"lowers to {profile.partitioner} at {profile.precision}")})]
     reason = supports(spec)
     if reason:
         raise ExportError(f"{profile.name}: {reason}")

@@ -10,8 +10,10 @@ with XnnpackPartitioner, executorch 1.5.1):
 - Decompositions in the delegates' own ops: scaled_dot_product_attention as softmax(q k^T s) v
   (ATen's "safe softmax" decomposition adds eq/any/where/full_like nodes no delegate takes);
   layer_norm and group_norm with their means taken as 4-D means over the two innermost axes
-  (XNNPACK's mean is a global average pool: 4-D input, dims (2, 3) only); split_with_sizes as
-  slices (XNNPACK has slice, not split).
+  (XNNPACK's mean is a global average pool: 4-D input, dims (2, 3) only); split_with_sizes and
+  select as slices (XNNPACK has slice, not split or select); nearest upsampling by integer
+  factors as concatenations (no nearest resize). On the digits-t2i UNet the native group norms
+  alone had left 21 nodes and 23 delegate calls on the portable kernels.
 - Dim order: ATen's pixel_shuffle leaves a channels_last clone (`_clone_dim_order` with dim_order
   0,2,3,1). The portable kernel refuses it at run time ("Check failed (out_dim_order[i] ==
   dim_order_ref[i])") and the .pte did not run. Every non-contiguous clone/dim-order copy is
@@ -78,6 +80,29 @@ def group_norm(input: Any, weight: Any, bias: Any, n: Any, c: Any, hw: Any, grou
     return out, mean.reshape(b, group), rstd.reshape(b, group)
 
 
+def group_norm_full(input: Any, num_groups: int, weight: Any = None, bias: Any = None,
+                    eps: float = 1e-5, cudnn_enabled: bool = True) -> Any:
+    """aten.group_norm (the form the capture holds) in the same 4-D means."""
+    b, c = input.shape[0], input.shape[1]
+    return group_norm(input, weight, bias, b, c, 0, num_groups, eps)[0]
+
+
+def upsample_nearest(input: Any, output_size: Any = None, scale_factors: Any = None) -> Any:
+    """Nearest-neighbour upsampling by integer factors as concatenations of the input (XNNPACK
+    has no nearest resize; it takes cat and reshape)."""
+    import torch
+
+    b, c, h, w = input.shape
+    oh, ow = (output_size if output_size is not None
+              else (int(h * scale_factors[0]), int(w * scale_factors[1])))
+    if oh % h or ow % w:
+        return torch.ops.aten.upsample_nearest2d.default(input, [oh, ow])
+    fh, fw = oh // h, ow // w
+    # one view per copy: XNNPACK's concat counts distinct input nodes (2 to 5)
+    x = torch.cat([input.unsqueeze(-1) for _ in range(fw)], dim=-1).reshape(b, c, h, ow)
+    return torch.cat([x.unsqueeze(3) for _ in range(fh)], dim=3).reshape(b, c, oh, ow)
+
+
 def sdpa(query: Any, key: Any, value: Any, attn_mask: Any = None, dropout_p: float = 0.0,
          is_causal: bool = False, scale: float | None = None, enable_gqa: bool = False) -> Any:
     """Attention as matmul, softmax, matmul (inference: no dropout)."""
@@ -103,6 +128,13 @@ def split_with_sizes(input: Any, split_sizes: Any, dim: int = 0) -> Any:
     return out
 
 
+def select(input: Any, dim: int, index: int) -> Any:
+    """x.select(dim, i) as a slice and a reshape (XNNPACK has slice and reshape, not select)."""
+    dim = dim % input.dim()
+    shape = [d for k, d in enumerate(input.shape) if k != dim]
+    return input.narrow(dim, index % input.shape[dim], 1).reshape(shape)
+
+
 def decompositions() -> dict[Any, Any]:
     import torch
 
@@ -110,6 +142,9 @@ def decompositions() -> dict[Any, Any]:
     return {aten.scaled_dot_product_attention.default: sdpa,
             aten.layer_norm.default: layer_norm,
             aten.native_group_norm.default: group_norm,
+            aten.group_norm.default: group_norm_full,
+            aten.upsample_nearest2d.vec: upsample_nearest,
+            aten.select.int: select,
             aten.split_with_sizes.default: split_with_sizes,
             aten.split.Tensor: lambda x, size, dim=0: split_with_sizes(
                 x, [min(size, x.shape[dim] - i) for i in range(0, x.shape[dim], size)], dim)}
