@@ -33,7 +33,15 @@ def _matching(files: list[dict[str, Any]], target: str,
              and (slot is None or f.get("component") == slot)]
     if target in GPU_TARGETS:
         found.sort(key=lambda f: not _gpu_profile(f.get("target")))
+    if fmt == "pte":  # XNNPACK .pte files first: the only ones this host's runtime runs
+        found.sort(key=lambda f: not _xnnpack_profile(f.get("target")))
     return found
+
+
+def _xnnpack_profile(name: Any) -> bool:
+    from mobilegen.targets.profile import list_target_names, load_target
+
+    return name in list_target_names() and load_target(name).partitioner == "xnnpack"
 
 
 def _gpu_profile(name: Any) -> bool:
@@ -65,8 +73,8 @@ def _load(entry: dict[str, Any], path: Path, threads: int, target: str) -> Any:
 def sample(
     outdir: Annotated[Path, typer.Argument(help="An export output folder (has manifest.json).")],
     target: Annotated[str, typer.Option(
-        help="Artifact format to run: onnx, ort, tflite, or tflite-gpu (a GPU profile's "
-             ".tflite on LiteRT's GPU accelerator).")] = "onnx",
+        help="Artifact format to run: onnx, ort, tflite, pte (ExecuTorch), or tflite-gpu (a GPU "
+             "profile's .tflite on LiteRT's GPU accelerator).")] = "onnx",
     seed: Annotated[int | None, typer.Option(help="Override the manifest's seed.")] = None,
     steps: Annotated[int | None, typer.Option(
         help=f"Override the manifest's step count (1 to {MAX_STEPS}).")] = None,

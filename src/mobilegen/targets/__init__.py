@@ -41,6 +41,10 @@ RUNTIMES: dict[str, RuntimeEntry] = {
                          "calibration_feeds"),
                         "QNN context binary _ctx.onnx + _ctx_qnn.bin for htp_arch (+ the QDQ "
                         ".onnx it was compiled from; fixed batch)"),
+    "executorch": RuntimeEntry("mobilegen.targets.executorch", "executorch", "executorch",
+                               ("partitioner", "qnn_soc"),
+                               ".pte for the profile's ExecuTorch partitioner (XNNPACK, Core ML, "
+                               "QNN, Vulkan; fixed validation batch)"),
 }
 
 

@@ -70,6 +70,10 @@ class TargetProfile(Strict):
     fixed_batch: int | None = Field(None, ge=1, le=64)
     simulate: Literal["auto", "always", "never"] = "auto"  # auto: small models only (qnn.py)
     calibration_feeds: int = Field(0, ge=0)  # trajectory feeds for the profile's quantization
+    # executorch (targets/executorch.py): the delegate the .pte is partitioned for, and for
+    # "qnn" the Snapdragon the HTP graph is compiled for (SM8650: 8 Gen 3, Hexagon v75)
+    partitioner: Literal["xnnpack", "coreml", "qnn", "vulkan"] = "xnnpack"
+    qnn_soc: Literal["SM8550", "SM8650", "SM8750"] | None = None
     device: DeviceSpec | None = None  # for estimates; a profile without one gets none
     path: Path | None = Field(None, exclude=True)
 
@@ -93,6 +97,10 @@ class TargetProfile(Strict):
             return "coreml-gpu" if self.compute_units == "CPU_AND_GPU" else "coreml-ane"
         if self.runtime == "qnn":
             return "qnn-htp"
+        if self.runtime == "executorch":
+            from mobilegen.targets.executorch_lower import ACCELERATOR
+
+            return ACCELERATOR[self.partitioner]
         return None
 
     @model_validator(mode="after")
