@@ -50,10 +50,6 @@ def test_a_bad_limit_value_is_one_line(two_target_recipe, tmp_path, monkeypatch)
     assert "MOBILEGEN_MEMORY_LIMIT_GB must be a number of GB, found 'lots'" in result.output
 
 
-@pytest.mark.xfail(reason="merged tree, under pytest only: the spawned child's torch.export "
-                   "reads a closed sys.stdout ('I/O operation on closed file' in "
-                   "torch/fx/_utils.py isatty); the same isolated export exits 0 outside pytest",
-                   strict=False)
 def test_isolated_targets_match_in_process_and_report_estimate_and_peak(
         two_target_recipe, tiny_recipe, tmp_path, monkeypatch):
     plain = _export(tiny_recipe, tmp_path / "a", monkeypatch)  # ort-mobile-cpu only

@@ -113,3 +113,15 @@ def test_unexportable_model_is_a_one_line_export_error(tmp_path):
 def test_missing_file_is_refused(tmp_path: Path):
     with pytest.raises(Exception, match=r"nope\.onnx"):
         onnx_target.load(tmp_path / "nope.onnx", threads=1)
+
+
+def test_no_rewrite_rule_keeps_the_exported_graph(exported):
+    """onnxscript's module-level rewrite rules hold the last graph they matched, and so every
+    weight of the model, after torch.onnx.export returns; write_onnx drops those references."""
+    import gc
+
+    from onnxscript.rewriter._matcher import PatternMatcher
+
+    held = [m for m in gc.get_objects()
+            if isinstance(m, PatternMatcher) and vars(m).get("_graph") is not None]
+    assert held == []

@@ -71,3 +71,26 @@ def test_third_party_log_handlers_write_to_the_log(tmp_path):
     finally:
         logger.removeHandler(handler)
         late.handlers.clear()
+
+
+def test_a_handler_without_a_stream_is_left_alone(tmp_path):
+    """torch's structured-trace handler has no stream until its first record; given the log,
+    it closed it as a stream inherited from another process, so every later write to
+    sys.stdout failed ('I/O operation on closed file' in a child lowering one target)."""
+    import logging
+
+    from torch._logging._internal import LazyTraceHandler
+
+    lazy = LazyTraceHandler(None)
+    logger = logging.getLogger("torch.fake_trace")
+    logger.addHandler(lazy)
+    logger.propagate = False
+    log = tmp_path / "toolchain.log"
+    try:
+        with toolchain_output(log):
+            logger.warning("first trace record")  # opens its own file or disables itself
+            print("still writable")
+            assert not sys.stdout.closed and lazy.stream is not sys.stdout
+        assert "still writable" in log.read_text()
+    finally:
+        logger.removeHandler(lazy)

@@ -53,7 +53,6 @@ def run_targets(plan: Any, out: StagedOutput, timer: Any, log: Path,
     `lower` (export.run.lower_target) is what each child runs and `program_for`
     (export.run._program_for) captures a profile's program: passed in, so that this module does
     not import run.py, which imports it."""
-    import torch
 
     from mobilegen.measure.costs import time_torch
     from mobilegen.targets.accel_rewrites import program_key
@@ -79,11 +78,8 @@ def run_targets(plan: Any, out: StagedOutput, timer: Any, log: Path,
     # next to the output (same file system, room the output needs anyway), not inside it
     with tempfile.TemporaryDirectory(prefix=".mobilegen-capture-",
                                      dir=out.staging.parent) as tmp:
-        saved = {}
         with timer.step("save-capture"):
-            for key, program in plan.programs.items():
-                saved[key] = Path(tmp) / f"{key.replace('/', '_')}.pt2"
-                torch.export.save(program, str(saved[key]))
+            saved = _save_captures(plan.programs, Path(tmp))
         plan.model, plan.programs = None, {}
         plan_file = Path(tmp) / "plan.pkl"
         plan_file.write_bytes(pickle.dumps(plan))
@@ -100,6 +96,19 @@ def run_targets(plan: Any, out: StagedOutput, timer: Any, log: Path,
             if timer.memory is not None:
                 timer.memory.steps.update(outcome.steps)
     return pairs
+
+
+def _save_captures(programs: dict[str, Any], folder: Path) -> dict[str, Path]:
+    """Each captured program to a .pt2 in `folder`. A function of its own: the loop's last
+    program must not stay bound in the caller's frame, holding every weight of the model (its
+    state_dict) in the parent while the children lower."""
+    import torch
+
+    saved = {}
+    for key, program in programs.items():
+        saved[key] = folder / f"{key.replace('/', '_')}.pt2"
+        torch.export.save(program, str(saved[key]))
+    return saved
 
 
 def _in_child(job: TargetJob, lower: Callable[[TargetJob], TargetOutcome]) -> TargetOutcome:

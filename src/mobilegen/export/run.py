@@ -227,18 +227,26 @@ def lower_target(job: Any) -> Any:
         timer = StepTimer(None, memory)
         with timer.step(f"load-capture:{job.target}"):
             plan.programs = {key: torch.export.load(str(path))}
-        pairs = target_rows(plan, job.target, StagingFolder(job.staging), timer, job.log)
+        pairs = target_rows(plan, job.target, StagingFolder(job.staging), timer, job.log,
+                            last_use=True)
     return TargetOutcome(pairs, timer.times, dict(memory.steps))
 
 
 def target_rows(plan: Plan, target_name: str, out: StagingFolder, timer: StepTimer,
-                log: Path) -> list[tuple[Artifact, ArtifactResult]]:
-    """One target: lower, then validate each runnable artifact; its state is freed on return."""
+                log: Path, last_use: bool = False) -> list[tuple[Artifact, ArtifactResult]]:
+    """One target: lower, then validate each runnable artifact; its state is freed on return.
+    `last_use` (a child lowering one target): the captured programs are dropped once lowered,
+    so that validation's session or interpreter does not sit beside a second copy of the
+    weights."""
     profile = load_target(target_name)
     with toolchain_output(log):
         target = runtime_module(profile.runtime)
     pairs = []
-    for art in _lower(plan, target, profile, out, timer, log):
+    produced = _lower(plan, target, profile, out, timer, log)
+    if last_use:
+        plan.programs.clear()
+        release_freed()
+    for art in produced:
         row = _row(plan, art, out.staging)
         pairs.append((art, row))
         if art.runnable:

@@ -22,12 +22,18 @@ REPLAY_LINES = 20
 
 
 def _stream_handlers() -> list[Any]:
+    """The stream handlers that write somewhere now. One without a stream is skipped: it opens
+    its own file on its first record (torch's structured-trace LazyTraceHandler). Given the log
+    instead, that one takes the stream for an inherited one (its pid unset) and closes it, which
+    left sys.stdout closed under every later write (torch.fx's isatty check in a child lowering
+    one target, export/isolated.py)."""
     import logging
 
     loggers = [logging.getLogger(), *(v for v in logging.Logger.manager.loggerDict.values()
                                       if isinstance(v, logging.Logger))]
     return [h for lg in loggers for h in lg.handlers
-            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+            and h.stream is not None]
 
 
 @contextlib.contextmanager
