@@ -811,8 +811,10 @@ def test_fuzz_text_to_image_manifests_for_sample(fuzz_export, values):
     for key, value in values.items():
         *parents, leaf = key.split(".")
         node = doc["chain"]
-        for p in parents:
-            node = node[p] if isinstance(node.get(p), dict) else node.setdefault(p, {})
+        for p in parents:  # a parent an earlier key set to a non-table becomes a table again
+            if not isinstance(node.get(p), dict):
+                node[p] = {}
+            node = node[p]
         node[leaf] = value
     manifest.write_text(json.dumps(doc))
     png = fuzz_export / "s.png"
