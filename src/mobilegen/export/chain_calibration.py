@@ -25,13 +25,11 @@ SEED = 1_000  # the first calibration run's seed (the report's chain uses the sa
 
 
 def needs_calibration(recipes: dict[str, Recipe]) -> int:
-    """The most calibration feeds any component asks for (static int8, or a quantizing
-    accelerator profile); 0: nothing to record."""
+    """The most calibration feeds any component's export needs; 0: nothing to record."""
+    from mobilegen.export.run import calibration_count
     from mobilegen.passes.precision import precision_plan
-    from mobilegen.targets.profile import load_target
 
-    return max(max([precision_plan(r).calibration_feeds,
-                    *(load_target(t).calibration_feeds for t in r.targets)])
+    return max(calibration_count(r, precision_plan(r).calibration_feeds)
                for r in recipes.values())
 
 
@@ -86,12 +84,12 @@ def _cycle(records: list[Feeds], count: int) -> list[Feeds]:
 def _spread(per_prompt: list[list[Feeds]], time_input: str, count: int) -> list[Feeds]:
     """`count` UNet calls spread evenly over the timesteps from the noisiest to the cleanest,
     the prompts taken in turn (pick k: prompt k mod P, the call nearest the k-th time)."""
+    times = [np.array([float(c[time_input].ravel()[0]) for c in calls]) for calls in per_prompt]
     out = []
     for k in range(count):
-        calls = per_prompt[k % len(per_prompt)]
-        times = np.array([float(c[time_input].ravel()[0]) for c in calls])
-        want = times.max() + (times.min() - times.max()) * k / max(count - 1, 1)
-        out.append(calls[int(np.abs(times - want).argmin())])
+        p = k % len(per_prompt)
+        want = times[p].max() + (times[p].min() - times[p].max()) * k / max(count - 1, 1)
+        out.append(per_prompt[p][int(np.abs(times[p] - want).argmin())])
     return out
 
 

@@ -299,9 +299,7 @@ def _prepare(recipe: Recipe, loaded: LoadedModel, out: StagedOutput, timer: Step
             plan.torch_images = generate(torch_runner(model, io), component,
                                          progress=timer.progress.advance)
         save_grid(out.path("samples-pytorch.png"), plan.torch_images, labels)
-    # static int8, or a profile that quantizes for its accelerator (qnn: calibration_feeds)
-    count = max([plan.precision.calibration_feeds,
-                 *(load_target(t).calibration_feeds for t in recipe.targets)])
+    count = calibration_count(recipe, plan.precision.calibration_feeds)
     if count and calibration:
         plan.calibration = tuple(calibration[:count])
     elif count:
@@ -409,6 +407,12 @@ def _latency(plan: Plan, row: ArtifactResult, runner: Runner, profile: TargetPro
     eager = plan.eager_latency[profile.threads]
     row.latency, row.pytorch_latency = stats.to_dict(), eager
     row.speedup_vs_pytorch = eager["median_ms"] / stats.median_ms
+
+
+def calibration_count(recipe: Recipe, pass_feeds: int) -> int:
+    """How many calibration feeds the export needs: static int8 passes (`pass_feeds`, from the
+    recipe's precision plan) or a profile that quantizes for its accelerator (qnn); 0: none."""
+    return max([pass_feeds, *(load_target(t).calibration_feeds for t in recipe.targets)])
 
 
 def _calibration(plan: Plan, count: int, timer: StepTimer) -> tuple[dict[str, np.ndarray], ...]:
