@@ -8,10 +8,12 @@ metadata) that reads the same text encoder. Nothing is downloaded. Stages, each 
    scaling_factor is set to 1 / std of the training latents, as SD's 0.18215 was.
 2. clip: the CLIP text encoder pretrained contrastively against a small image tower on the same
    (image, caption) pairs, as SD's CLIP was on the web's; the image tower is discarded.
-3. t2i: the UNet and the STOIC trained together from scratch on the latents, reading the frozen
-   text encoder (epsilon prediction on SD's scaled-linear schedule, min-SNR-5 weighting, 10%
-   empty captions for classifier-free guidance). EMA 0.999 of both ships.
-4. decoder: the VAE decoder pruned by half and distilled back (SnapFusion's decoder recipe).
+3. t2i: the UNet trained from scratch on the latents, reading the frozen text encoder (epsilon
+   prediction on SD's scaled-linear schedule, min-SNR-5 weighting, 10% empty captions for
+   classifier-free guidance). Its EMA 0.999 ships.
+4. stoic: the text-conditional STOIC alone, the same way, with the paper's context embedding
+   beside cross-attention. Its EMA 0.999 ships.
+5. decoder: the VAE decoder pruned by half and distilled back (SnapFusion's decoder recipe).
 
 The defaults are the shipped run: `python scripts/train_text2image.py --out DIR`.
 docs/training.md says what differs from SD's recipe and why.
@@ -175,13 +177,13 @@ def make_unet():
         cross_attention_dim=TEXT_DIM, attention_head_dim=4, norm_num_groups=16)
 
 
-def make_stoic():
+def make_stoic(context_pool: bool):
     from mobilegen.models.stoic import Stoic, StoicConfig
 
     cfg = StoicConfig(in_channels=4, image_size=8, stride=1, stem_kernel=3, stem_convs=2,
                       depth=4, width=96, heads=4, time_injection="adaln", time_freq_dim=96,
                       conditioning="context", context_dim=TEXT_DIM, context_len=77,
-                      decoder="linear", activation="gelu")
+                      context_pool=context_pool, decoder="linear", activation="gelu")
     return Stoic(cfg)
 
 
@@ -267,30 +269,54 @@ def clip_retrieval(te, tower, text_proj, tok, seed: int, n: int = 1000) -> float
 
 
 # ------------------------------------------------------------------------------ stage 3: t2i
-def train_t2i(args, out: Path) -> None:
-    import diffusers
-    import transformers
+class LatentData:
+    """What the denoiser stages read: the frozen VAE's latent moments of the pool, the frozen
+    text encoder's states of every caption (computed once; last row: the empty prompt), and SD's
+    scaled-linear schedule with min-SNR-5 weights (epsilon prediction)."""
 
+    def __init__(self, args, out: Path, seed: int):
+        import diffusers
+        import transformers
+
+        tok = transformers.CLIPTokenizer.from_pretrained(out / "tokenizer")
+        te = transformers.CLIPTextModel.from_pretrained(out / "text_encoder").eval()
+        vae = diffusers.AutoencoderKL.from_pretrained(out / "vae").eval()
+        images, caps = pool(args.pool, seed)
+        captions = sorted({c.text for c in caps})
+        with torch.no_grad():
+            self.moments = torch.cat([vae.encode(images[i:i + 512]).latent_dist.parameters
+                                      for i in range(0, len(images), 512)])
+            self.table = te(tokenize(tok, [*captions, ""])).last_hidden_state
+        self.cap_idx = torch.tensor([captions.index(c.text) for c in caps])
+        self.empty = len(captions)
+        self.scale = float(vae.config.scaling_factor)
+        betas = torch.linspace(SCHEDULER["beta_start"] ** 0.5, SCHEDULER["beta_end"] ** 0.5,
+                               1000, dtype=torch.float64) ** 2
+        self.abar = torch.cumprod(1.0 - betas, 0).float()
+        snr = self.abar / (1.0 - self.abar)
+        self.weight = torch.clamp(snr, max=5.0) / snr
+
+    def batch(self, n: int, g: torch.Generator):
+        """(z_t, t, states, noise, weight) of n random pool images; 10% empty prompts."""
+        idx = torch.randint(0, len(self.moments), (n,), generator=g)
+        mean, logvar = self.moments[idx].chunk(2, dim=1)
+        z = (mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=g)) * self.scale
+        rows = self.cap_idx[idx].clone()
+        rows[torch.rand(n, generator=g) < 0.1] = self.empty  # classifier-free guidance
+        t = torch.randint(0, 1000, (n,), generator=g)
+        noise = torch.randn(z.shape, generator=g)
+        a = self.abar[t].view(-1, 1, 1, 1)
+        return a.sqrt() * z + (1 - a).sqrt() * noise, t, self.table[rows], noise, self.weight[t]
+
+
+def train_t2i(args, out: Path) -> None:
+    """The UNet. The shipped run trained it beside a cross-attention-only STOIC (one optimiser,
+    one gradient clip over both), so that STOIC is still built and trained here to reproduce the
+    UNet; it is not saved. The shipped STOIC comes from stage `stoic`."""
     torch.manual_seed(args.seed + 1)
-    tok = transformers.CLIPTokenizer.from_pretrained(out / "tokenizer")
-    te = transformers.CLIPTextModel.from_pretrained(out / "text_encoder").eval()
-    vae = diffusers.AutoencoderKL.from_pretrained(out / "vae").eval()
-    unet, stoic = make_unet(), make_stoic()
-    for name, m in (("unet", unet), ("stoic", stoic)):
-        print(f"{name}: {sum(p.numel() for p in m.parameters()):,} params", flush=True)
-    images, caps = pool(args.pool, args.seed + 2)
-    captions = sorted({c.text for c in caps})
-    with torch.no_grad():  # latent distributions and (frozen) text states, once
-        moments = torch.cat([vae.encode(images[i:i + 512]).latent_dist.parameters
-                             for i in range(0, len(images), 512)])
-        table = te(tokenize(tok, [*captions, ""])).last_hidden_state  # last row: empty prompt
-    cap_idx = torch.tensor([captions.index(c.text) for c in caps])
-    scale = float(vae.config.scaling_factor)
-    betas = torch.linspace(SCHEDULER["beta_start"] ** 0.5, SCHEDULER["beta_end"] ** 0.5,
-                           1000, dtype=torch.float64) ** 2
-    abar = torch.cumprod(1.0 - betas, 0).float()
-    snr = abar / (1.0 - abar)
-    weight = torch.clamp(snr, max=5.0) / snr  # min-SNR-5, epsilon prediction
+    data = LatentData(args, out, args.seed + 2)  # before the models, as in the shipped run
+    unet, stoic = make_unet(), make_stoic(context_pool=False)
+    print(f"unet: {sum(p.numel() for p in unet.parameters()):,} params", flush=True)
     models = torch.nn.ModuleList([unet, stoic]).train()
     ema = copy.deepcopy(models).eval().requires_grad_(False)
     opt = torch.optim.AdamW(models.parameters(), lr=args.lr, betas=(0.9, 0.99),
@@ -301,17 +327,7 @@ def train_t2i(args, out: Path) -> None:
     while step < sched.end:
         for group in opt.param_groups:
             group["lr"] = sched(step)
-        idx = torch.randint(0, len(images), (args.batch,), generator=g)
-        mean, logvar = moments[idx].chunk(2, dim=1)
-        z = (mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=g)) * scale
-        rows = cap_idx[idx].clone()
-        rows[torch.rand(args.batch, generator=g) < 0.1] = len(captions)  # the empty prompt
-        states = table[rows]
-        t = torch.randint(0, 1000, (args.batch,), generator=g)
-        noise = torch.randn(z.shape, generator=g)
-        a = abar[t].view(-1, 1, 1, 1)
-        zt = a.sqrt() * z + (1 - a).sqrt() * noise
-        w = weight[t]
+        zt, t, states, noise, w = data.batch(args.batch, g)
         l_unet = ((unet(zt, t, states).sample - noise) ** 2).mean((1, 2, 3))
         l_stoic = ((stoic(zt, t.float(), states) - noise) ** 2).mean((1, 2, 3))
         loss = (w * (l_unet + l_stoic)).mean()
@@ -321,24 +337,56 @@ def train_t2i(args, out: Path) -> None:
         opt.step()
         ema_update(ema, models, 0.999 if step > 500 else 0.0)
         if step % 100 == 0:
-            print(f"  t2i step {step:5d} unet {l_unet.mean().item():.4f} stoic "
-                  f"{l_stoic.mean().item():.4f} lr {sched(step):.2e} "
+            print(f"  t2i step {step:5d} unet {l_unet.mean().item():.4f} lr {sched(step):.2e} "
                   f"({time.time() - t0:.0f} s)", flush=True)
         if args.save_every and step and step % args.save_every == 0:
-            save_t2i(ema, out, step, time.time() - t0)
+            save_t2i(ema[0], out, step, time.time() - t0)
         if step == args.stop_at:  # the shipped run: see --stop-at
             break
         step += 1
-    save_t2i(ema, out, step, time.time() - t0)
+    save_t2i(ema[0], out, step, time.time() - t0)
 
 
-def save_t2i(ema: torch.nn.ModuleList, out: Path, step: int, seconds: float) -> None:
+def train_stoic(args, out: Path) -> None:
+    """The text-conditional STOIC, alone, on the same latents and frozen text states, with the
+    context embedding (StoicConfig.context_pool) beside cross-attention."""
     from mobilegen.checkpoints.loader import save_checkpoint
 
-    unet, stoic = ema
-    unet.save_pretrained(out / "unet")
+    torch.manual_seed(args.seed + 10)
+    data = LatentData(args, out, args.seed + 2)
+    stoic = make_stoic(context_pool=True).train()
+    print(f"stoic: {sum(p.numel() for p in stoic.parameters()):,} params", flush=True)
+    ema = copy.deepcopy(stoic).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(stoic.parameters(), lr=args.stoic_lr, betas=(0.9, 0.99),
+                            weight_decay=0.0)
+    sched = Schedule(args.stoic_lr, args.stoic_steps, 200, args.stoic_steps // 5, None)
+    g = torch.Generator().manual_seed(args.seed + 11)
+    t0 = time.time()
+    for step in range(args.stoic_steps):
+        for group in opt.param_groups:
+            group["lr"] = sched(step)
+        zt, t, states, noise, w = data.batch(args.stoic_batch, g)
+        loss_each = ((stoic(zt, t.float(), states) - noise) ** 2).mean((1, 2, 3))
+        loss = (w * loss_each).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(stoic.parameters(), 1.0)
+        opt.step()
+        ema_update(ema, stoic, 0.999 if step > 500 else 0.0)
+        if step % 100 == 0:
+            print(f"  stoic step {step:5d} loss {loss_each.mean().item():.4f} "
+                  f"lr {sched(step):.2e} ({time.time() - t0:.0f} s)", flush=True)
+        if args.save_every and step and step % args.save_every == 0:
+            save_checkpoint(out / "stoic" / f"step{step}.safetensors", "stoic", ema)
     (out / "stoic").mkdir(parents=True, exist_ok=True)
-    save_checkpoint(out / "stoic" / "denoiser.safetensors", "stoic", stoic)
+    save_checkpoint(out / "stoic" / "denoiser.safetensors", "stoic", ema)
+    (out / "stoic" / "train_log.json").write_text(json.dumps(
+        {"steps": args.stoic_steps, "seconds": round(time.time() - t0, 1)}))
+    print(f"  saved the STOIC's EMA weights after {args.stoic_steps} steps", flush=True)
+
+
+def save_t2i(unet: torch.nn.Module, out: Path, step: int, seconds: float) -> None:
+    unet.save_pretrained(out / "unet")
     (out / "scheduler").mkdir(exist_ok=True)
     (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER, indent=2))
     (out / "model_index.json").write_text(json.dumps({
@@ -353,7 +401,7 @@ def save_t2i(ema: torch.nn.ModuleList, out: Path, step: int, seconds: float) -> 
     print(f"  saved the EMA weights at step {step}", flush=True)
 
 
-# ------------------------------------------------------------------------------ stage 3: decoder
+# ------------------------------------------------------------------------------ stage 5: decoder
 def prune_and_distill(args, out: Path) -> None:
     """SnapFusion's decoder recipe on the trained VAE: `mobilegen prune --ratio 0.5`, then
     `mobilegen distill-decoder` on real latents (the VAE encoder's samples of pool images, as
@@ -386,7 +434,8 @@ def prune_and_distill(args, out: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--stage", choices=["all", "vae", "clip", "t2i", "decoder"], default="all")
+    ap.add_argument("--stage", default="all",
+                    choices=["all", "vae", "clip", "t2i", "stoic", "decoder"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pool", type=int, default=30000, help="rendered training images")
     # the shipped VAE's schedule: its run had a 720 s budget that started a 100-step cool-down at
@@ -409,6 +458,9 @@ def main() -> None:
     # the shared host; stopping changes nothing before it, so this default reproduces it
     ap.add_argument("--stop-at", type=int, default=4000, help="stop after this step's save "
                     "(0: run the whole schedule)")
+    ap.add_argument("--stoic-steps", type=int, default=6000)
+    ap.add_argument("--stoic-batch", type=int, default=64)
+    ap.add_argument("--stoic-lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--distill-steps", type=int, default=800)
     ap.add_argument("--distill-latents", type=int, default=4096)
@@ -421,6 +473,8 @@ def main() -> None:
         train_clip(args, args.out)
     if args.stage in ("all", "t2i"):
         train_t2i(args, args.out)
+    if args.stage in ("all", "stoic"):
+        train_stoic(args, args.out)
     if args.stage in ("all", "decoder"):
         prune_and_distill(args, args.out)
 

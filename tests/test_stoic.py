@@ -15,6 +15,8 @@ from mobilegen.models.stoic import VARIANTS, Stoic, StoicConfig, io_spec
         {"time_injection": "adaln"},
         {"conditioning": "class", "num_classes": 4},
         {"conditioning": "context", "context_dim": 16, "context_len": 5},
+        {"conditioning": "context", "context_dim": 16, "context_len": 5, "context_pool": True,
+         "time_injection": "adaln"},
         {"decoder": "linear"},
         {"activation": "silu", "stem_convs": 0, "stem_kernel": 5},
     ],
@@ -47,11 +49,31 @@ def test_timestep_changes_output():
 
 @pytest.mark.parametrize(
     "bad",
-    [{"stride": 3}, {"width": 30, "heads": 4}, {"conditioning": "class"}, {"image_size": 7}],
+    [{"stride": 3}, {"width": 30, "heads": 4}, {"conditioning": "class"}, {"image_size": 7},
+     {"context_pool": True}, {"conditioning": "context", "context_pool": "yes"}],
 )
 def test_invalid_configs_are_rejected(bad):
     with pytest.raises(ConfigError):
         tiny_config(**bad)
+
+
+@pytest.mark.parametrize("pool", [False, True])
+def test_context_embedding_reads_the_context_without_cross_attention(pool):
+    """With every cross-attention output zeroed, only the pooled context embedding (the paper's
+    context embedding) can carry the text to the output."""
+    torch.manual_seed(0)
+    cfg = tiny_config(conditioning="context", context_dim=16, context_len=5,
+                      time_injection="adaln", context_pool=pool)
+    model = Stoic(cfg).eval()
+    with torch.no_grad():
+        for block in model.blocks:
+            block.cross_attn.to_out.weight.zero_()
+            for p in block.adaln.parameters():
+                torch.nn.init.normal_(p, std=0.1)
+        torch.nn.init.normal_(model.conv_out.weight)
+    x, t, ctx = model.example_inputs(batch=2)
+    moved = (model(x, t, ctx) - model(x, t, ctx + 1.0)).abs().max().item()
+    assert (moved > 1e-3) == pool, moved
 
 
 def test_from_dict_names_unknown_key():

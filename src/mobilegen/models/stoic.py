@@ -61,6 +61,10 @@ class StoicConfig:
     num_classes: int = 0  # for "class"; the null label is index num_classes
     context_dim: int = 768  # for "context" (cross-attention in every block)
     context_len: int = 77
+    # the paper's "context embedding": the context's mean over its tokens, projected to L and
+    # added to the time embedding, so the text steers every block's modulation as a class label
+    # does; cross-attention alone left the digits STOIC blind to the prompt (docs/training.md)
+    context_pool: bool = False
     decoder: Literal["slicing", "linear"] = "slicing"
     activation: Literal["gelu", "gelu_tanh", "silu"] = "gelu"
 
@@ -77,6 +81,11 @@ class StoicConfig:
             problems.append(f"width {self.width} is not divisible by heads {self.heads}")
         if self.decoder == "slicing" and self.stride**2 * self.in_channels > self.width:
             problems.append("decoder 'slicing' needs width >= stride^2 * in_channels")
+        if not isinstance(self.context_pool, bool):
+            problems.append(
+                f"key 'context_pool' must be true or false, found {self.context_pool!r}")
+        elif self.context_pool and self.conditioning != "context":
+            problems.append("key 'context_pool' needs conditioning 'context'")
         if self.conditioning == "class" and self.num_classes < 1:
             problems.append("conditioning 'class' needs num_classes >= 1")
         if problems:
@@ -213,6 +222,8 @@ class Stoic(nn.Module):
         )
         if cfg.conditioning == "class":
             self.label_embed = nn.Embedding(cfg.num_classes + 1, L)  # last row: null label
+        if cfg.context_pool:
+            self.context_embed = nn.Linear(cfg.context_dim, L)
         self.blocks = nn.ModuleList(StoicBlock(cfg) for _ in range(cfg.depth))
         self.norm_out = nn.LayerNorm(L, eps=1e-6)
         if cfg.decoder == "linear":
@@ -246,6 +257,8 @@ class Stoic(nn.Module):
             temb = temb + self.label_embed(cond)  # (B, L)
         elif cfg.conditioning == "context":
             context = cond  # (B, T, D)
+            if cfg.context_pool:
+                temb = temb + self.context_embed(context.mean(dim=1))  # (B, L)
         tokens = self.stem(x)  # (B, L, H/S, W/S)
         tokens = tokens.flatten(2).transpose(1, 2)  # (B, T, L)
         for block in self.blocks:
