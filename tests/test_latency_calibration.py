@@ -61,7 +61,27 @@ def test_counter_prices_each_class_on_meta() -> None:
     # q.k^T and weights.v: 2 heads x 16 x 16 scores x head dim 8, twice
     assert c["attn_matmul"].macs == 2 * (2 * 16 * 16 * 8)
     assert c["activation"].nodes == 1  # relu; the batch norm is folded into the conv (no node)
+    assert c["softmax"].nodes == 1  # the fused attention's score softmax, priced as eager
     assert "_native_batch_norm_legit_no_training" not in f.op_types
+
+
+def test_counter_classes_norms_softmax_and_concat() -> None:
+    class M(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ln, self.gn = nn.LayerNorm(8), nn.GroupNorm(2, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.gn(x.view(1, 4, 2, 8)).view(1, 8, 8)
+            z = torch.cat([self.ln(x), y], dim=1)
+            return torch.softmax(z, dim=-1)
+
+    f = count_features(M().eval(), (torch.zeros(1, 8, 8),))
+    c = f.classes
+    assert c["norm"].nodes == 1 and c["norm"].act_elems == 2 * 64 + 16  # in, out, mean, rstd
+    assert c["elementwise"].nodes == 1  # group norm (no calibration row uses it)
+    assert c["concat"].nodes == 1 and c["concat"].act_elems == 64 + 64 + 128
+    assert c["softmax"].nodes == 1 and c["data_movement"].nodes == 0
 
 
 def test_counter_transposed_conv_macs_follow_the_input() -> None:
@@ -73,11 +93,20 @@ def test_counter_transposed_conv_macs_follow_the_input() -> None:
 # ---------------------------------------------------------------- the fit
 
 
-def _synthetic(n: int, coef: dict[str, float]) -> latency_fit.CalibrationSet:
+def _synthetic(n: int, coef: dict[str, float], precision: str = "w8a16",
+               factors: dict[str, float] | None = None) -> latency_fit.CalibrationSet:
+    """n noise-free rows of `precision` from known coefficients; with `factors` (a quantized
+    precision), also n float rows of the same architectures, the quantized ones then priced
+    as the float model's term groups times those factors (latency_fit.transfer_fit)."""
     rng = np.random.default_rng(0)
     feats, rows = {}, []
-    names = latency_fit.feature_names()
+    names = latency_fit.feature_names("float" if factors else precision)
     truth = np.array([coef.get(k, 0.0) for k in names])
+    scale = np.ones(len(names))
+    if factors:
+        groups = list(latency_fit.TRANSFER_GROUPS)
+        scale = np.array([factors.get(groups[g], 1.0)
+                          for g in latency_fit.transfer_index(names)])
     for i in range(n):
         f = OpFeatures()
         for cls in OP_CLASSES:
@@ -88,9 +117,13 @@ def _synthetic(n: int, coef: dict[str, float]) -> latency_fit.CalibrationSet:
                                         spill_elems=int(rng.uniform(0, 1e7)))
         key = f"m{i}/c"
         feats[key] = f
-        ms = float(latency_fit.design_row(f, "w8a16") @ truth)
-        rows.append(latency_fit.CalRow(f"m{i}", "c", f"fam{i % 6}", "Phone", "qnn_dlc", "w8a16",
+        ms = float(latency_fit.design_row(f, precision) @ (truth * scale))
+        rows.append(latency_fit.CalRow(f"m{i}", "c", f"fam{i % 6}", "Phone", "qnn_dlc", precision,
                                        ms, f"j{i:08d}", key, False, True))
+        if factors:
+            fl = float(latency_fit.design_row(f, "float") @ truth)
+            rows.append(latency_fit.CalRow(f"m{i}", "c", f"fam{i % 6}", "Phone", "qnn_dlc",
+                                           "float", fl, f"k{i:08d}", key, False, True))
     return latency_fit.CalibrationSet(rows, feats, "test")
 
 
@@ -100,9 +133,59 @@ def test_fit_recovers_known_coefficients_and_cv_is_exact() -> None:
     cal = _synthetic(40, truth)
     model = latency_fit.fit_slice(cal, ("Phone", "qnn", "w8a16"))
     assert model is not None and model.rows == 40 and model.families == 6
-    for k in latency_fit.feature_names():
+    for k in latency_fit.feature_names("w8a16"):
         assert model.coefficients[k] == pytest.approx(truth.get(k, 0.0), abs=1e-6), k
     assert model.p90_abs_err < 1e-6  # noise-free rows: every held-out family is predicted
+
+
+def test_quantized_slice_transfers_the_float_model_with_its_factors(monkeypatch) -> None:
+    truth = {"conv_gmac": 0.2, "linear_gmac": 0.5, "attn_matmul_gmac": 0.4, "weight_mb": 0.01,
+             "move_mb": 0.003, "norm_mb": 0.05, "mac_knodes": 2.0, "move_knodes": 9.0,
+             "const": 0.3}
+    factors = {"conv": 0.25, "linear": 1.3, "rest": 0.7}
+    cal = _synthetic(40, truth, "w8a8", factors)
+    key = ("Phone", "qnn", "w8a8")
+    fl = latency_fit.fit_slice(cal, ("Phone", "qnn", "float"))
+    ridged = latency_fit.fit_slice(cal, key)
+    monkeypatch.setattr(latency_fit, "TRANSFER_RIDGE", 0.0)
+    q = latency_fit.fit_slice(cal, key)
+    assert fl is not None and q is not None and ridged is not None and not fl.float_scales
+    assert fl.coefficients["norm_mb"] == pytest.approx(0.05, rel=1e-6)
+    got = q.float_scales
+    assert list(got) == list(latency_fit.TRANSFER_GROUPS)
+    for k in ("conv", "linear", "attn_matmul", "rest", "const"):  # (no dwconv term: no factor)
+        # without the ridge, noise-free rows give the factors back exactly
+        assert got[k] == pytest.approx(factors.get(k, 1.0), abs=1e-6), (k, got)
+    assert q.coefficients["conv_gmac"] == pytest.approx(0.2 * 0.25, rel=1e-6)
+    assert q.coefficients["move_knodes"] == pytest.approx(9.0 * 0.7, rel=1e-6)
+    assert q.p90_abs_err < 1e-6
+    # the ridge pulls the factors toward 1 (costs as in float) at a small price in error
+    def dist(m: latency_fit.SliceModel) -> float:
+        return sum((v - 1.0) ** 2 for v in m.float_scales.values())
+
+    assert dist(ridged) < dist(q) and ridged.median_abs_err < 0.1
+
+
+def test_w8a16_keeps_its_own_term_set_and_is_fitted_directly() -> None:
+    assert latency_fit.PRECISION_FEATURES["w8a16"] != latency_fit.PRECISION_FEATURES["float"]
+    cal = _synthetic(40, {"conv_gmac": 0.2, "spill_mb": 0.01, "const": 0.3}, "w8a16")
+    model = latency_fit.fit_slice(cal, ("Phone", "qnn", "w8a16"))
+    assert model is not None and not model.float_scales
+    assert model.coefficients["spill_mb"] == pytest.approx(0.01, rel=1e-6)
+
+
+def test_term_sets_price_concat_and_layer_norm_apart() -> None:
+    f = OpFeatures()
+    f.classes["concat"] = ClassCount(act_elems=10**6, nodes=1)
+    f.classes["norm"] = ClassCount(act_elems=2 * 10**6, nodes=1)
+    f.classes["data_movement"] = ClassCount(act_elems=0, nodes=4)
+    v1 = dict(zip(latency_fit.FEATURE_SETS["v1"], latency_fit.design_row(f, "float", "v1"),
+                  strict=True))
+    v2 = dict(zip(latency_fit.FEATURE_SETS["v2"], latency_fit.design_row(f, "float", "v2"),
+                  strict=True))
+    assert v1["move_mb"] == 2.0 and v1["pointwise_mb"] == 4.0  # fp16: 2 bytes per element
+    assert v2["move_mb"] == 0.0 and v2["norm_mb"] == 4.0 and v2["pointwise_mb"] == 0.0
+    assert v2["move_knodes"] == 0.004 and v2["other_knodes"] == 0.002
 
 
 def test_fit_refuses_a_slice_with_too_few_rows() -> None:

@@ -3,7 +3,9 @@
 The calibrated latency model (measure/latency.py) prices each class separately, so the classes are
 what an NPU schedules differently: dense convolutions, depthwise / grouped convolutions, matmuls
 against a weight (Linear), matmuls between two activations (attention's q.k and weights.v), and the
-memory-bound rest (elementwise, norms, softmax, pooling, resize, layout copies).
+memory-bound rest: elementwise (group norm included), activations, layer norms (layer / RMS norm:
+a reduction over each token's channels), softmax (a reduction over keys), concatenation,
+pooling / resize, layout copies.
 
 Counting runs under a TorchDispatchMode, so it works on the `meta` device: SD-1.5's UNet is counted
 without allocating its 3.4 GB. Views (reshape, permute, expand, ...) move no data and are no node;
@@ -18,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 OP_CLASSES = ("conv", "dwconv", "linear", "attn_matmul", "activation", "elementwise",
-              "pool_resize", "data_movement")
+              "norm", "softmax", "concat", "pool_resize", "data_movement")
 
 # zero-cost views and metadata ops (no node, no bytes)
 _VIEW_OPS = frozenset({
@@ -42,7 +44,13 @@ _ACTIVATION_OPS = frozenset({"relu", "gelu", "silu", "hardswish", "hardsigmoid",
                              "threshold", "relu6", "glu"})
 _POOL_OPS = ("pool", "upsample", "interpolate", "grid_sampler", "pixel_shuffle",
              "pixel_unshuffle", "im2col", "col2im", "max_pool", "avg_pool")
-_MOVE_OPS = frozenset({"cat", "stack", "clone", "contiguous", "_to_copy", "constant_pad_nd",
+# layer / RMS norm over the channels of each token. Group norm is not here: no calibration row
+# uses it (only the held-out SD UNet and VAE do), so it keeps the elementwise class's price
+_NORM_OPS = frozenset({"native_layer_norm", "layer_norm", "rms_norm", "_fused_rms_norm"})
+_SOFTMAX_OPS = frozenset({"_softmax", "softmax", "_safe_softmax", "log_softmax",
+                          "_log_softmax"})
+_CONCAT_OPS = frozenset({"cat", "stack"})
+_MOVE_OPS = frozenset({"clone", "contiguous", "_to_copy", "constant_pad_nd",
                        "index", "index_select", "gather", "embedding", "roll", "repeat",
                        "flip", "reflection_pad2d", "replication_pad2d", "masked_fill",
                        "where", "index_put", "scatter", "narrow_copy", "split_copy", "topk",
@@ -137,6 +145,12 @@ def _classify(name: str, args: tuple[Any, ...], out: Any,
         return None
     if name in _ACTIVATION_OPS:
         return "activation", 0, w_elems, a_elems
+    if name in _NORM_OPS:
+        return "norm", 0, w_elems, a_elems
+    if name in _SOFTMAX_OPS:
+        return "softmax", 0, w_elems, a_elems
+    if name in _CONCAT_OPS:
+        return "concat", 0, w_elems, a_elems
     if any(p in name for p in _POOL_OPS):
         return "pool_resize", 0, w_elems, a_elems
     if name in _MOVE_OPS:
@@ -148,10 +162,10 @@ def _classify(name: str, args: tuple[Any, ...], out: Any,
 
 def _fused_softmax(feats: OpFeatures, q: Any, k: Any) -> None:
     """A fused attention kernel hides the score matrix that an NPU materialises (HTP has no
-    flash attention): price it as the eager graph does, a softmax over the scores (pointwise),
-    spilling when large, so fused and eager attention count alike."""
+    flash attention): price it as the eager graph does, a softmax over the scores, spilling
+    when large, so fused and eager attention count alike."""
     scores = math.prod(q.shape[:-2]) * q.shape[-2] * k.shape[-2]
-    c = feats.classes["elementwise"]
+    c = feats.classes["softmax"]
     c.act_elems += 2 * scores
     c.nodes += 1
     if scores >= SPILL_ELEMS:
