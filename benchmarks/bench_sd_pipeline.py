@@ -39,11 +39,12 @@ COMPONENTS = {  # slot -> (family, variant, validation points)
 }
 
 
-def worker(slot: str, targets: list[str], out: Path, runs: int) -> dict:
+def worker(slot: str, targets: list[str], out: Path, runs: int, variant: str | None = None) -> dict:
     from mobilegen.export.run import run_export
     from mobilegen.recipe import load_recipe
 
-    family, variant, points = COMPONENTS[slot]
+    family, default_variant, points = COMPONENTS[slot]
+    variant = variant or default_variant
     data = {"name": f"sd15-{slot.replace('_', '-')}", "targets": targets,
             "model": {"family": family, "init": "random", "variant": variant},
             "validate": {"timesteps": points, "batch": 2, "end_to_end": False},
@@ -85,11 +86,13 @@ def main() -> None:
     ap.add_argument("--memory-limit-gb", type=float)
     ap.add_argument("--isolate", action="store_true",
                     help="MOBILEGEN_ISOLATE_TARGETS=1: each target in its own child process")
+    ap.add_argument("--variant", help="a smaller named variant of the component (a smoke run of "
+                    "the command, e.g. unet-tiny); default: the SD-1.5 one")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.worker:
-        print(json.dumps(worker(args.worker, args.targets, args.out, args.runs)))
+        print(json.dumps(worker(args.worker, args.targets, args.out, args.runs, args.variant)))
         return
     rows = []
     for slot in args.components:
@@ -103,7 +106,9 @@ def main() -> None:
         t0 = time.perf_counter()
         with tempfile.TemporaryFile("w+") as err:
             proc = subprocess.Popen([sys.executable, __file__, "--worker", slot, "--out",
-                                     str(args.out), "--runs", str(args.runs), "--targets",
+                                     str(args.out), "--runs", str(args.runs),
+                                     *(["--variant", args.variant] if args.variant else []),
+                                     "--targets",
                                      *args.targets], stdout=subprocess.PIPE, stderr=err,
                                     text=True, env=env)
             with TreeSampler(interval=0.5, root=proc.pid) as tree:

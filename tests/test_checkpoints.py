@@ -97,3 +97,22 @@ def test_half_precision_checkpoint_loads_as_float32(tmp_path):
     loaded = load_checkpoint(path)
     assert loaded.source_dtype == "float16"
     assert next(loaded.model.parameters()).dtype == torch.float32
+
+
+def test_load_assigns_file_tensors_and_keeps_constructor_buffers(tmp_path):
+    """Weights are the file's tensors (no random-initialised copy first); the non-persistent
+    causal mask of clip_text, absent from the file, keeps its constructed value."""
+    from mobilegen.checkpoints.loader import build_random
+    from mobilegen.models.clip_text import CLIPTextConfig
+
+    cfg = CLIPTextConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=8,
+                         bos_token_id=0, eos_token_id=1, pad_token_id=2)
+    ref = build_random("clip-text", cfg, seed=3)
+    path = save_checkpoint(tmp_path / "clip.safetensors", "clip-text", ref.model)
+    got = load_checkpoint(path)
+    assert not any(p.is_meta for p in got.model.parameters())
+    assert torch.equal(got.model.causal_mask, ref.model.causal_mask)
+    ids = torch.tensor([[0, 5, 9, 1, 2, 2, 2, 2]])
+    with torch.no_grad():
+        assert torch.equal(got.model(ids), ref.model(ids))

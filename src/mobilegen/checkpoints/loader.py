@@ -287,6 +287,28 @@ def _instantiate(
             raise CheckpointError(
                 f"{path}: tensor '{k}' has dtype {tensors[k].dtype}, expected floating point"
             )
-    model = get_family(fam).build(cfg)
-    model.load_state_dict(tensors, strict=True)
+    model = _build_weightless(fam, cfg)
+    model.load_state_dict(tensors, strict=True, assign=True)  # the file's tensors, not a copy
     return LoadedModel(fam, cfg, model.eval(), source=str(path), source_dtype=src_dtype)
+
+
+def _build_weightless(fam: str, cfg: Any) -> Any:
+    """The model with every parameter on the meta device and its buffers real: constructor
+    constants such as clip_text's causal mask (non-persistent, absent from any checkpoint) keep
+    their values, and the weights cost no memory until `assign=True` puts the file's in place.
+    Each parameter is moved to meta as it is registered, so at most one layer's fresh (untouched)
+    storage exists at a time and its random init runs on meta."""
+    import torch
+
+    original = torch.nn.Module.register_parameter
+
+    def to_meta(module: torch.nn.Module, name: str, param: Any) -> None:
+        if param is not None:
+            param = torch.nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        original(module, name, param)
+
+    torch.nn.Module.register_parameter = to_meta  # type: ignore[method-assign]
+    try:
+        return get_family(fam).build(cfg)
+    finally:
+        torch.nn.Module.register_parameter = original  # type: ignore[method-assign]
