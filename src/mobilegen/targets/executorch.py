@@ -26,10 +26,11 @@ from mobilegen.errors import ExportError, first_line
 from mobilegen.passes.precision import PrecisionSpec
 from mobilegen.targets import executorch_lower as lowering
 from mobilegen.targets.base import Artifact, ExportRequest, Runner
-from mobilegen.targets.fixed_batch import fixed_batch_runner
+from mobilegen.targets.fixed_batch import multi_batch_runner
 
 FORMATS = ("pte",)  # what export() writes (targets.base.Target)
 HOST_BACKENDS = ("XnnpackBackend", "QnnBackend", "OpenvinoBackend")  # the pip runtime's
+SCALAR_FLOAT = 6  # TensorInfo.dtype() is c10's ScalarType code: 6 is Float (4 Long, 3 Int)
 NOT_RUN = {
     "coreml": "the Core ML delegate runs in Apple's Core ML runtime (macOS/iOS); this host's "
               "executorch runtime has no CoreMLBackend: lowered and its delegation checked only",
@@ -44,28 +45,46 @@ def export(req: ExportRequest) -> list[Artifact]:
     profile = req.profile
     if profile.precision == "fp16" and profile.partitioner == "xnnpack":
         return export_precision(req, PrecisionSpec("fp16"), base=True)
-    program = lowering.prepared(req.program, _fixed_example(req))
+    module = req.program.module()
+    coded = _float_coded(module, req)
     out = req.workdir / f"{req.stem}.pte"
-    details = _write(program, req, out, profile.precision)
+    details = _write(module, coded, req, out, profile.precision)
     return [_artifact(out, req, profile.precision, details)]
 
 
-def _fixed_example(req: ExportRequest) -> tuple[Any, ...]:
-    return tuple(req.example)
+def _float_coded(module: Any, req: ExportRequest) -> tuple[int, ...]:
+    """XNNPACK profiles take integer inputs that are only cast to float as float32
+    (executorch_lower.float_code_inputs); other delegates take integers as they are."""
+    if req.profile.partitioner != "xnnpack":
+        return ()
+    return lowering.float_code_inputs(module, tuple(req.example))
 
 
-def _write(program: Any, req: ExportRequest, out: Path, precision: str) -> dict[str, Any]:
+def _write(module: Any, coded: tuple[int, ...], req: ExportRequest, out: Path,
+           precision: str) -> dict[str, Any]:
     profile = req.profile
+    batch_axis = all(s.shape and s.shape[0] == "batch" for s in req.io.inputs)
+    programs = lowering.fixed_programs(module, tuple(req.example), batch_axis, coded)
     with contextlib.redirect_stdout(sys.stderr):  # the AOT compilers print progress on stdout
-        _, buffer, cov = lowering.lower(program, profile.partitioner, precision,
+        _, buffer, cov = lowering.lower(programs, profile.partitioner, precision,
                                         profile.qnn_soc, req.stem)
     out.write_bytes(buffer)
-    return {"method": f"executorch to_edge_transform_and_lower ({profile.partitioner} "
-                      f"partitioner, {precision})", "coverage": [cov],
-            "fixed_shapes": {s.name: list(t.shape) for s, t in zip(req.io.inputs, req.example,
-                                                                    strict=True)},
-            "batch_note": f"captured at batch {int(req.example[0].shape[0])}: the host runner "
-                          "splits or pads other batches into calls of that size"}
+    methods = {name: int(p.example_inputs[0][0].shape[0]) for name, p in programs.items()}
+    names = [s.name for s in req.io.inputs]
+    details: dict[str, Any] = {
+        "method": f"executorch to_edge_transform_and_lower ({profile.partitioner} "
+                  f"partitioner, {precision})", "coverage": [cov],
+        "methods": methods,
+        "fixed_shapes": {s.name: list(t.shape) for s, t in zip(req.io.inputs, req.example,
+                                                                strict=True)},
+        "batch_note": "methods by batch: " + ", ".join(f"{k} = {v}" for k, v in methods.items())
+                      + "; the host runner splits other batches into calls of those sizes"}
+    if coded:
+        details["float_coded_inputs"] = [names[i] for i in coded]
+        details["float_coded_note"] = (
+            "these integer inputs are taken as float32 holding the integer values (exact below "
+            "2**24): XNNPACK has no integer ops, and their only use is a cast to float")
+    return details
 
 
 def _artifact(out: Path, req: ExportRequest, precision: str,
@@ -91,7 +110,7 @@ def qnn_runtime_note(path: Path) -> str | None:
     """None when this host's runtime loads the QNN .pte (QNN's HTP simulator), else the
     runtime's own error, in one line."""
     try:
-        _method(path, threads=1)
+        _method(path)
     except ExportError as e:
         return f"the executorch runtime could not load this QNN .pte here: {e}"
     return None
@@ -129,47 +148,76 @@ def export_precision(req: ExportRequest, spec: PrecisionSpec, base: bool = False
     reason = supports(spec)
     if reason:
         raise ExportError(f"{profile.name}: {reason}")
-    example = _fixed_example(req)
     if spec.kind == "fp16":
-        program, details = quant.half(req.program, example)
+        module, coded, details = quant.half(req.program, tuple(req.example))
     else:
-        program, details = quant.int8(req.program, example, spec, list(req.calibration), req.io,
-                                      req.stem)
+        module, details = quant.int8(req.program, tuple(req.example), spec,
+                                     list(req.calibration), req.io, req.stem)
+        coded = _float_coded(module, req)
     out = req.workdir / (f"{req.stem}.pte" if base else f"{req.stem}.{spec.tag}.pte")
-    details = {**details, **_write(program, req, out, spec.tag)}
+    details = {**details, **_write(module, coded, req, out, spec.tag)}
     return [_artifact(out, req, profile.precision if base else spec.tag, details)]
 
 
 # ---------------------------------------------------------------- running
 
 
-def _method(path: Path, threads: int, etdump: bool = False) -> Any:
+def _program(path: Path, etdump: bool = False) -> Any:
     from executorch.runtime import Runtime
 
     if not Path(path).is_file():
         raise ExportError(f"{path}: artifact not found")
     try:
         with contextlib.redirect_stdout(sys.stderr):
-            program = Runtime.get().load_program(str(path), enable_etdump=etdump)
-            return program, program.load_method("forward")
+            return Runtime.get().load_program(str(path), enable_etdump=etdump)
     except Exception as e:  # the runtime raises RuntimeError with its error code
         raise ExportError(f"{Path(path).name}: {first_line(e)}") from e
 
 
+def _method(path: Path, name: str = "forward") -> Any:
+    return _load(_program(path), path, name)
+
+
 def load(path: Path, threads: int) -> Runner:
-    """The .pte's forward method as a Runner: named numpy feeds in signature order, any batch
-    (split or padded to the file's)."""
+    """The .pte's methods as one Runner: named numpy feeds in signature order, any batch, split
+    into calls of the methods' batch sizes (largest first; the last call padded only when no
+    method fits). Integer feeds for float32 inputs (float-coded labels, token ids) are cast."""
+
+    program = _program(path)
+    runs: dict[int, Runner] = {}
+    for name in sorted(program.method_names):
+        method = _load(program, path, name)
+        meta = method.metadata
+        count = meta.num_inputs()
+
+        def run(feeds: dict[str, np.ndarray], method: Any = method,
+                count: int = count) -> np.ndarray:
+            if len(feeds) != count:
+                raise ExportError(f"{Path(path).name}: expects {count} inputs, got {list(feeds)}")
+            return method.execute(method_args(method, list(feeds.values())))[0].contiguous().numpy()
+
+        runs[int(meta.input_tensor_meta(0).sizes()[0])] = run
+    return multi_batch_runner(runs)
+
+
+def method_args(method: Any, values: list[Any]) -> list[Any]:
+    """Tensors for `method.execute`: integers cast to float32 where the method takes float32
+    (float-coded labels and token ids, executorch_lower.float_code_inputs)."""
     import torch
 
-    _, method = _method(path, threads)
     meta = method.metadata
-    batch = int(meta.input_tensor_meta(0).sizes()[0])
-    count = meta.num_inputs()
+    args = []
+    for i, v in enumerate(values):
+        t = v if isinstance(v, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(v))
+        if not t.is_floating_point() and meta.input_tensor_meta(i).dtype() == SCALAR_FLOAT:
+            t = t.float()
+        args.append(t)
+    return args
 
-    def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
-        if len(feeds) != count:
-            raise ExportError(f"{Path(path).name}: expects {count} inputs, got {list(feeds)}")
-        args = [torch.from_numpy(np.ascontiguousarray(v)) for v in feeds.values()]
-        return method.execute(args)[0].contiguous().numpy()
 
-    return fixed_batch_runner(run, batch)
+def _load(program: Any, path: Path, name: str) -> Any:
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            return program.load_method(name)
+    except Exception as e:  # the runtime raises RuntimeError with its error code
+        raise ExportError(f"{Path(path).name}: method {name}: {first_line(e)}") from e

@@ -150,24 +150,99 @@ def decompositions() -> dict[Any, Any]:
                 x, [min(size, x.shape[dim] - i) for i in range(0, x.shape[dim], size)], dim)}
 
 
+BATCH1 = "forward_batch1"  # the batch-1 method beside "forward" (see fixed_programs)
+
+
+def fixed_programs(module: Any, example: tuple[Any, ...], batch_axis: bool,
+                   coded: tuple[int, ...] = ()) -> dict[str, Any]:
+    """Method name -> the capture at fixed shapes: "forward" at the example's batch and, where
+    that batch is above 1 and every input leads with the batch axis, "forward_batch1" at batch 1.
+    A caller with one sample (no guidance, or guidance as two calls) then runs batch 1, not the
+    example's batch padded (5.5x the batch-1 time on the default STOIC, measured). The inputs
+    at `coded` go in as float32 (float_code_inputs)."""
+    batch = int(example[0].shape[0])
+    sizes = {"forward": batch} | ({BATCH1: 1} if batch > 1 and batch_axis else {})
+    return {name: prepared(module, tuple(a[:b].float() if i in coded else a[:b]
+                                         for i, a in enumerate(example)))
+            for name, b in sizes.items()}
+
+
+def _table() -> Any:
+    """Core ATen's decompositions with `aten.linear` kept whole (the partitioner matches a
+    quantized linear as dequantize -> linear -> quantize) and the delegate forms above."""
+    import torch
+
+    table = torch.export.default_decompositions()
+    table.pop(torch.ops.aten.linear.default)
+    table.update(decompositions())
+    return table
+
+
 def prepared(program: Any, example: tuple[Any, ...]) -> Any:
     """The capture (an ExportedProgram, or a module made from one) at the example's fixed
     shapes with the decompositions above."""
     import torch
 
     module = program if isinstance(program, torch.nn.Module) else program.module()
-
     try:
+        from executorch.exir.operator.util import _QUANT_PRIMITIVES
         from executorch.exir.passes.constant_prop_pass import constant_prop_pass
 
         fixed = torch.export.export(module, tuple(example))
-        fixed = fixed.run_decompositions(decompositions())
+        fixed = fixed.run_decompositions(_table())
         _float_scalars(fixed.graph_module)
-        # the sinusoid's frequencies (arange, exp) become a constant no delegate has to take
-        return constant_prop_pass(fixed)
+        # the sinusoid's frequencies (arange, exp) become a constant no delegate has to take;
+        # quantize / dequantize stay (the pass's own default skips only their edge forms, and
+        # this graph is ATen): folded, an int8 weight became a float constant and XNNPACK ran
+        # every static int8 linear as an F32 GEMM (ETDump: 39 F32 GEMMs, no QS8)
+        return constant_prop_pass(fixed, custom_skip_targets=set(_QUANT_PRIMITIVES))
     except Exception as e:  # torch raises many types from a capture or a decomposition
         raise ExportError(f"ExecuTorch: re-capturing at fixed shapes failed: "
                           f"{type(e).__name__}: {first_line(e)}") from e
+
+
+CASTS = ("aten.to.dtype", "aten._to_copy.default", "aten.to.dtype_layout")
+
+
+def _cast_dtype(node: Any) -> Any:
+    import torch
+
+    dtype = node.kwargs.get("dtype")
+    if dtype is None:
+        dtype = next((a for a in node.args[1:] if isinstance(a, torch.dtype)), None)
+    return dtype
+
+
+def float_code_inputs(module: Any, example: tuple[Any, ...]) -> tuple[int, ...]:
+    """The positions of the integer inputs that the graph module only casts to a float dtype
+    (the class label, token ids: one-hot matmuls), rewritten in place to take float32: a cast
+    to float32 leaves the graph, a cast to float16 stays (then from float32). XNNPACK has no
+    integer ops, so that cast was the one node it could not take (the default STOIC: 455 of
+    456). Integers below 2**24 are exact in float32; `executorch.load` casts the caller's."""
+    import torch
+
+    graph = module.graph
+    coded = []
+    inputs = [n for n in graph.nodes if n.op == "placeholder"]
+    for i, (node, value) in enumerate(zip(inputs, example, strict=True)):
+        if value.is_floating_point():
+            continue
+        uses = [u for u in node.users if u.op == "call_function"
+                 and not str(u.target).startswith("aten.sym_size")]  # shape reads: any dtype
+        asserts = [u for u in uses if "_assert_tensor_metadata" in str(u.target)]
+        casts = [u for u in uses if u not in asserts]
+        if not casts or not all(str(u.target) in CASTS and _cast_dtype(u) is not None
+                                and _cast_dtype(u).is_floating_point for u in casts):
+            continue
+        for check in asserts:
+            graph.erase_node(check)
+        for cast in casts:
+            if _cast_dtype(cast) is torch.float32:
+                cast.replace_all_uses_with(node)
+                graph.erase_node(cast)
+        coded.append(i)
+    module.recompile()
+    return tuple(coded)
 
 
 def _float_scalars(gm: Any) -> None:
@@ -297,15 +372,16 @@ def _qnn_partitioner(precision: str, soc: str) -> Any:
     return QnnPartitioner(spec)
 
 
-def lower(program: Any, backend: str, precision: str, soc: str | None,
+def lower(programs: dict[str, Any], backend: str, precision: str, soc: str | None,
           stem: str) -> tuple[Any, bytes, dict[str, Any]]:
-    """(the edge program after partitioning, the .pte bytes, its coverage entry)."""
+    """(the edge program manager after partitioning, the .pte bytes, the coverage entry of its
+    "forward" method). `programs`: method name -> fixed-shape program, one per batch size."""
     from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
 
     parts = partitioners(backend, precision, soc)
     try:
         edge = to_edge_transform_and_lower(
-            program, transform_passes=[delegate_forms], partitioner=parts,
+            programs, transform_passes=[delegate_forms], partitioner=parts,
             compile_config=EdgeCompileConfig(_check_ir_validity=False))
         found = coverage(edge, backend)  # before to_executorch adds its memory-planning nodes
         return edge, edge.to_executorch().buffer, found
@@ -323,7 +399,7 @@ def coverage(edge: Any, backend: str) -> dict[str, Any]:
     compute nodes the backend took, by op type, and what stayed on the portable CPU kernels."""
     from executorch.devtools.backend_debug import get_delegation_info
 
-    info = get_delegation_info(edge.exported_program().graph_module)
+    info = get_delegation_info(edge.exported_program("forward").graph_module)
     frame = info.get_operator_delegation_dataframe()
     delegated: Counter[str] = Counter()
     portable: Counter[str] = Counter()

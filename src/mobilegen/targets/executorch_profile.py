@@ -23,9 +23,12 @@ def etdump_profile(path: Path, args: list[Any], runs: int = 5, top: int = 12) ->
     from executorch.devtools import Inspector
     from executorch.runtime import Runtime
 
+    from mobilegen.targets.executorch import method_args
+
     try:
         program = Runtime.get().load_program(str(path), enable_etdump=True)
         method = program.load_method("forward")
+        args = method_args(method, args)
         for _ in range(runs):
             method.execute(args)
         with tempfile.TemporaryDirectory(prefix="mobilegen-etdump-") as tmp:

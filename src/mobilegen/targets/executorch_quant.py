@@ -42,41 +42,48 @@ def _graph_in_half(module: Any) -> Any:
 
 
 class _Half:
-    """The captured module in fp16 with fp32 inputs and output (int inputs pass through)."""
+    """The captured module in fp16 with fp32 inputs and output (int inputs pass through, and so
+    do the float-coded ones: the graph casts them itself)."""
 
-    def __new__(cls, module: Any) -> Any:
+    def __new__(cls, module: Any, example: tuple[Any, ...]) -> Any:
         import torch
+
+        inner = _graph_in_half(module)
+        coded = lowering.float_code_inputs(inner, example)
 
         class HalfIO(torch.nn.Module):
             def __init__(self) -> None:
                 super().__init__()
-                self.inner = _graph_in_half(module)
+                self.inner = inner
+                self.coded = coded
 
             def forward(self, *args: Any) -> Any:
-                cast = [a.half() if a.is_floating_point() else a for a in args]
+                cast = [a.half() if a.is_floating_point() and i not in coded else a
+                        for i, a in enumerate(args)]
                 return self.inner(*cast).float()
 
         return HalfIO()
 
 
-def half(program: Any, example: tuple[Any, ...]) -> tuple[Any, dict[str, Any]]:
-    """The capture in fp16 (weights and compute), fp32 at the I/O edges: XNNPACK's fp16 path."""
+def half(program: Any, example: tuple[Any, ...]) -> tuple[Any, tuple[int, ...], dict[str, Any]]:
+    """(the capture in fp16, weights and compute, fp32 at the I/O edges: XNNPACK's fp16 path;
+    its float-coded inputs; the row's details)."""
     import copy
 
     # a copy: Module.half() converts parameters in place, and the capture's parameters are the
     # model's own (every other target still lowers from them)
-    module = _Half(copy.deepcopy(program.module()))
+    module = _Half(copy.deepcopy(program.module()), example)
     details = {"method_detail": "fp16 weights and compute on XNNPACK; inputs and output cast "
                                 "from and to fp32 at the graph's edges"}
-    return lowering.prepared(module, example), details
+    return module, module.coded, details
 
 
 def int8(program: Any, example: tuple[Any, ...], spec: PrecisionSpec,
          calibration: list[dict[str, np.ndarray]], io: ModelIO,
          stem: str) -> tuple[Any, dict[str, Any]]:
-    """The capture quantized by the XNNPACK quantizer, re-captured at fixed shapes."""
-    converted, details = quantized_module(program, example, spec, calibration, io, stem)
-    return lowering.prepared(converted, example), details
+    """The capture quantized by the XNNPACK quantizer (a graph module with quantize /
+    dequantize nodes), for executorch.py to capture at fixed shapes."""
+    return quantized_module(program, example, spec, calibration, io, stem)
 
 
 def quantized_module(program: Any, example: tuple[Any, ...], spec: PrecisionSpec,

@@ -25,3 +25,25 @@ def fixed_batch_runner(run: Runner, batch: int) -> Runner:
         return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=0)
 
     return batched
+
+
+def multi_batch_runner(runs: dict[int, Runner]) -> Runner:
+    """Feeds of any batch through files (or methods) that each take one batch size: calls of
+    the largest size that fits the samples left, so a one-method file behaves as
+    fixed_batch_runner and a file with a batch-1 method never pads."""
+    if len(runs) == 1:
+        ((batch, run),) = runs.items()
+        return fixed_batch_runner(run, batch)
+    sizes = sorted(runs, reverse=True)
+
+    def batched(feeds: dict[str, np.ndarray]) -> np.ndarray:
+        n = len(next(iter(feeds.values())))
+        outs, start = [], 0
+        while start < n:
+            size = next((b for b in sizes if b <= n - start), sizes[-1])
+            part = {k: v[start:start + size] for k, v in feeds.items()}
+            outs.append(fixed_batch_runner(runs[size], size)(part))
+            start += size
+        return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=0)
+
+    return batched
