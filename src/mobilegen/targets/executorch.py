@@ -182,7 +182,6 @@ def load(path: Path, threads: int) -> Runner:
     """The .pte's methods as one Runner: named numpy feeds in signature order, any batch, split
     into calls of the methods' batch sizes (largest first; the last call padded only when no
     method fits). Integer feeds for float32 inputs (float-coded labels, token ids) are cast."""
-
     program = _program(path)
     runs: dict[int, Runner] = {}
     for name in sorted(program.method_names):
