@@ -58,9 +58,9 @@ class FitMethod:
 
 # Each precision's method, chosen among 12 pre-listed candidates by the leave-one-family-out
 # score of the S24 and S25 slices (README, "Device latency estimates", with the nested-CV
-# figure of that choice). w8a16 keeps the first model: every other candidate put the held-out
-# SD-1.5 UNet past 25% (+28..+44%); the SD rows were a guard in that one choice, not an
-# untouched test.
+# figure of that choice; scripts/latency_candidates.py). w8a16 keeps the first model: every
+# other candidate put a held-out SD-1.5 estimate past 25% (worst of six 32..87%, the UNet
+# +31..+44% in the transfers); the SD rows were a guard in that choice, not an untouched test.
 METHODS = {"float": FitMethod("v2"), "w8a8": FitMethod("v2", transfer=True, robust=True),
            "w8a16": FitMethod("v1")}
 PRECISION_FEATURES = {p: m.terms for p, m in METHODS.items()}
