@@ -158,12 +158,50 @@ def test_quantized_slice_transfers_the_float_model_with_its_factors(monkeypatch)
         assert got[k] == pytest.approx(factors.get(k, 1.0), abs=1e-6), (k, got)
     assert q.coefficients["conv_gmac"] == pytest.approx(0.2 * 0.25, rel=1e-6)
     assert q.coefficients["move_knodes"] == pytest.approx(9.0 * 0.7, rel=1e-6)
+    # the float model the factors rescale travels with the slice (noise-free: the truth)
+    assert q.float_base["norm_mb"] == pytest.approx(0.05, rel=1e-6)
     assert q.p90_abs_err < 1e-6
     # the ridge pulls the factors toward 1 (costs as in float) at a small price in error
     def dist(m: latency_fit.SliceModel) -> float:
         return sum((v - 1.0) ** 2 for v in m.float_scales.values())
 
     assert dist(ridged) < dist(q) and ridged.median_abs_err < 0.1
+
+
+def test_robust_fit_is_not_pulled_by_one_far_off_row() -> None:
+    truth = {"conv_gmac": 0.2, "linear_gmac": 0.5, "weight_mb": 0.01, "mac_knodes": 2.0,
+             "const": 0.3}
+    cal = _synthetic(40, truth, "w8a16")
+    x = np.stack([latency_fit.design_row(cal.features[r.features], "w8a16") for r in cal.rows])
+    y = np.array([r.measured_ms for r in cal.rows])
+    y[3] *= 5.0  # one row measured 5x what its features say
+    want = np.array([truth.get(k, 0.0) for k in latency_fit.feature_names("w8a16")])
+    robust = latency_fit.nnls_fit(x, y, robust=True)
+    plain = latency_fit.nnls_fit(x, y)
+    # the L1 fit gives the other 39 rows back within 0.2%; the squared loss moves them ~10x more
+    others = np.arange(len(y)) != 3
+
+    def worst(c: np.ndarray) -> float:
+        return float(np.max(np.abs((x @ c)[others] / (x @ want)[others] - 1)))
+
+    assert worst(robust) < 0.002 and worst(plain) > 5 * worst(robust)
+    assert robust[-1] == pytest.approx(0.3, rel=0.05)  # the constant, pulled to 0.2 by the square
+
+
+def test_every_transferred_precision_shares_the_float_terms(shipped) -> None:
+    for precision, method in latency_fit.METHODS.items():
+        if method.transfer:
+            assert method.terms == latency_fit.METHODS["float"].terms, precision
+    # a transferred slice is readable as its float model times one factor per term group
+    groups = list(latency_fit.TRANSFER_GROUPS)
+    transferred = [s for s in shipped.slices.values() if s.float_scales]
+    assert {s.precision for s in transferred} == {
+        p for p, m in latency_fit.METHODS.items() if m.transfer}
+    for s in transferred:
+        names = latency_fit.feature_names(s.precision)
+        for n, g in zip(names, latency_fit.transfer_index(names), strict=True):
+            want = s.float_base[n] * s.float_scales[groups[g]]
+            assert s.coefficients[n] == pytest.approx(want, rel=1e-9, abs=1e-15), (s.key, n)
 
 
 def test_w8a16_keeps_its_own_term_set_and_is_fitted_directly() -> None:
