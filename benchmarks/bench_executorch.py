@@ -4,12 +4,13 @@ text-to-image pipeline's components (digits-t2i):
 - XNNPACK fp32 .pte: worst max abs error over the recipe's timesteps and image PSNR of the
   recipe's sampling run against PyTorch; host latency against ONNX Runtime (CPU EP) on the same
   model, same batch, same threads, one runtime alive at a time;
-- XNNPACK int8 static (trajectory calibration feeds, the shared keep-float rule): image PSNR and
-  latency against fp32;
+- XNNPACK int8 static (trajectory calibration feeds, the shared keep-float rule), fp16 and int8
+  dynamic: image PSNR and latency against fp32, at batch 1 (the .pte's batch-1 method) and at
+  the validation batch, the files taking turns over interleaved rounds;
 - delegation coverage (get_delegation_info): XNNPACK on the STOIC and each pipeline component;
   Core ML, Vulkan and QNN partitioners on the STOIC (QNN: the error, if it fails).
 
-    nice -n 10 .venv/bin/python benchmarks/bench_executorch.py [--runs 30] [--threads 2]
+    nice -n 10 .venv/bin/python benchmarks/bench_executorch.py [--runs 30] [--rounds 5]
 
 Timings are host CPU times on whatever machine runs this (say whether it was shared).
 """
@@ -17,6 +18,7 @@ Timings are host CPU times on whatever machine runs this (say whether it was sha
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -81,7 +83,20 @@ def latency(runner: Any, feeds: dict[str, np.ndarray], runs: int, threads: int) 
     return time_fn(lambda: runner(feeds), 5, runs, threads).median_ms
 
 
-def stoic_rows(runs: int, threads: int, work: Path) -> None:
+def interleaved(files: dict[str, tuple[str, Path]], feeds: dict[str, np.ndarray], runs: int,
+                threads: int, rounds: int) -> dict[str, list[float]]:
+    """Median ms per round for each file, the files taking turns in every round (one runtime
+    alive at a time), so a load change on the host hits them all alike."""
+    out: dict[str, list[float]] = {k: [] for k in files}
+    for _ in range(rounds):
+        for name, (kind, path) in files.items():
+            runner = onnx_target.load(path, threads) if kind == "onnx" else et.load(path, threads)
+            out[name].append(latency(runner, feeds, runs, threads))
+            del runner
+    return out
+
+
+def stoic_rows(runs: int, threads: int, rounds: int, work: Path) -> None:
     case = Case(load_recipe(resolve_recipe("stoic-digits")))
     component = _component(case)
     t0 = time.perf_counter()
@@ -94,29 +109,39 @@ def stoic_rows(runs: int, threads: int, work: Path) -> None:
     calib = tuple(calibration_feeds(torch_runner(case.model, case.io), component, 20))
     (int8,) = et.export_precision(case.request("android-cpu-executorch", work, "denoiser",
                                                calib), PrecisionSpec("int8", "static"))
-    q = et.load(work / int8.file, threads)
-    q_psnr = compare(torch_images, generate(q, component), 2.0).psnr_db
+    (fp16,) = et.export_precision(case.request("android-cpu-executorch", work, "denoiser"),
+                                  PrecisionSpec("fp16"))
+    (dyn,) = et.export_precision(case.request("android-cpu-executorch", work, "denoiser"),
+                                 PrecisionSpec("int8", "dynamic"))
     onnx_target.export(ExportRequest(case.program(()), case.io, case.example,
                                      load_target("ort-mobile-cpu"), work, "ref", 0))
     print(f"\n{'default STOIC':34} {'value':>12}  goal")
     print(f"{'XNNPACK fp32 worst max abs error':34} {err:12.2e}  <= 1e-5")
     print(f"{'XNNPACK fp32 image PSNR (dB)':34} {psnr:12.1f}  >= 100")
-    print(f"{'XNNPACK int8 static image PSNR':34} {q_psnr:12.1f}  >= 35")
+    for name, art, goal in (("int8 static", int8, ">= 35"), ("fp16", fp16, "reported"),
+                            ("int8 dynamic", dyn, "reported")):
+        images = generate(et.load(work / art.file, threads), component)
+        print(f"{'XNNPACK ' + name + ' image PSNR':34} "
+              f"{compare(torch_images, images, 2.0).psnr_db:12.1f}  {goal}", flush=True)
+    files = {"ort": ("onnx", work / "ref.onnx"), "pte fp32": ("pte", work / fp32.file),
+             "pte int8 static": ("pte", work / int8.file), "pte fp16": ("pte", work / fp16.file),
+             "pte int8 dynamic": ("pte", work / dyn.file)}
     for batch in (1, case.recipe.validation.batch):
         feeds = case.io.feeds(case.model.example_inputs(batch, seed=2, image_size=case.size))
-        ms = {}
-        for name, make in (("ort", lambda: onnx_target.load(work / "ref.onnx", threads)),
-                           ("pte fp32", lambda: et.load(work / fp32.file, threads)),
-                           ("pte int8", lambda: et.load(work / int8.file, threads))):
-            runner = make()
-            ms[name] = latency(runner, feeds, runs, threads)
-            del runner
-        print(f"{'latency batch ' + str(batch) + ' (ms, median)':34} ORT {ms['ort']:.2f} / "
-              f"pte fp32 {ms['pte fp32']:.2f} ({ms['pte fp32'] / ms['ort']:.2f}x ORT; goal "
-              f"<= 1.2x) / pte int8 static {ms['pte int8']:.2f} "
-              f"({ms['pte int8'] / ms['pte fp32']:.2f}x fp32; goal < 1)", flush=True)
+        ms = interleaved(files, feeds, runs, threads, rounds)
+        ratio = {k: statistics.median(a / b for a, b in zip(v, ms["pte fp32"], strict=True))
+                 for k, v in ms.items()}
+        med = {k: statistics.median(v) for k, v in ms.items()}
+        print(f"latency batch {batch} (ms, median of {rounds} interleaved rounds of {runs} runs; "
+              "ratio: median per-round ratio to pte fp32)")
+        for k in files:
+            print(f"  {k:18} {med[k]:8.2f} ms  {ratio[k]:5.2f}x pte fp32", flush=True)
+        print(f"  goals: pte fp32 <= 1.2x ORT: {1 / ratio['ort']:.2f}x; "
+              f"int8 static faster than fp32: {ratio['pte int8 static']:.2f}x", flush=True)
     _coverage_line("STOIC XNNPACK fp32", fp32)
     _coverage_line("STOIC XNNPACK int8 static", int8)
+    _coverage_line("STOIC XNNPACK fp16", fp16)
+    _coverage_line("STOIC XNNPACK int8 dynamic", dyn)
     for profile in ("ios-coreml-executorch", "android-vulkan-executorch",
                     "snapdragon-8gen3-executorch"):
         try:
@@ -164,9 +189,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-executorch-") as tmp:
-        stoic_rows(args.runs, args.threads, Path(tmp))
+        stoic_rows(args.runs, args.threads, args.rounds, Path(tmp))
         pipeline_rows(args.threads, Path(tmp))
 
 

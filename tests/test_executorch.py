@@ -85,6 +85,12 @@ def test_coverage_entry_in_the_shared_schema(fp32):
 def test_a_batch1_method_beside_the_examples_batch(fp32):
     """Batch 1 runs its own method, never the example's batch padded."""
     assert fp32.details["methods"] == {"forward": 2, "forward_batch1": 1}
+    # what the manifest tells an app: per method, the inputs as the .pte takes them
+    methods = fp32.details["deploy"]["methods"]
+    assert [i["shape"][0] for i in methods["forward_batch1"]["inputs"]] == [1, 1, 1]
+    assert {i["name"]: i["dtype"] for i in methods["forward"]["inputs"]} == {
+        "x": "float32", "t": "float32", "y": "float32"}
+    assert fp32.details["deploy"]["float_coded_inputs"] == ["y"]
 
 
 def test_multi_batch_runner_calls_the_largest_method_that_fits():

@@ -81,10 +81,30 @@ def _write(module: Any, coded: tuple[int, ...], req: ExportRequest, out: Path,
                       + "; the host runner splits other batches into calls of those sizes"}
     if coded:
         details["float_coded_inputs"] = [names[i] for i in coded]
-        details["float_coded_note"] = (
-            "these integer inputs are taken as float32 holding the integer values (exact below "
-            "2**24): XNNPACK has no integer ops, and their only use is a cast to float")
+    details["deploy"] = deploy_entry(programs, names, coded, profile.partitioner)
     return details
+
+
+def deploy_entry(programs: dict[str, Any], names: list[str], coded: tuple[int, ...],
+                 backend: str) -> dict[str, Any]:
+    """What the manifest tells an app about a .pte: its methods, each method's input names,
+    shapes and dtypes (float-coded integers say so), and the runtime it needs."""
+    methods = {}
+    for method, program in programs.items():
+        methods[method] = {"batch": int(program.example_inputs[0][0].shape[0]), "inputs": [
+            {"name": n, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
+            for n, t in zip(names, program.example_inputs[0], strict=True)]}
+    entry: dict[str, Any] = {
+        "backend": backend, "methods": methods,
+        "batch_note": "load the method whose batch fits (Module::load_method / "
+                      "Program.load_method); a guided step is one call of batch 2 or two of 1"}
+    if coded:
+        entry["float_coded_inputs"] = [names[i] for i in coded]
+        entry["float_coded_note"] = (
+            "pass these integer inputs as float32 holding the same integers (exact below "
+            "2**24): XNNPACK has no integer ops, and the graph's only use of them was a cast "
+            "to float")
+    return entry
 
 
 def _artifact(out: Path, req: ExportRequest, precision: str,
