@@ -30,7 +30,8 @@ from mobilegen.targets.fixed_batch import multi_batch_runner
 
 FORMATS = ("pte",)  # what export() writes (targets.base.Target)
 HOST_BACKENDS = ("XnnpackBackend", "QnnBackend", "OpenvinoBackend")  # the pip runtime's
-SCALAR_FLOAT = 6  # TensorInfo.dtype() is c10's ScalarType code: 6 is Float (4 Long, 3 Int)
+# TensorInfo.dtype() is c10's ScalarType code: 6 Float, 5 Half (4 Long, 3 Int)
+SCALAR_DTYPES = {6: "float32", 5: "float16"}
 NOT_RUN = {
     "coreml": "the Core ML delegate runs in Apple's Core ML runtime (macOS/iOS); this host's "
               "executorch runtime has no CoreMLBackend: lowered and its delegation checked only",
@@ -48,7 +49,7 @@ def export(req: ExportRequest) -> list[Artifact]:
     module = req.program.module()
     coded = _float_coded(module, req)
     out = req.workdir / f"{req.stem}.pte"
-    details = _write(module, coded, req, out, profile.precision)
+    details = _write(module, coded, req, out, profile.precision, tuple(req.example))
     return [_artifact(out, req, profile.precision, details)]
 
 
@@ -61,10 +62,11 @@ def _float_coded(module: Any, req: ExportRequest) -> tuple[int, ...]:
 
 
 def _write(module: Any, coded: tuple[int, ...], req: ExportRequest, out: Path,
-           precision: str) -> dict[str, Any]:
+           precision: str, example: tuple[Any, ...]) -> dict[str, Any]:
+    """Lower `module` (its example in the dtypes it takes) to {out}, one method per batch."""
     profile = req.profile
     batch_axis = all(s.shape and s.shape[0] == "batch" for s in req.io.inputs)
-    programs = lowering.fixed_programs(module, tuple(req.example), batch_axis, coded)
+    programs = lowering.fixed_programs(module, example, batch_axis, coded)
     with contextlib.redirect_stdout(sys.stderr):  # the AOT compilers print progress on stdout
         _, buffer, cov = lowering.lower(programs, profile.partitioner, precision,
                                         profile.qnn_soc, req.stem)
@@ -169,13 +171,13 @@ def export_precision(req: ExportRequest, spec: PrecisionSpec, base: bool = False
     if reason:
         raise ExportError(f"{profile.name}: {reason}")
     if spec.kind == "fp16":
-        module, coded, details = quant.half(req.program, tuple(req.example))
+        module, coded, example, details = quant.half(req.program, tuple(req.example), req.io)
     else:
         module, details = quant.int8(req.program, tuple(req.example), spec,
                                      list(req.calibration), req.io, req.stem)
-        coded = _float_coded(module, req)
+        coded, example = _float_coded(module, req), tuple(req.example)
     out = req.workdir / (f"{req.stem}.pte" if base else f"{req.stem}.{spec.tag}.pte")
-    details = {**details, **_write(module, coded, req, out, spec.tag)}
+    details = {**details, **_write(module, coded, req, out, spec.tag, example)}
     return [_artifact(out, req, profile.precision if base else spec.tag, details)]
 
 
@@ -213,23 +215,26 @@ def load(path: Path, threads: int) -> Runner:
                 count: int = count) -> np.ndarray:
             if len(feeds) != count:
                 raise ExportError(f"{Path(path).name}: expects {count} inputs, got {list(feeds)}")
-            return method.execute(method_args(method, list(feeds.values())))[0].contiguous().numpy()
+            out = method.execute(method_args(method, list(feeds.values())))[0]
+            return out.float().contiguous().numpy()
 
         runs[int(meta.input_tensor_meta(0).sizes()[0])] = run
     return multi_batch_runner(runs)
 
 
 def method_args(method: Any, values: list[Any]) -> list[Any]:
-    """Tensors for `method.execute`: integers cast to float32 where the method takes float32
-    (float-coded labels and token ids, executorch_lower.float_code_inputs)."""
+    """Tensors for `method.execute`, each cast to the float dtype the method takes where it
+    takes one (an fp16 .pte's inputs; float-coded labels and token ids,
+    executorch_lower.float_code_inputs)."""
     import torch
 
     meta = method.metadata
     args = []
     for i, v in enumerate(values):
         t = v if isinstance(v, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(v))
-        if not t.is_floating_point() and meta.input_tensor_meta(i).dtype() == SCALAR_FLOAT:
-            t = t.float()
+        want = SCALAR_DTYPES.get(meta.input_tensor_meta(i).dtype())
+        if want is not None and t.dtype != getattr(torch, want):
+            t = t.to(getattr(torch, want))
         args.append(t)
     return args
 

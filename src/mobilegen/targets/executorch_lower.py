@@ -145,6 +145,9 @@ def decompositions() -> dict[Any, Any]:
             aten.group_norm.default: group_norm_full,
             aten.upsample_nearest2d.vec: upsample_nearest,
             aten.select.int: select,
+            # in the input's dtype: core ATen's SiLU decomposition computes fp16 in fp32, casts
+            # XNNPACK never takes (4 per SiLU'd tensor in the fp16 STOIC)
+            aten.silu.default: lambda x: x * torch.sigmoid(x),
             aten.split_with_sizes.default: split_with_sizes,
             aten.split.Tensor: lambda x, size, dim=0: split_with_sizes(
                 x, [min(size, x.shape[dim] - i) for i in range(0, x.shape[dim], size)], dim)}
@@ -159,12 +162,13 @@ def fixed_programs(module: Any, example: tuple[Any, ...], batch_axis: bool,
     that batch is above 1 and every input leads with the batch axis, "forward_batch1" at batch 1.
     A caller with one sample (no guidance, or guidance as two calls) then runs batch 1, not the
     example's batch padded (5.5x the batch-1 time on the default STOIC, measured). The inputs
-    at `coded` go in as float32 (float_code_inputs)."""
+    at `coded` go in as float32 unless the example already holds them as floats
+    (float_code_inputs)."""
     batch = int(example[0].shape[0])
     sizes = {"forward": batch} | ({BATCH1: 1} if batch > 1 and batch_axis else {})
-    return {name: prepared(module, tuple(a[:b].float() if i in coded else a[:b]
-                                         for i, a in enumerate(example)))
-            for name, b in sizes.items()}
+    example = tuple(a.float() if i in coded and not a.is_floating_point() else a
+                    for i, a in enumerate(example))
+    return {name: prepared(module, tuple(a[:b] for a in example)) for name, b in sizes.items()}
 
 
 def _table() -> Any:
@@ -191,6 +195,7 @@ def prepared(program: Any, example: tuple[Any, ...]) -> Any:
         fixed = torch.export.export(module, tuple(example))
         fixed = fixed.run_decompositions(_table())
         _float_scalars(fixed.graph_module)
+        _half_scalars(fixed.graph_module)
         # the sinusoid's frequencies (arange, exp) become a constant no delegate has to take;
         # quantize / dequantize stay (the pass's own default skips only their edge forms, and
         # this graph is ATen): folded, an int8 weight became a float constant and XNNPACK ran
@@ -213,22 +218,25 @@ def _cast_dtype(node: Any) -> Any:
     return dtype
 
 
-def float_code_inputs(module: Any, example: tuple[Any, ...]) -> tuple[int, ...]:
-    """The positions of the integer inputs that the graph module only casts to a float dtype
-    (the class label, token ids: one-hot matmuls), rewritten in place to take float32: a cast
-    to float32 leaves the graph, a cast to float16 stays (then from float32). XNNPACK has no
-    integer ops, so that cast was the one node it could not take (the default STOIC: 455 of
-    456). Integers below 2**24 are exact in float32; `executorch.load` casts the caller's."""
+def float_code_inputs(module: Any, example: tuple[Any, ...], dtype: Any = None,
+                      only: int | None = None) -> tuple[int, ...]:
+    """The positions of the integer inputs (all, or position `only`) that the graph module only
+    casts to a float dtype (the class label, token ids: one-hot matmuls), rewritten in place to
+    take `dtype` (float32 by default): a cast to that dtype leaves the graph, a cast to another
+    float dtype stays. XNNPACK has no integer ops, so that cast was the one node it could not
+    take (the default STOIC: 455 of 456). Integers below 2**24 are exact in float32;
+    `executorch.load` casts the caller's."""
     import torch
 
+    dtype = dtype or torch.float32
     graph = module.graph
     coded = []
     inputs = [n for n in graph.nodes if n.op == "placeholder"]
     for i, (node, value) in enumerate(zip(inputs, example, strict=True)):
-        if value.is_floating_point():
+        if value.is_floating_point() or (only is not None and i != only):
             continue
         uses = [u for u in node.users if u.op == "call_function"
-                 and not str(u.target).startswith("aten.sym_size")]  # shape reads: any dtype
+                and not str(u.target).startswith("aten.sym_size")]  # shape reads: any dtype
         asserts = [u for u in uses if "_assert_tensor_metadata" in str(u.target)]
         casts = [u for u in uses if u not in asserts]
         if not casts or not all(str(u.target) in CASTS and _cast_dtype(u) is not None
@@ -237,7 +245,7 @@ def float_code_inputs(module: Any, example: tuple[Any, ...]) -> tuple[int, ...]:
         for check in asserts:
             graph.erase_node(check)
         for cast in casts:
-            if _cast_dtype(cast) is torch.float32:
+            if _cast_dtype(cast) is dtype:
                 cast.replace_all_uses_with(node)
                 graph.erase_node(cast)
         coded.append(i)
@@ -258,6 +266,39 @@ def _float_scalars(gm: Any) -> None:
         vals = [a.meta.get("val") for a in node.args if isinstance(a, torch.fx.Node)]
         if vals and all(v is not None and v.dtype.is_floating_point for v in vals):
             node.args = tuple(float(a) if type(a) is int else a for a in node.args)
+    gm.recompile()
+
+
+ARITH = {f"aten.{op}.{kind}" for op in ("add", "sub", "mul", "div", "rsub")
+         for kind in ("Tensor", "Scalar")}
+
+
+def _half_scalars(gm: Any) -> None:
+    """A float scalar operand of add / sub / mul / div on an fp16 tensor becomes an fp16 0-d
+    constant (an aten.full that constant propagation folds): edge lifts a scalar to a float32
+    tensor, cast to fp16 at run time, and XNNPACK never takes a dtype conversion (7 such casts
+    were all the fp16 tiny STOIC left on the portable kernels)."""
+    import torch
+
+    aten = torch.ops.aten
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or str(node.target) not in ARITH:
+            continue
+        vals = [a.meta.get("val") for a in node.args if isinstance(a, torch.fx.Node)]
+        val = vals[0] if vals else None
+        if val is None or val.dtype != torch.float16 or not any(
+                type(a) is float for a in node.args):  # (1.0 - x arrives as sub(1.0, x))
+            continue
+        with gm.graph.inserting_before(node):
+            args = []
+            for a in node.args:
+                if type(a) is float:
+                    a = gm.graph.call_function(aten.full.default, ([], a),
+                                               {"dtype": torch.float16})
+                    a.meta["val"] = val.new_empty(())
+                args.append(a)
+        node.args = tuple(args)
+        node.target = getattr(aten, str(node.target).split(".")[1]).Tensor
     gm.recompile()
 
 
