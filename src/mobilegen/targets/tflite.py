@@ -155,7 +155,8 @@ def _convert(program: Any, example: tuple[Any, ...], out: Path, param_bytes: int
     with contextlib.suppress(NotImplementedError, RuntimeError):
         module.eval()  # litert-torch warns about (and keeps) training mode otherwise
     try:
-        with contextlib.redirect_stdout(sys.stderr), _weights_released_once_lowered(release):
+        with contextlib.redirect_stdout(sys.stderr), \
+                _weights_released_once_lowered(program if release else None):
             edge = litert_torch.convert(module, tuple(example))  # prints progress on stdout
             edge.export(str(out))
     except Exception as e:
@@ -164,31 +165,40 @@ def _convert(program: Any, example: tuple[Any, ...], out: Path, param_bytes: int
 
 
 @contextlib.contextmanager
-def _weights_released_once_lowered(enabled: bool) -> Any:
+def _weights_released_once_lowered(program: Any | None) -> Any:
     """litert-torch 0.10 copies every weight into the MLIR module it lowers to (DenseElementsAttr)
     and its TFLite passes then add about one more copy, while the torch tensors stay alive
-    beside both until convert() returns (its own list of exported programs holds them). With
-    `enabled`, the storage of each weight the lowering inlined is released as soon as the MLIR
-    module holds its copy, as litert-torch's own V2 converter does for delete_in_memory_params
-    (untyped_storage().resize_(0)). Measured on a reduced-width SD UNet (0.82 GB of weights,
-    benchmarks/bench_litert_memory.py): peak RSS of the conversion 3.30 -> see README."""
-    if not enabled:
+    beside both until convert() returns (its own list of exported programs holds them). Given
+    the caller's `program` (which nobody reads afterwards), each weight the lowering inlined is
+    released as soon as the MLIR module holds its copy, as litert-torch's own V2 converter does
+    for delete_in_memory_params: the storage resized to nothing where torch owns it, else (a
+    capture read back by torch.export.load) every tensor object holding it emptied. Measured
+    on a reduced-width SD UNet (benchmarks/bench_litert_memory.py; README "Big models")."""
+    if program is None:
         yield
         return
+    import torch
     from litert_torch.backend import export as backend_export
 
     inner = backend_export.exported_program_to_mlir
 
     def lower_then_release(exported_program: Any, *args: Any, **kwargs: Any) -> Any:
-        weights = [*exported_program.state_dict.values(), *exported_program.constants.values()]
+        weights = [t for ep in (program, exported_program)
+                   for t in (*ep.state_dict.values(), *ep.constants.values())
+                   if isinstance(t, torch.Tensor)]
         lowered = inner(exported_program, *args, **kwargs)
         # a weight still passed as a graph input (not inlined) is read at run time: kept
         inputs = {t.untyped_storage().data_ptr() for t in lowered.state_dict.values()
-                  if hasattr(t, "untyped_storage")}
-        for w in weights:
-            storage = w.detach().untyped_storage()
-            if storage.data_ptr() not in inputs:
-                storage.resize_(0)
+                  if isinstance(t, torch.Tensor)}
+        with torch.no_grad():
+            for w in weights:
+                storage = w.untyped_storage()
+                if storage.data_ptr() in inputs or storage.nbytes() == 0:
+                    continue
+                if storage.resizable():
+                    storage.resize_(0)
+                else:
+                    w.data = torch.empty(0, dtype=w.dtype)
         return lowered
 
     backend_export.exported_program_to_mlir = lower_then_release
