@@ -39,14 +39,16 @@ COMPONENTS = {  # slot -> (family, variant, validation points)
 }
 
 
-def worker(slot: str, targets: list[str], out: Path, runs: int, variant: str | None = None) -> dict:
+def worker(slot: str, targets: list[str], out: Path, runs: int, variant: str | None = None,
+           widths: list[int] | None = None) -> dict:
     from mobilegen.export.run import run_export
     from mobilegen.recipe import load_recipe
 
     family, default_variant, points = COMPONENTS[slot]
-    variant = variant or default_variant
-    data = {"name": f"sd15-{slot.replace('_', '-')}", "targets": targets,
-            "model": {"family": family, "init": "random", "variant": variant},
+    model = {"family": family, "init": "random", "variant": variant or default_variant}
+    if widths:  # the SD-1.5 UNet's blocks with narrower stages: a profile run in minutes
+        model = {"family": family, "init": "random", "config": {"block_out_channels": widths}}
+    data = {"name": f"sd15-{slot.replace('_', '-')}", "targets": targets, "model": model,
             "validate": {"timesteps": points, "batch": 2, "end_to_end": False},
             "latency": {"warmup": 1, "runs": runs},
             # the trajectory an HTP profile calibrates on (and the batch it compiles for): a
@@ -59,19 +61,23 @@ def worker(slot: str, targets: list[str], out: Path, runs: int, variant: str | N
     wall = time.perf_counter() - t0
     rep = result.report.to_dict()
     usage = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # the per-target children, reaped
     rows = [{"artifact": a["artifact"], "format": a["format"], "runnable": a["runnable"],
              "bytes": a["bytes"], "max_abs_error": (a.get("parity") or {}).get("max_abs_error"),
              "median_ms": (a.get("latency") or {}).get("median_ms"),
              "note": (a.get("details") or {}).get("skipped") or ""}
             for a in rep["artifacts"]]
     return {"component": slot, "params": rep["model"]["params"], "gmac": rep["model"]["gmac"],
-            "wall_s": round(wall, 1), "timings_s": rep["timings_s"], "artifacts": rows,
+            "wall_s": round(wall, 1), "timings_s": rep["timings_s"],
+            "timings_cpu_s": rep.get("timings_cpu_s"), "artifacts": rows,
             "pytorch_median_ms": next((a.get("pytorch_latency", {}) or {}).get("median_ms")
                                       for a in rep["artifacts"] if a.get("pytorch_latency")),
             "peak_rss_gb": round(usage.ru_maxrss / 1024**2, 2),
             # CPU seconds next to wall seconds: on a shared host a wall far above cpu / cores
             # means the figures were taken under contention
             "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+            "cpu_s_with_children": round(usage.ru_utime + usage.ru_stime + kids.ru_utime
+                                         + kids.ru_stime, 1),
             "failures": rep["gates"]["failures"], "memory": rep.get("memory")}
 
 
@@ -88,11 +94,15 @@ def main() -> None:
                     help="MOBILEGEN_ISOLATE_TARGETS=1: each target in its own child process")
     ap.add_argument("--variant", help="a smaller named variant of the component (a smoke run of "
                     "the command, e.g. unet-tiny); default: the SD-1.5 one")
+    ap.add_argument("--widths", type=lambda v: [int(w) for w in v.split(",")],
+                    help="UNet only: SD-1.5's blocks with these stage widths (e.g. "
+                    "160,320,640,640, a quarter of the weights) to profile the command in minutes")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.worker:
-        print(json.dumps(worker(args.worker, args.targets, args.out, args.runs, args.variant)))
+        print(json.dumps(worker(args.worker, args.targets, args.out, args.runs, args.variant,
+                                args.widths)))
         return
     rows = []
     for slot in args.components:
@@ -108,6 +118,8 @@ def main() -> None:
             proc = subprocess.Popen([sys.executable, __file__, "--worker", slot, "--out",
                                      str(args.out), "--runs", str(args.runs),
                                      *(["--variant", args.variant] if args.variant else []),
+                                     *(["--widths", ",".join(map(str, args.widths))]
+                                       if args.widths else []),
                                      "--targets",
                                      *args.targets], stdout=subprocess.PIPE, stderr=err,
                                     text=True, env=env)

@@ -197,3 +197,24 @@ def test_fp16_pass_on_an_fp16_profile_makes_no_second_copy(exported, tmp_path):
         PrecisionSpec("fp16"))
     assert not row.runnable and "already has fp16 weights" in row.details["skipped"]
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("reloaded", [False, True])
+def test_a_consumed_capture_loses_its_weights_once_lowered_and_the_file_is_the_same(
+        exported, tmp_path, reloaded):
+    """ExportRequest.consume_program (a child's last use of its capture): the capture's weights
+    are freed once litert-torch has copied them into MLIR, whether torch owns their storage or
+    torch.export.load read them from a .pt2 (not resizable); the file still matches PyTorch."""
+    model, io, program, example, profile, *_ = exported
+    mine = tiny_capture()[3]  # a capture of its own: the fixture's is shared
+    if reloaded:
+        torch.export.save(mine, str(tmp_path / "c.pt2"))
+        mine = torch.export.load(str(tmp_path / "c.pt2"))
+    held = lambda ep: sum(t.untyped_storage().nbytes() for t in ep.state_dict.values())
+    before = held(mine)
+    (got,) = tflite.export(ExportRequest(mine, io, example, profile, tmp_path, "denoiser", 0,
+                                         consume_program=True))
+    assert before > 0 and held(mine) == 0
+    ref, out = _run(model, io, tmp_path / got.file, 2)
+    assert np.abs(out - ref).max() <= 1e-5
+    assert held(program) >= before  # a capture not consumed keeps its weights

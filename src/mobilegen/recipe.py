@@ -56,6 +56,10 @@ class ValidateSpec(Strict):
         min_length=1, max_length=64)
     batch: int = Field(2, ge=1, le=64)
     end_to_end: bool = True
+    # "reduced": above 1 GiB of fp32 weights, a smaller validation that still gates (parity at the
+    # highest and lowest timestep, no sampling run, the parity calls as latency warm-up;
+    # export/validation_scope.py), reported as such; "full": the above at any size
+    big_models: Literal["reduced", "full"] = "reduced"
 
 
 class LatencySpec(Strict):

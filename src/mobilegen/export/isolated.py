@@ -42,6 +42,7 @@ class TargetJob:
 class TargetOutcome:
     pairs: list[tuple[Artifact, ArtifactResult]]
     times: dict[str, float]
+    cpu: dict[str, float]  # step -> the child's CPU seconds
     steps: dict[str, Peak]  # the child's own per-step peaks (its subtree)
 
 
@@ -91,8 +92,9 @@ def run_targets(plan: Any, out: StagedOutput, timer: Any, log: Path,
             with timer.step(f"target:{p.name}"):
                 outcome = _in_child(job, lower)
             pairs += outcome.pairs
-            for name, seconds in outcome.times.items():
-                timer.times[name] = round(timer.times.get(name, 0.0) + seconds, 3)
+            for mine, theirs in ((timer.times, outcome.times), (timer.cpu, outcome.cpu)):
+                for name, seconds in theirs.items():
+                    mine[name] = round(mine.get(name, 0.0) + seconds, 3)
             if timer.memory is not None:
                 timer.memory.steps.update(outcome.steps)
     return pairs

@@ -19,13 +19,20 @@ import numpy as np
 
 from mobilegen.checkpoints.loader import LoadedModel, build_random, load_checkpoint
 from mobilegen.errors import CheckpointError, ExportError
-from mobilegen.export import preflight
+from mobilegen.export import preflight, validation_scope
 from mobilegen.export.gates import GateFailure, artifact_failures, delegation_failures
 from mobilegen.export.manifest import build_manifest, component_entry, model_notes
 from mobilegen.export.progress import Progress, as_progress
 from mobilegen.export.staging import StagedOutput, StagingFolder
 from mobilegen.export.toolchain_log import toolchain_output
-from mobilegen.measure.costs import count_macs, count_params, group_costs, time_fn, time_torch
+from mobilegen.measure.costs import (
+    count_macs,
+    count_params,
+    group_costs,
+    on_meta,
+    time_fn,
+    time_torch,
+)
 from mobilegen.measure.memory import GB, TreeSampler, release_freed
 from mobilegen.measure.parity import Parity, compare
 from mobilegen.models import get_family
@@ -53,12 +60,24 @@ class ExportResult:
         return self.report.failures
 
 
+def cpu_seconds() -> float:
+    """CPU seconds of this process and of the children it has reaped (an isolated target's
+    child, a converter subprocess): on a shared host the figure contention does not inflate."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
+        resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 class StepTimer:
-    """Times each step and tells `progress` (export/progress.py) when it starts and ends."""
+    """Times each step (wall and CPU seconds) and tells `progress` (export/progress.py) when it
+    starts and ends."""
 
     def __init__(self, progress: Progress | Callable[[str], None] | None = None,
                  memory: TreeSampler | None = None) -> None:
         self.times: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}  # step -> CPU seconds (cpu_seconds)
         self.progress = as_progress(progress)
         self.memory = memory  # per-step peak memory of the process tree (measure/memory.py)
 
@@ -67,17 +86,18 @@ class StepTimer:
         self.progress.step_started(name)
         if self.memory is not None:
             self.memory.begin(name)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu_seconds()
         ok = False
         try:
             yield
             ok = True
         finally:
-            seconds = time.perf_counter() - t0
+            seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
             if self.memory is not None:
                 self.memory.end(name)
             self.progress.step_finished(name, seconds, ok)
         self.times[name] = round(self.times.get(name, 0.0) + seconds, 3)
+        self.cpu[name] = round(self.cpu.get(name, 0.0) + cpu, 3)
 
     def recovery(self, step: int, steps: int, loss: float) -> None:
         """Distillation steps as counted work (the TrainProgress shape)."""
@@ -146,6 +166,7 @@ class Plan:
     eager_latency: dict[int, dict[str, Any]] = field(default_factory=dict)  # threads -> stats
     # (t, batch) -> inputs, made before the model is dropped for lowering in child processes
     fixed_inputs: dict[tuple[float | None, int], Any] = field(default_factory=dict)
+    validation: dict[str, Any] = field(default_factory=dict)  # the report's validation_scope
 
     def inputs(self, t: float | None = None, seed: int = 1, batch: int | None = None) -> Any:
         b = self.recipe.validation.batch if batch is None else batch
@@ -181,6 +202,7 @@ def _run_export(recipe: Recipe, out_dir: Path, timer: StepTimer, argv: list[str]
                                                      calibration)
         log = out.path("logs/toolchain.log")  # what converters print (toolchain_log.py)
         sections = _report_sections(recipe, plan, timer)  # on the model, before it may be dropped
+        sections["validation"] = plan.validation
         rows: list[ArtifactResult] = []
         artifacts: list[Artifact] = []
         if gate.isolate:  # each target in its own child process, from a saved capture
@@ -200,7 +222,8 @@ def _run_export(recipe: Recipe, out_dir: Path, timer: StepTimer, argv: list[str]
             artifacts=rows, passes=[r.to_dict() for r in pass_reports] + plan.precision.summary(),
             gates={"config": recipe.gates.model_dump(), "failures": [str(f) for f in failures]},
             sample_grids={"pytorch": "samples-pytorch.png"} if plan.end_to_end else {},
-            sections=sections, timings_s=timer.times, host=host_info())
+            sections=sections, timings_s=timer.times, host=host_info(),
+            timings_cpu_s=timer.cpu)
         _write(out, report, build_manifest(recipe, plan.component, artifacts, out.staging, argv))
         final = out.commit()
     return ExportResult(final, report)
@@ -229,7 +252,7 @@ def lower_target(job: Any) -> Any:
             plan.programs = {key: torch.export.load(str(path))}
         pairs = target_rows(plan, job.target, StagingFolder(job.staging), timer, job.log,
                             last_use=True)
-    return TargetOutcome(pairs, timer.times, dict(memory.steps))
+    return TargetOutcome(pairs, timer.times, timer.cpu, dict(memory.steps))
 
 
 def target_rows(plan: Plan, target_name: str, out: StagingFolder, timer: StepTimer,
@@ -242,7 +265,7 @@ def target_rows(plan: Plan, target_name: str, out: StagingFolder, timer: StepTim
     with toolchain_output(log):
         target = runtime_module(profile.runtime)
     pairs = []
-    produced = _lower(plan, target, profile, out, timer, log)
+    produced = _lower(plan, target, profile, out, timer, log, last_use)
     if last_use:
         plan.programs.clear()
         release_freed()
@@ -250,7 +273,7 @@ def target_rows(plan: Plan, target_name: str, out: StagingFolder, timer: StepTim
         row = _row(plan, art, out.staging)
         pairs.append((art, row))
         if art.runnable:
-            with toolchain_output(log):
+            with timer.step(f"open:{art.file}"), toolchain_output(log):
                 runner = load_for_profile(out.staging / art.file, profile)
             _validate(plan, row, runner, profile, out, timer)
             del runner  # a session holds the weights again: free it before the next
@@ -272,9 +295,11 @@ def _prepare(recipe: Recipe, loaded: LoadedModel, out: StagedOutput, timer: Step
     size = recipe.export_size(cfg)  # image_size checked against the model (one line)
     io: ModelIO = get_family(loaded.family).io_spec(cfg, size)
     with timer.step("count"):
-        macs, table = count_macs(model, model.example_inputs(1, image_size=size))
+        macs, table = count_macs(*on_meta(model, model.example_inputs(1, image_size=size)))
         params = count_params(model)
     param_bytes = _param_bytes(model)
+    scope = validation_scope.scope(recipe, param_bytes)  # smaller, reported, for big models
+    recipe = scope.recipe
     component = component_entry(recipe, loaded, io, size)
     if "sampler" not in component and recipe.validation.end_to_end:  # a decoder: nothing to sample
         recipe = recipe.model_copy(
@@ -289,17 +314,18 @@ def _prepare(recipe: Recipe, loaded: LoadedModel, out: StagedOutput, timer: Step
     plan = Plan(recipe, model, io, size, component, precision_plan(recipe),
                 end_to_end=recipe.validation.end_to_end and "sampler" in component,
                 param_bytes=param_bytes, labels=labels,
-                example=model.example_inputs(recipe.validation.batch, seed=0, image_size=size))
+                example=model.example_inputs(recipe.validation.batch, seed=0, image_size=size),
+                validation=scope.to_dict(param_bytes))
     with timer.step("capture"):
         plan.programs["default"] = capture(model, plan.example)
-    with torch.inference_mode():
+    with timer.step("reference"), torch.inference_mode():
         plan.reference = {t: model(*plan.inputs(t)).numpy() for t in recipe.validation.timesteps}
     if plan.end_to_end:
         with timer.step("sample-pytorch"):
             plan.torch_images = generate(torch_runner(model, io), component,
                                          progress=timer.progress.advance)
         save_grid(out.path("samples-pytorch.png"), plan.torch_images, labels)
-    count = calibration_count(recipe, plan.precision.calibration_feeds)
+    count = calibration_count(recipe, plan.precision.calibration_feeds, param_bytes)
     if count and calibration:
         plan.calibration = tuple(calibration[:count])
     elif count:
@@ -313,14 +339,16 @@ def _prepare(recipe: Recipe, loaded: LoadedModel, out: StagedOutput, timer: Step
 
 
 def _lower(plan: Plan, target: Target, profile: TargetProfile, out: StagingFolder,
-           timer: StepTimer, log: Path) -> list[Artifact]:
+           timer: StepTimer, log: Path, last_use: bool = False) -> list[Artifact]:
     """The profile's base artifacts, then one per precision pass (a target that cannot do a pass
-    gets a non-runnable row saying why, not an error). Paths come back relative to OUT."""
+    gets a non-runnable row saying why, not an error). Paths come back relative to OUT.
+    `last_use`: nothing reads the captured program after this target (a child process)."""
     name = profile.name
     req = ExportRequest(program=_program_for(plan, profile, timer), io=plan.io,
                         example=plan.example, profile=profile, workdir=out.dir(name),
                         stem=plan.component["name"], param_bytes=plan.param_bytes,
-                        calibration=plan.calibration, sample_batch=_sample_batch(plan.component))
+                        calibration=plan.calibration, sample_batch=_sample_batch(plan.component),
+                        consume_program=last_use and not plan.precision.specs)
     with timer.step(f"export:{name}"), toolchain_output(log):
         produced = target.export(req)
     for pass_name, spec, _ in plan.precision.specs:
@@ -409,10 +437,17 @@ def _latency(plan: Plan, row: ArtifactResult, runner: Runner, profile: TargetPro
     row.speedup_vs_pytorch = eager["median_ms"] / stats.median_ms
 
 
-def calibration_count(recipe: Recipe, pass_feeds: int) -> int:
+def calibration_count(recipe: Recipe, pass_feeds: int, param_bytes: int | None = None) -> int:
     """How many calibration feeds the export needs: static int8 passes (`pass_feeds`, from the
-    recipe's precision plan) or a profile that quantizes for its accelerator (qnn); 0: none."""
-    return max([pass_feeds, *(load_target(t).calibration_feeds for t in recipe.targets)])
+    recipe's precision plan) or a profile that reads them (TargetProfile.feeds_needed: a qnn
+    profile's quantization or simulator check) for a model of `param_bytes` fp32 weight bytes
+    (None: not known yet, every profile's own count); 0: none."""
+    def needed(target: str) -> int:
+        profile = load_target(target)
+        return profile.calibration_feeds if param_bytes is None else profile.feeds_needed(
+            param_bytes)
+
+    return max([pass_feeds, *(needed(t) for t in recipe.targets)])
 
 
 def _calibration(plan: Plan, count: int, timer: StepTimer) -> tuple[dict[str, np.ndarray], ...]:

@@ -184,6 +184,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(row[k] for k, _ in COLUMNS) + " |")
     lines += ["", "Step parity is the worst over the validation timesteps; image PSNR compares a "
               "full sampling run through the artifact with PyTorch at the same seed (range 2).", ""]
+    lines += validation_markdown(report.get("validation"))
     lines += _passes_markdown(report)
     lines += coverage_markdown(report)
     failures = report["gates"]["failures"]
@@ -221,11 +222,20 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", latency_markdown(report.get("blocks"), report.get("estimates"))]
     lines += memory_markdown(report.get("memory"))
     lines += ["", "## Step timings (s)", ""]
-    lines += [f"- {k}: {v:.2f}" for k, v in report["timings_s"].items()]
+    cpu = report.get("timings_cpu_s") or {}  # CPU seconds: what contention does not inflate
+    lines += [f"- {k}: {v:.2f}" + (f" (CPU {cpu[k]:.2f})" if k in cpu else "")
+              for k, v in report["timings_s"].items()]
     lines += ["", "## Largest modules", "", "| module | params | GMAC |", "|---|---|---|"]
     top = sorted(m["modules"], key=lambda r: -r["macs"])[:12]
     lines += [f"| {r['module']} | {r['params']:,} | {r['macs'] / 1e9:.4f} |" for r in top]
     return "\n".join(lines) + "\n"
+
+
+def validation_markdown(scope: dict[str, Any] | None) -> list[str]:
+    """What a big model's reduced validation left out (export/validation_scope.py)."""
+    if not scope or scope.get("scope") != "reduced":
+        return []
+    return [f"**Validation reduced:** {scope['note']}.", *[f"- {c}" for c in scope["cuts"]], ""]
 
 
 def memory_markdown(mem: dict[str, Any] | None) -> list[str]:

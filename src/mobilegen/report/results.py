@@ -60,6 +60,9 @@ class ExportReport:
     sections: dict[str, Any]  # optional [report] sections: blocks, estimates
     timings_s: dict[str, float]
     host: dict[str, Any]
+    # step -> CPU seconds (the process and its reaped children): beside the wall seconds, so a
+    # timing taken on a shared host can be read
+    timings_cpu_s: dict[str, float] = field(default_factory=dict)
 
     @property
     def failures(self) -> list[str]:
@@ -82,6 +85,7 @@ class ExportReport:
             "sample_grids": self.sample_grids,
             **self.sections,
             "timings_s": self.timings_s,
+            "timings_cpu_s": self.timings_cpu_s,
             "host": self.host,
         })
 

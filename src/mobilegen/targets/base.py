@@ -49,6 +49,10 @@ class ExportRequest:
     # the batch the sampler calls the model with (2 x images under classifier-free guidance);
     # None for a model without a sampler. Fixed-shape NPU graphs are compiled for it (qnn.py)
     sample_batch: int | None = None
+    # nothing reads the program after this export (a child process's last use of its capture, no
+    # precision pass after it): a converter that copies the weights may free the program's own
+    # copy once it has made its own (targets/tflite.py)
+    consume_program: bool = False
 
 
 class Target(Protocol):

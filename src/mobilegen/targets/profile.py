@@ -13,6 +13,10 @@ from mobilegen.errors import RecipeError
 from mobilegen.toml_schema import Strict, format_error, read_toml
 
 PROFILES_DIR = Path(str(files("mobilegen") / "data" / "targets"))
+# simulate = "auto" (qnn): simulate models up to this many fp32 weight bytes (the digits STOIC is
+# 4.4 MB: seconds per call; STOIC S2 N12 L512, 152 MB, takes ~25 s per simulated call, an SD
+# UNet far more). Above it the export is compile-only and the artifact says why (qnn.py).
+SIMULATE_AUTO_MAX_PARAM_BYTES = 64 * 1024**2
 
 
 
@@ -76,6 +80,22 @@ class TargetProfile(Strict):
     qnn_soc: Literal["SM8550", "SM8650", "SM8750"] | None = None
     device: DeviceSpec | None = None  # for estimates; a profile without one gets none
     path: Path | None = Field(None, exclude=True)
+
+    def simulates(self, param_bytes: int) -> bool:
+        """Whether a qnn profile runs a model of `param_bytes` fp32 weight bytes in the HTP
+        simulator (`simulate`; "auto": up to SIMULATE_AUTO_MAX_PARAM_BYTES)."""
+        if self.simulate != "auto":
+            return self.simulate == "always"
+        return param_bytes <= SIMULATE_AUTO_MAX_PARAM_BYTES
+
+    def feeds_needed(self, param_bytes: int) -> int:
+        """Calibration feeds this profile reads for a model of `param_bytes`: a qnn fp16 graph
+        is not calibrated, so its feeds serve the simulator's parity check only, and a
+        compile-only export (too big to simulate) reads none. Each feed is a PyTorch sampling
+        step before any target starts (minutes at SD size): none is computed unread."""
+        if self.runtime == "qnn" and self.precision == "fp16" and not self.simulates(param_bytes):
+            return 0
+        return self.calibration_feeds
 
     @property
     def full_delegation_required(self) -> bool:

@@ -31,17 +31,13 @@ import numpy as np
 from mobilegen.errors import ExportError, first_line
 from mobilegen.passes.precision import PrecisionSpec
 from mobilegen.targets.base import Artifact, ExportRequest, Runner
-from mobilegen.targets.profile import TargetProfile
+from mobilegen.targets.profile import SIMULATE_AUTO_MAX_PARAM_BYTES, TargetProfile
 
 FORMATS = ("qnn-context",)  # what export() writes (targets.base.Target)
 
 # Opset 20: the dynamo exporter writes exact GELU as ONNX Gelu (HTP has it) instead of Erf (HTP
 # lacks it, STACK-NOTES): a lossless export form, so no GELU -> SiLU rewrite is needed here.
 OPSET = 20
-# simulate = "auto": simulate models up to this many fp32 weight bytes (the digits STOIC is
-# 4.4 MB: seconds per call; STOIC S2 N12 L512, 152 MB, takes ~25 s per simulated call, an SD
-# UNet far more). Above it the export is compile-only and the artifact says why.
-SIMULATE_AUTO_MAX_PARAM_BYTES = 64 * 1024**2
 PARITY_FEEDS = 3  # trajectory feeds (spread over t) for the simulator-vs-fp32-ONNX check
 # Range headroom for sampled denoisers: one more calibration feed, the noisiest one with its
 # image input scaled by this factor. At the first step eps ~ x and the sampler divides eps errors
@@ -345,13 +341,10 @@ def deploy_entry(profile: TargetProfile, fp32: Path, batch: int) -> dict[str, An
 
 def simulation_skipped(req: ExportRequest) -> str | None:
     """None when the profile's `simulate` setting says to run this model in the simulator."""
-    mode = req.profile.simulate
-    if mode == "always":
+    if req.profile.simulates(req.param_bytes):
         return None
-    if mode == "never":
+    if req.profile.simulate == "never":
         return "compile-only (profile simulate = 'never'): numbers were not simulated"
-    if req.param_bytes <= SIMULATE_AUTO_MAX_PARAM_BYTES:
-        return None
     return (f"compile-only: numbers were not simulated; this model's {req.param_bytes / 1e6:.0f} "
             f"MB of fp32 weights exceed {SIMULATE_AUTO_MAX_PARAM_BYTES / 1e6:.0f} MB, where one "
             "HTP simulator call takes minutes on this host (set simulate = 'always' to run it)")

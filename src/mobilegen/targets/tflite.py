@@ -56,15 +56,18 @@ def export(req: ExportRequest) -> list[Artifact]:
     """The profile's base artifact: fp32, or fp16 weights where the profile asks for fp16."""
     program, io, example, profile = req.program, req.io, req.example, req.profile
     workdir, stem, param_bytes = req.workdir, req.stem, req.param_bytes
+    # the fp16 evidence below reads the program again (small models on a GPU profile)
+    release = req.consume_program and not (runs_on_gpu(profile)
+                                           and param_bytes <= FP16_CHECK_MAX_BYTES)
     if profile.precision == "fp32":
         out = workdir / f"{stem}.tflite"
-        _convert(program, example, out, param_bytes, stem)
+        _convert(program, example, out, param_bytes, stem, release)
         art = _artifact(out, io, example, profile, "fp32",
                         {"method": "litert_torch.convert (fp32)"})
     else:
         with tempfile.TemporaryDirectory(prefix="mobilegen-tflite-") as tmp:
             fp32 = Path(tmp) / f"{stem}.tflite"
-            _convert(program, example, fp32, param_bytes, stem)
+            _convert(program, example, fp32, param_bytes, stem, release)
             out = workdir / f"{stem}.{profile.precision}.tflite"
             details = _quantize(fp32, out, PrecisionSpec(kind="fp16"), [], io, example)
         art = _artifact(out, io, example, profile, profile.precision, details)
@@ -142,21 +145,68 @@ def export_precision(req: ExportRequest, spec: PrecisionSpec) -> list[Artifact]:
 
 
 def _convert(program: Any, example: tuple[Any, ...], out: Path, param_bytes: int,
-             stem: str) -> None:
+             stem: str, release: bool = False) -> None:
     """Lower the captured program at the example's (fixed) shapes (any size: see
-    FLATBUFFER_LIMIT_BYTES)."""
+    FLATBUFFER_LIMIT_BYTES). `release`: the caller reads the program no more, so its weights
+    are freed once litert-torch has copied them (_weights_released_once_lowered)."""
     import litert_torch
 
     module = program.module()  # the same capture every target lowers from
     with contextlib.suppress(NotImplementedError, RuntimeError):
         module.eval()  # litert-torch warns about (and keeps) training mode otherwise
     try:
-        with contextlib.redirect_stdout(sys.stderr):  # the converter prints progress on stdout
-            edge = litert_torch.convert(module, tuple(example))
+        with contextlib.redirect_stdout(sys.stderr), \
+                _weights_released_once_lowered(program if release else None):
+            edge = litert_torch.convert(module, tuple(example))  # prints progress on stdout
             edge.export(str(out))
     except Exception as e:
         first = first_line(e)
         raise ExportError(f"litert_torch.convert failed for {stem}: {first}") from e
+
+
+@contextlib.contextmanager
+def _weights_released_once_lowered(program: Any | None) -> Any:
+    """litert-torch 0.10 copies every weight into the MLIR module it lowers to (DenseElementsAttr)
+    and its TFLite passes then add about one more copy, while the torch tensors stay alive
+    beside both until convert() returns (its own list of exported programs holds them). Given
+    the caller's `program` (which nobody reads afterwards), each weight the lowering inlined is
+    released as soon as the MLIR module holds its copy, as litert-torch's own V2 converter does
+    for delete_in_memory_params: the storage resized to nothing where torch owns it, else (a
+    capture read back by torch.export.load) every tensor object holding it emptied. Measured
+    on a reduced-width SD UNet, 0.82 GB of weights (benchmarks/bench_litert_memory.py): the
+    conversion's peak 3.30 -> 2.59 GB, the file byte-identical."""
+    if program is None:
+        yield
+        return
+    import torch
+    from litert_torch.backend import export as backend_export
+
+    inner = backend_export.exported_program_to_mlir
+
+    def lower_then_release(exported_program: Any, *args: Any, **kwargs: Any) -> Any:
+        weights = [t for ep in (program, exported_program)
+                   for t in (*ep.state_dict.values(), *ep.constants.values())
+                   if isinstance(t, torch.Tensor)]
+        lowered = inner(exported_program, *args, **kwargs)
+        # a weight still passed as a graph input (not inlined) is read at run time: kept
+        inputs = {t.untyped_storage().data_ptr() for t in lowered.state_dict.values()
+                  if isinstance(t, torch.Tensor)}
+        with torch.no_grad():
+            for w in weights:
+                storage = w.untyped_storage()
+                if storage.data_ptr() in inputs or storage.nbytes() == 0:
+                    continue
+                if storage.resizable():
+                    storage.resize_(0)
+                else:
+                    w.data = torch.empty(0, dtype=w.dtype)
+        return lowered
+
+    backend_export.exported_program_to_mlir = lower_then_release
+    try:
+        yield
+    finally:
+        backend_export.exported_program_to_mlir = inner
 
 
 def _quantize(src: Path, dst: Path, spec: PrecisionSpec, calibration: list[dict[str, np.ndarray]],
