@@ -155,6 +155,8 @@ def group_view_silu(model: Any, base_dir: Path | None = None) -> int:
             k = _fresh_name(f"{const}__{node.name}_view", links.names)
             links.names.add(k)
             value = links.const(const).reshape(view[1], view[2], 1, 1)
+            if np.all(value == value.flat[0]):  # uniform: a scalar (HTP fp16, see docstring)
+                value = np.array(value.flat[0], value.dtype)
             graph.initializer.append(numpy_helper.from_array(value, k))
             node.input[list(node.input).index(const)] = k
         sig, mul = silu
