@@ -70,8 +70,10 @@ def worker(slot: str, targets: list[str], out: Path, runs: int, variant: str | N
     return {"component": slot, "params": rep["model"]["params"], "gmac": rep["model"]["gmac"],
             "wall_s": round(wall, 1), "timings_s": rep["timings_s"],
             "timings_cpu_s": rep.get("timings_cpu_s"), "artifacts": rows,
-            "pytorch_median_ms": next((a.get("pytorch_latency", {}) or {}).get("median_ms")
-                                      for a in rep["artifacts"] if a.get("pytorch_latency")),
+            # None when no target timed PyTorch (an HTP-only run: the simulator is not timed)
+            "pytorch_median_ms": next((a["pytorch_latency"].get("median_ms")
+                                       for a in rep["artifacts"] if a.get("pytorch_latency")),
+                                      None),
             "peak_rss_gb": round(usage.ru_maxrss / 1024**2, 2),
             # CPU seconds next to wall seconds: on a shared host a wall far above cpu / cores
             # means the figures were taken under contention

@@ -36,6 +36,17 @@ are right (100 dB). Whole model simulator vs CPU EP: 25.0 dB with the 4-D view, 
 ONNX's own GroupNormalization (opset 21, which the QNN EP maps to QNN GroupNorm) was tried first:
 graph finalize fails with QNN_COMMON_ERROR_MEM_ALLOC for W8A16 and W8A8 alike.
 
+Uniform affine constants as scalars (HTP fp16). In fp16 (enable_htp_fp16_precision, v73 / v75 /
+v79 alike) HTP fills the whole output with 98304.0078 (1.5 x 2^16, likely an fp16 NaN's bits
+decoded as if finite) after InstanceNormalization -> Reshape to the 5-D group view -> Add of a
+constant of shape (G, C/G, 1, 1) or (1, G, C/G, 1, 1) whose values are all equal (0, 0.3,
+1e-6), such as an initialised GroupNorm's zero beta, so every random-init UNet and decoder
+(unet-tiny: -93.9 dB vs fp32). Right in the same setting: a per-channel constant (even one
+non-zero entry), a scalar constant, Sub, a uniform Mul, a 3-D or 4-D view or the 5-D
+(2, 8, 2, 64, 1), Sigmoid / Mul / Reshape as the producer. The QNN graph the EP hands over is
+the same for a uniform and a per-channel constant but for the values: it is HTP's graph
+preparation. The rewrite writes a uniform affine constant as a scalar (the same broadcast sum).
+
 Calibration memory (`ordered_calibration`, not a graph change). onnxruntime's MinMax calibrator
 appends a ReduceMin and a ReduceMax per tensor as extra graph outputs and runs that model with
 the default execution order, which schedules those reductions after the whole original graph:
@@ -130,8 +141,9 @@ def group_view_silu(model: Any, base_dir: Path | None = None) -> int:
     in the group view (B, G, C/G, H, W) and reshape to (B, C, H, W) after the SiLU instead of
     before it (see the module docstring: HTP computes Reshape -> SiLU -> Conv wrongly, and the
     SiLU in a 4-D group view in some shapes). The same arithmetic: the affine constants are the
-    same values viewed (G, C/G, 1, 1), and SiLU is
-    elementwise. In place; returns the number of GroupNorms rewritten."""
+    same values viewed (G, C/G, 1, 1), or a scalar when all are equal (HTP fp16 adds a uniform
+    view wrongly), and SiLU is elementwise. In place; returns the number of GroupNorms
+    rewritten."""
     import numpy as np
     from onnx import helper, numpy_helper
 
@@ -155,6 +167,8 @@ def group_view_silu(model: Any, base_dir: Path | None = None) -> int:
             k = _fresh_name(f"{const}__{node.name}_view", links.names)
             links.names.add(k)
             value = links.const(const).reshape(view[1], view[2], 1, 1)
+            if np.all(value == value.flat[0]):  # uniform: a scalar (HTP fp16, docstring)
+                value = np.array(value.flat[0], value.dtype)
             graph.initializer.append(numpy_helper.from_array(value, k))
             node.input[list(node.input).index(const)] = k
         sig, mul = silu
