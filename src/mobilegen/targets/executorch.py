@@ -26,12 +26,11 @@ from mobilegen.errors import ExportError, first_line
 from mobilegen.passes.precision import PrecisionSpec
 from mobilegen.targets import executorch_lower as lowering
 from mobilegen.targets.base import Artifact, ExportRequest, Runner
+from mobilegen.targets.executorch_io import method_args
 from mobilegen.targets.fixed_batch import multi_batch_runner
 
 FORMATS = ("pte",)  # what export() writes (targets.base.Target)
 HOST_BACKENDS = ("XnnpackBackend", "QnnBackend", "OpenvinoBackend")  # the pip runtime's
-# TensorInfo.dtype() is c10's ScalarType code: 6 Float, 5 Half (4 Long, 3 Int)
-SCALAR_DTYPES = {6: "float32", 5: "float16"}
 NOT_RUN = {
     "coreml": "the Core ML delegate runs in Apple's Core ML runtime (macOS/iOS); this host's "
               "executorch runtime has no CoreMLBackend: lowered and its delegation checked only",
@@ -220,23 +219,6 @@ def load(path: Path, threads: int) -> Runner:
 
         runs[int(meta.input_tensor_meta(0).sizes()[0])] = run
     return multi_batch_runner(runs)
-
-
-def method_args(method: Any, values: list[Any]) -> list[Any]:
-    """Tensors for `method.execute`, each cast to the float dtype the method takes where it
-    takes one (an fp16 .pte's inputs; float-coded labels and token ids,
-    executorch_lower.float_code_inputs)."""
-    import torch
-
-    meta = method.metadata
-    args = []
-    for i, v in enumerate(values):
-        t = v if isinstance(v, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(v))
-        want = SCALAR_DTYPES.get(meta.input_tensor_meta(i).dtype())
-        if want is not None and t.dtype != getattr(torch, want):
-            t = t.to(getattr(torch, want))
-        args.append(t)
-    return args
 
 
 def _load(program: Any, path: Path, name: str) -> Any:

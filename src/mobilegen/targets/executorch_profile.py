@@ -23,7 +23,7 @@ def etdump_profile(path: Path, args: list[Any], runs: int = 5, top: int = 12) ->
     from executorch.devtools import Inspector
     from executorch.runtime import Runtime
 
-    from mobilegen.targets.executorch import method_args
+    from mobilegen.targets.executorch_io import method_args
 
     try:
         program = Runtime.get().load_program(str(path), enable_etdump=True)
