@@ -82,6 +82,16 @@ def test_coverage_entry_in_the_shared_schema(fp32):
     assert not cov["portable_ops"] and fp32.details["float_coded_inputs"] == ["y"]
 
 
+def test_etdump_profile_is_rendered_in_the_report(fp32):
+    from mobilegen.report.markdown import etdump_markdown
+
+    prof = fp32.details["etdump_profile"]
+    assert prof["ops"] and prof["ops_ms_per_run"] > 0
+    text = "\n".join(etdump_markdown(fp32.details))
+    assert "ETDump per-op profile" in text and prof["ops"][0]["op"] in text
+    assert etdump_markdown({}) == []
+
+
 def test_a_batch1_method_beside_the_examples_batch(fp32):
     """Batch 1 runs its own method, never the example's batch padded."""
     assert fp32.details["methods"] == {"forward": 2, "forward_batch1": 1}

@@ -214,6 +214,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines.append(f"Not produced: {a['details']['skipped']}")
         lines += htp_markdown(a["details"])
         lines += gpu_markdown(a["details"])
+        lines += etdump_markdown(a["details"])
     if report.get("sample_grids", {}).get("pytorch"):
         lines += ["", "## PyTorch reference samples", "", "![pytorch](samples-pytorch.png)"]
     if report.get("blocks") or report.get("estimates"):
@@ -297,6 +298,22 @@ def gpu_markdown(details: dict[str, Any]) -> list[str]:
         lines += ["", f"{t['label']}: median {t['median_ms']:.2f} ms per call of batch "
                       f"{t['batch']} (p90 {t['p90_ms']:.2f} ms, {t['runs']} runs)."]
     return lines
+
+
+def etdump_markdown(details: dict[str, Any]) -> list[str]:
+    """An XNNPACK .pte's ETDump per-op profile (targets/executorch_profile.py): host CPU ms per
+    XNNPACK op kind, beside the per-block table; nothing for other artifacts."""
+    prof = details.get("etdump_profile")
+    if not prof:
+        return []
+    call = prof["wrapper_ms_per_run"].get("DELEGATE_CALL (portable/runtime)")
+    held = f" of the {call:.2f} ms delegate call" if call else ""
+    lines = ["", f"ExecuTorch ETDump per-op profile ({prof['runs']} runs, host CPU): the ops sum "
+                 f"to {prof['ops_ms_per_run']:.2f} ms per run{held}.", "",
+             "| op | calls per run | ms per run | share of the ops |", "|---|---|---|---|"]
+    lines += [f"| {o['op']} | {o['calls']} | {o['ms']:.3f} | {100 * o['share']:.1f}% |"
+              for o in prof["ops"]]
+    return [*lines, "", prof["note"] + "."]
 
 
 def htp_markdown(details: dict[str, Any]) -> list[str]:

@@ -102,9 +102,9 @@ def deploy_entry(programs: dict[str, Any], names: list[str], coded: tuple[int, .
     if coded:
         entry["float_coded_inputs"] = [names[i] for i in coded]
         entry["float_coded_note"] = (
-            "pass these integer inputs as float32 holding the same integers (exact below "
-            "2**24): XNNPACK has no integer ops, and the graph's only use of them was a cast "
-            "to float")
+            "pass these integer inputs as floats of the dtype `methods` gives, holding the same "
+            "integers (exact below 2**24 in float32, 2**11 in float16): XNNPACK has no integer "
+            "ops, and the graph's only use of them was a cast to float")
     return entry
 
 
