@@ -70,8 +70,9 @@ def _write(module: Any, coded: tuple[int, ...], req: ExportRequest, out: Path,
         _, buffer, cov = lowering.lower(programs, profile.partitioner, precision,
                                         profile.qnn_soc, req.stem)
     out.write_bytes(buffer)
-    methods = {name: int(p.example_inputs[0][0].shape[0]) for name, p in programs.items()}
     names = [s.name for s in req.io.inputs]
+    deploy = deploy_entry(programs, names, coded, profile.partitioner)
+    methods = {name: m["batch"] for name, m in deploy["methods"].items()}
     details: dict[str, Any] = {
         "method": f"executorch to_edge_transform_and_lower ({profile.partitioner} "
                   f"partitioner, {precision})", "coverage": [cov],
@@ -82,7 +83,7 @@ def _write(module: Any, coded: tuple[int, ...], req: ExportRequest, out: Path,
                       + "; the host runner splits other batches into calls of those sizes"}
     if coded:
         details["float_coded_inputs"] = [names[i] for i in coded]
-    details["deploy"] = deploy_entry(programs, names, coded, profile.partitioner)
+    details["deploy"] = deploy
     return details
 
 
