@@ -25,12 +25,12 @@ setup: $(STAMP)
 vulkan: $(STAMP)
 	$(PY) -m mobilegen.targets.vulkan_driver --install
 
-# the embedded STOIC to three targets, then the trained text-to-image pipeline, ending with one
-# prompt drawn from the pipeline's artifacts alone (the PNG's path is the last line)
+# the embedded STOIC to three targets and, beside it (-j 2: one process each), the trained
+# text-to-image pipeline to ORT and LiteRT; then one prompt drawn from the pipeline's artifacts
+# alone (the PNG's path is the last line)
 demo: setup vulkan
-	$(VENV)/bin/mobilegen export recipes/stoic-digits.toml --out out/stoic-digits
-	$(VENV)/bin/mobilegen export recipes/digits-t2i.toml --out out/digits-t2i
-	$(VENV)/bin/mobilegen sample out/digits-t2i --target ort --prompt "a red seven on a black background" --png out/seven.png
+	$(VENV)/bin/mobilegen export recipes/stoic-digits.toml recipes/digits-t2i-demo.toml -j 2 --out out
+	$(VENV)/bin/mobilegen sample out/digits-t2i-demo --target ort --prompt "a red seven on a black background" --png out/seven.png
 
 # The NPU rows: the same model compiled for Snapdragon HTP (v73/v75/v79, W8A16) and validated in
 # Qualcomm's HTP simulator, beside ORT mobile CPU. Minutes: a simulated call is ~100x the CPU's.

@@ -5,12 +5,14 @@ on it, and the one-line errors of bad pipeline recipes."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from conftest import write_recipe
 from mobilegen.cli.main import app
 from mobilegen.export.staging import sha256_file
 from mobilegen.recipe import RECIPES_DIR, PipelineRecipe, load_any_recipe, load_recipe
@@ -151,6 +153,29 @@ def test_bad_pipeline_recipes_are_one_line_usage_errors(tmp_path, case, message)
     assert not (tmp_path / "out").exists()
 
 
-def test_a_pipeline_recipe_is_exported_alone(tmp_path):
-    r = invoke("export", TINY, RECIPES_DIR / "unet-tiny.toml", "--out", tmp_path / "out")
-    assert r.exit_code == 2 and "exported on its own" in r.stderr
+def test_a_pipeline_recipe_is_one_item_of_a_batch(tmp_path):
+    from types import SimpleNamespace
+
+    from mobilegen.report.markdown import batch_table
+
+    # fails at load; the batch still exports the pipeline beside it
+    broken = write_recipe(tmp_path / "broken.toml", tmp_path / "gone.safetensors")
+    r = invoke("export", TINY, broken, "-j", "2", "--out", tmp_path / "out", "--json")
+    assert r.exit_code == 1, r.output  # the worst of ok and error
+    pipe, bad = json.loads(r.stdout)["results"]
+    assert pipe["exit_code"] == 0 and pipe["error"] is None
+    assert pipe["report"]["kind"] == "pipeline" and pipe["report"]["status"] == "ok"
+    out = tmp_path / "out" / "sd-tiny-pipeline"
+    assert pipe["out_dir"] == str(out) and (out / "manifest.json").is_file()
+    assert json.loads((out / "manifest.json").read_text())["kind"] == "pipeline"
+    assert bad["exit_code"] == 1 and "gone.safetensors" in bad["error"]
+    assert not (tmp_path / "out" / "tiny").exists()
+    # the batch table shows the pipeline's artifacts and its chain's worst image PSNR
+    rows = [SimpleNamespace(recipe=Path(x["recipe"]), out_dir=Path(x["out_dir"]), error=x["error"],
+                            report=x["report"]) for x in (pipe, bad)]
+    table = batch_table(rows)
+    cells = [list(col.cells) for col in table.columns]
+    n = sum(len(c["artifacts"]) for c in pipe["report"]["components"].values())
+    worst = min(c["psnr_db"] for c in pipe["report"]["chain"]["rows"])
+    assert cells[1] == ["ok", "error"] and cells[2] == [str(n), "0"]
+    assert cells[4][0] == f"{worst:.1f}"

@@ -38,8 +38,8 @@ def export(
 ) -> None:
     """Export recipes: load, capture, lower to each target, validate, time, report.
 
-    A pipeline recipe ([pipeline]: a UNet and a VAE decoder) is exported on its own, always
-    afresh: it bypasses the cache (--no-cache and -j do not apply)."""
+    A pipeline recipe ([pipeline]: a UNet and a VAE decoder) is always exported afresh: it
+    bypasses the cache. In a batch it is one item, its components in turn in one worker."""
     from mobilegen.recipe import PipelineRecipe, load_any_recipe
 
     if quiet and verbose:
@@ -49,10 +49,10 @@ def export(
 
         raise OptionError(f"--jobs must be >= 1, found {jobs}")
     loaded = [load_any_recipe(r) for r in recipes]  # every recipe validates before work starts
-    if any(isinstance(r, PipelineRecipe) for r in loaded):
+    if len(loaded) == 1 and ray is None and isinstance(loaded[0], PipelineRecipe):
         from mobilegen.cli.pipeline_cmd import export_pipeline
 
-        export_pipeline(loaded, out, json_output)
+        export_pipeline(loaded[0], out, json_output)
         return
     if len(loaded) == 1 and ray is None:
         _export_one(loaded[0], out or Path("out") / loaded[0].name, no_cache, json_output,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import warnings
 from types import FrameType
 
 import typer
@@ -54,8 +53,9 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def main() -> None:
-    # torch.export's own deprecation noise (not actionable by users) would bury the summary.
-    warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*", category=FutureWarning)
+    from mobilegen.export.workers import silence_known_noise
+
+    silence_known_noise()
     signal.signal(signal.SIGTERM, _interrupt)
     # Ctrl-C must unwind the staging folder even when a parent shell started us with SIGINT ignored.
     signal.signal(signal.SIGINT, _interrupt)

@@ -9,18 +9,12 @@ from typing import Any
 from mobilegen.cli.common import print_json, progress_printer, stdout_console
 
 
-def export_pipeline(loaded: list[Any], out: Path | None, json_output: bool) -> None:
+def export_pipeline(prec: Any, out: Path | None, json_output: bool) -> None:
     import sys
 
-    from mobilegen.errors import GateFailedError, RecipeError
+    from mobilegen.errors import GateFailedError
     from mobilegen.export.chain import run_pipeline_export
-    from mobilegen.recipe import PipelineRecipe
 
-    if len(loaded) != 1:
-        first = next(r for r in loaded if isinstance(r, PipelineRecipe))
-        raise RecipeError(f"{first.path}: a pipeline recipe is exported on its own "
-                          f"(found {len(loaded)} recipes on the command line)")
-    prec = loaded[0]
     out_dir = out or Path("out") / prec.name
     result = run_pipeline_export(prec, out_dir, progress_printer(), argv=sys.argv)
     show(result.report, result.out_dir, json_output)

@@ -26,13 +26,21 @@ class BatchResult:
 
 
 def export_one(recipe_path: Path, out_dir: Path, no_cache: bool) -> BatchResult:
-    """One batch item; every outcome (ok, gate failed, error, interrupted) becomes a result."""
+    """One batch item; every outcome (ok, gate failed, error, interrupted) becomes a result. A
+    pipeline recipe is exported whole in this one worker (its components in turn, as alone),
+    afresh: pipeline exports bypass the cache."""
     from mobilegen.errors import MobilegenError
     from mobilegen.export.single import export_recipe
-    from mobilegen.recipe import load_recipe
+    from mobilegen.recipe import PipelineRecipe, load_any_recipe
 
     try:
-        outcome = export_recipe(load_recipe(recipe_path), out_dir, use_cache=not no_cache)
+        recipe = load_any_recipe(recipe_path)
+        if isinstance(recipe, PipelineRecipe):
+            from mobilegen.export.chain import run_pipeline_export
+
+            outcome = run_pipeline_export(recipe, out_dir)
+        else:
+            outcome = export_recipe(recipe, out_dir, use_cache=not no_cache)
     except MobilegenError as e:
         return BatchResult(recipe_path, out_dir, e.exit_code, None, f"error: {e}")
     except KeyboardInterrupt:

@@ -56,14 +56,17 @@ def _largest_node_memory(ray: Any) -> float:
 def _memory_for(recipe_path: Path) -> tuple[int, str | None]:
     """(bytes the task declares, None) or (0, the error line) for a recipe that does not load."""
     from mobilegen.export.preflight import estimate, recipe_param_bytes
-    from mobilegen.recipe import load_recipe
+    from mobilegen.recipe import PipelineRecipe, load_any_recipe
 
     try:
-        recipe = load_recipe(recipe_path)
-        in_process, isolated, _ = estimate(recipe_param_bytes(recipe), recipe.targets)
+        recipe = load_any_recipe(recipe_path)
+        # a pipeline's components are exported one after another: its peak is its largest's
+        parts = ([getattr(recipe, s) for s in recipe.slots()]
+                 if isinstance(recipe, PipelineRecipe) else [recipe])
+        need = max(min(estimate(recipe_param_bytes(r), r.targets)[:2]) for r in parts)
     except MobilegenError as e:
         return 0, f"error: {e}"
-    return int(min(in_process, isolated) * GB), None
+    return int(need * GB), None
 
 
 def _task(recipe: Path, out: Path, no_cache: bool, limit_gb: float) -> BatchResult:

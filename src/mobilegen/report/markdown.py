@@ -364,10 +364,17 @@ def batch_table(results: list[Any]) -> Any:
                 "fastest median", "output / error"):
         table.add_column(col)
     for r in results:
-        rows = (r.report or {}).get("artifacts", [])
-        steps = [a["parity"]["psnr_db"] for a in rows if a.get("parity")]
-        images = [a["end_to_end"]["psnr_db"] for a in rows if a.get("end_to_end")]
-        lat = [a["latency"]["median_ms"] for a in rows if a.get("latency")]
+        report = r.report or {}
+        if report.get("kind") == "pipeline":  # its components' artifacts; images from its chain
+            rows = [a for c in report["components"].values() for a in c["artifacts"]]
+            steps = [a["step_psnr_db"] for a in rows if a["runnable"]]
+            images = [c["psnr_db"] for c in report["chain"]["rows"]]
+            lat = []  # one model's median would stand for the whole pipeline: not shown
+        else:
+            rows = report.get("artifacts", [])
+            steps = [a["parity"]["psnr_db"] for a in rows if a.get("parity")]
+            images = [a["end_to_end"]["psnr_db"] for a in rows if a.get("end_to_end")]
+            lat = [a["latency"]["median_ms"] for a in rows if a.get("latency")]
         status = (r.report or {}).get("status", "error") if r.report is not None else "error"
         table.add_row(
             r.recipe.name, status, str(len(rows)),
