@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -132,3 +133,28 @@ def test_sensitivity_trials_on_ray_score_as_locally(head, tmp_path, tiny_recipe,
     assert len(local) >= 2
     assert {s.layer: round(s.step_psnr_db, 3) for s in local} == \
         {s["layer"]: round(s["step_psnr_db"], 3) for s in b["layers"]}
+
+
+def test_a_pipeline_task_declares_its_largest_component():
+    """A pipeline is one Ray task exporting its components in turn: it declares the largest
+    component's preflight estimate (no Ray head needed to compute it). A diffusers folder's
+    components are sized from their folders' safetensors headers (they were 0 bytes)."""
+    from safetensors import safe_open
+
+    from mobilegen.export.preflight import estimate, recipe_param_bytes
+    from mobilegen.export.ray_tasks import _memory_for
+    from mobilegen.measure.memory import GB
+    from mobilegen.recipe import RECIPES_DIR, load_any_recipe
+
+    path = RECIPES_DIR / "snapfusion-pipeline.toml"  # SnapFusion UNet + SD decoder, meta-built
+    prec = load_any_recipe(path)
+    each = [min(estimate(recipe_param_bytes(r), r.targets)[:2])
+            for r in (getattr(prec, s) for s in prec.slots())]
+    memory, error = _memory_for(path)
+    assert error is None and len(each) == 2 and each[0] != each[1]
+    assert memory == int(max(each) * GB) > 0
+    t2i = load_any_recipe(RECIPES_DIR / "digits-t2i.toml")
+    unet = t2i.unet.checkpoint_path()
+    with safe_open(str(unet / "diffusion_pytorch_model.safetensors"), framework="pt") as f:
+        want = sum(4 * int(np.prod(f.get_slice(k).get_shape())) for k in f.keys())  # noqa: SIM118
+    assert unet.is_dir() and recipe_param_bytes(t2i.unet) == want > 1_000_000

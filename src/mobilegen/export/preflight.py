@@ -167,14 +167,22 @@ def recipe_param_bytes(recipe: Any) -> int:
             model = family.build(cfg)
         return sum(p.numel() * 4 for p in model.parameters())
     path = recipe.checkpoint_path()
+    if path.is_dir():  # a diffusers component folder: its weight files (a VAE's encoder too)
+        return sum(_file_param_bytes(f) for f in sorted(path.glob("*.safetensors")))
+    return _file_param_bytes(path)
+
+
+def _file_param_bytes(path: Path) -> int:
+    """fp32 bytes of a safetensors file's tensors from its header; else the file's size (an
+    unreadable header is the export's to report, as it would be locally)."""
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
         try:
             with safe_open(str(path), framework="pt") as f:
                 return sum(4 * _numel(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118
-        except Exception:  # unreadable: the export itself reports it, as it would locally
-            pass
+        except (OSError, SafetensorError):
+            return path.stat().st_size if path.is_file() else 0
     return path.stat().st_size if path.is_file() else 0
 
 
