@@ -123,3 +123,32 @@ def test_palettize_is_a_recipe_pass_with_options_and_gates(tmp_path):
     path.write_text(path.read_text().replace("bits = 6", "bits = 9"))
     with pytest.raises(RecipeError, match=r"passes\[0\].*bits"):
         load_recipe(path)
+
+
+def test_group_norm_keeps_a_dynamic_batch():
+    """coremltools' own group norm fails on a symbolic batch ("Cannot add const [is0, ...]"),
+    which made every VAE convert twice and lose its dynamic batch; targets/coreml_fixes.py writes
+    the batch as -1 in its reshapes."""
+    import coremltools as ct
+
+    from mobilegen.targets import coreml_fixes
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.GroupNorm(4, 8),
+                                torch.nn.SiLU()).eval()
+    x = torch.randn(2, 3, 8, 8)
+    program = torch.export.export(model, (x,), dynamic_shapes=(
+        {0: torch.export.Dim("batch", min=1, max=64)},)).run_decompositions({})
+    inputs = [ct.TensorType(name="x", shape=(ct.RangeDim(1, 64), 3, 8, 8))]
+    coreml_fixes.apply()
+    coreml_fixes.apply()  # idempotent: the fix wraps coremltools' function once
+    mlmodel = ct.convert(program, convert_to="mlprogram", inputs=inputs,
+                         minimum_deployment_target=ct.target.iOS17,
+                         compute_precision=ct.precision.FLOAT32)
+    spec = mlmodel.get_spec()
+    batch = spec.description.input[0].type.multiArrayType.shapeRange.sizeRanges[0]
+    assert (batch.lowerBound, batch.upperBound) == (1, 64)
+    ops = [op for f in mlmodel._mil_program.functions.values() for op in f.operations]
+    shapes = [tuple(op.shape.val) for op in ops if op.op_type == "reshape"
+              and op.shape.val is not None]
+    assert shapes == [(-1, 4, 2, 8, 8), (-1, 8, 8, 8)], shapes
+    assert {"reduce_mean", "sqrt", "real_div"} <= {op.op_type for op in ops}

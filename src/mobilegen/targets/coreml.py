@@ -151,6 +151,10 @@ def _convert(program: Any, io: ModelIO, profile: TargetProfile, precision: str, 
     import coremltools as ct
     import torch
 
+    from mobilegen.targets import coreml_fixes
+
+    coreml_fixes.apply()  # group norm with a symbolic batch: no second conversion
+
     def convert(ep: Any) -> Any:
         ep = ep.run_decompositions({})  # coremltools reads ATen-level ops
         if kept_ops is not None:
