@@ -247,9 +247,12 @@ class Attention(TokenAttention):
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         b, t, d = x.shape
         src = x if context is None else context
-        q = self.to_q(x).view(b, t, self.heads, -1).transpose(1, 2)  # (B, h, T, d/h)
-        k = self.to_k(src).view(b, src.shape[1], self.heads, -1).transpose(1, 2)  # (B, h, S, d/h)
-        v = self.to_v(src).view(b, src.shape[1], self.heads, -1).transpose(1, 2)
+        # the head width written out, not -1: with a symbolic batch, coremltools cannot infer
+        # a -1 and fails at its attention ("the embedding size ... cannot be symbolic")
+        dh = d // self.heads
+        q = self.to_q(x).view(b, t, self.heads, dh).transpose(1, 2)  # (B, h, T, d/h)
+        k = self.to_k(src).view(b, src.shape[1], self.heads, dh).transpose(1, 2)  # (B, h, S, d/h)
+        v = self.to_v(src).view(b, src.shape[1], self.heads, dh).transpose(1, 2)
         out = attend(q, k, v, self.kernel, self.relu_scale)  # (B, h, T, d/h)
         return self.to_out[0](out.transpose(1, 2).reshape(b, t, d))  # (B, T, d)
 
