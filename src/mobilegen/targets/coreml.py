@@ -144,8 +144,8 @@ def _convert(program: Any, io: ModelIO, profile: TargetProfile, precision: str, 
              example: tuple[Any, ...], keep_fp32: tuple[str, ...] = (),
              kept_ops: list[str] | None = None) -> Any:
     """Convert the captured program (dynamic batch). Where coremltools cannot lower a symbolic
-    batch (the UNet's attention reshapes fail as "Cannot add const [is0, ...]"), re-export the
-    same program at the example's fixed shapes and convert that; the package then records it.
+    batch (its group norm did, before targets/coreml_fixes.py), re-export the same program at
+    the example's fixed shapes and convert that; the package then records it.
     At fp16, the ops of the layers in `keep_fp32` (module paths) stay fp32, named in
     `kept_ops`."""
     import coremltools as ct
