@@ -76,3 +76,28 @@ def base_is_already(stem: str, tag: str, profile: Any, base_file: str, what: str
     return Artifact(f"{stem}.{tag}", "none", profile.name, profile.runtime, tag, runnable=False,
                     details={"skipped": f"the base {base_file} already {what} (profile "
                                         "precision); no second copy"})
+
+
+def program_weights(program: Any) -> list[Any]:
+    """The tensors of a captured program's state dict and constants."""
+    import torch
+
+    return [t for t in (*program.state_dict.values(), *program.constants.values())
+            if isinstance(t, torch.Tensor)]
+
+
+def release_weights(weights: list[Any], keep: frozenset[int] | set[int] = frozenset()) -> None:
+    """Free weights nobody reads again (ExportRequest.consume_program): each storage resized to
+    nothing where torch owns it, else (a capture read back by torch.export.load) the tensor
+    object emptied. `keep`: storage data pointers still in use."""
+    import torch
+
+    with torch.no_grad():
+        for w in weights:
+            storage = w.untyped_storage()
+            if storage.data_ptr() in keep or storage.nbytes() == 0:
+                continue
+            if storage.resizable():
+                storage.resize_(0)
+            else:
+                w.data = torch.empty(0, dtype=w.dtype)

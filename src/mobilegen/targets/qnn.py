@@ -30,7 +30,7 @@ import numpy as np
 
 from mobilegen.errors import ExportError, first_line
 from mobilegen.passes.precision import PrecisionSpec
-from mobilegen.targets.base import Artifact, ExportRequest, Runner
+from mobilegen.targets.base import Artifact, ExportRequest, Runner, program_weights, release_weights
 from mobilegen.targets.profile import SIMULATE_AUTO_MAX_PARAM_BYTES, TargetProfile
 
 FORMATS = ("qnn-context",)  # what export() writes (targets.base.Target)
@@ -134,6 +134,8 @@ def export(req: ExportRequest) -> list[Artifact]:
     profile, stem, workdir = req.profile, req.stem, req.workdir
     batch = fixed_batch(req)
     fp32 = fixed_fp32_onnx(req, batch)
+    if req.consume_program:  # the ONNX holds the weights now; the compile loads them again
+        release_weights(program_weights(req.program))
     feeds = [f for feed in req.calibration for f in rebatch(feed, batch)]  # trajectory
     extra = [f for feed in headroom_feeds(req) for f in rebatch(feed, batch)]
     t0 = time.perf_counter()

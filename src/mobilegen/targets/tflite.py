@@ -24,7 +24,14 @@ import numpy as np
 from mobilegen.errors import ExportError, first_line
 from mobilegen.passes.precision import EDGE_REASON, PrecisionSpec, matches
 from mobilegen.signature import ModelIO
-from mobilegen.targets.base import Artifact, ExportRequest, Runner, base_is_already
+from mobilegen.targets.base import (
+    Artifact,
+    ExportRequest,
+    Runner,
+    base_is_already,
+    program_weights,
+    release_weights,
+)
 from mobilegen.targets.coverage import litert_gpu_coverage
 from mobilegen.targets.profile import TargetProfile
 
@@ -184,22 +191,12 @@ def _weights_released_once_lowered(program: Any | None) -> Any:
     inner = backend_export.exported_program_to_mlir
 
     def lower_then_release(exported_program: Any, *args: Any, **kwargs: Any) -> Any:
-        weights = [t for ep in (program, exported_program)
-                   for t in (*ep.state_dict.values(), *ep.constants.values())
-                   if isinstance(t, torch.Tensor)]
+        weights = program_weights(program) + program_weights(exported_program)
         lowered = inner(exported_program, *args, **kwargs)
         # a weight still passed as a graph input (not inlined) is read at run time: kept
         inputs = {t.untyped_storage().data_ptr() for t in lowered.state_dict.values()
                   if isinstance(t, torch.Tensor)}
-        with torch.no_grad():
-            for w in weights:
-                storage = w.untyped_storage()
-                if storage.data_ptr() in inputs or storage.nbytes() == 0:
-                    continue
-                if storage.resizable():
-                    storage.resize_(0)
-                else:
-                    w.data = torch.empty(0, dtype=w.dtype)
+        release_weights(weights, keep=inputs)
         return lowered
 
     backend_export.exported_program_to_mlir = lower_then_release
