@@ -176,13 +176,13 @@ def _file_param_bytes(path: Path) -> int:
     """fp32 bytes of a safetensors file's tensors from its header; else the file's size (an
     unreadable header is the export's to report, as it would be locally)."""
     if path.suffix == ".safetensors":
+        import contextlib
+
         from safetensors import SafetensorError, safe_open
 
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                return sum(4 * _numel(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118
-        except (OSError, SafetensorError):
-            return path.stat().st_size if path.is_file() else 0
+        with contextlib.suppress(OSError, SafetensorError), \
+                safe_open(str(path), framework="pt") as f:
+            return sum(4 * _numel(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118
     return path.stat().st_size if path.is_file() else 0
 
 

@@ -375,7 +375,7 @@ def batch_table(results: list[Any]) -> Any:
             steps = [a["parity"]["psnr_db"] for a in rows if a.get("parity")]
             images = [a["end_to_end"]["psnr_db"] for a in rows if a.get("end_to_end")]
             lat = [a["latency"]["median_ms"] for a in rows if a.get("latency")]
-        status = (r.report or {}).get("status", "error") if r.report is not None else "error"
+        status = report.get("status", "error")
         table.add_row(
             r.recipe.name, status, str(len(rows)),
             _fmt_psnr(min(steps, key=lambda v: float("inf") if v is None else v))

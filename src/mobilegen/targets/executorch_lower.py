@@ -194,8 +194,7 @@ def prepared(program: Any, example: tuple[Any, ...]) -> Any:
 
         fixed = torch.export.export(module, tuple(example))
         fixed = fixed.run_decompositions(_table())
-        _float_scalars(fixed.graph_module)
-        _half_scalars(fixed.graph_module)
+        _scalar_operands(fixed.graph_module)
         # the sinusoid's frequencies (arange, exp) become a constant no delegate has to take;
         # quantize / dequantize stay (the pass's own default skips only their edge forms, and
         # this graph is ATen): folded, an int8 weight became a float constant and XNNPACK ran
@@ -253,41 +252,32 @@ def float_code_inputs(module: Any, example: tuple[Any, ...], dtype: Any = None,
     return tuple(coded)
 
 
-def _float_scalars(gm: Any) -> None:
-    """`1 + scale` on a float tensor: the literal 1 becomes 1.0. Edge lifts a scalar operand to
-    a 0-d tensor of its own dtype, so an int literal became an int64 constant cast to float at
-    run time, a node no delegate takes (10 on the default STOIC's adaLN)."""
+ARITH_OPS = ("add", "sub", "mul", "div", "rsub")
+ARITH = {f"aten.{op}.{kind}" for op in ARITH_OPS for kind in ("Tensor", "Scalar")}
+
+
+def _scalar_operands(gm: Any) -> None:
+    """The scalar operands of add / sub / mul / div on float tensors, in the tensors' dtype.
+    Edge lifts a scalar operand to a 0-d tensor of the scalar's own dtype, cast at run time, and
+    no delegate takes that cast:
+    - an int literal (`1 + scale`) becomes a float (it was an int64 constant cast to float: 10
+      on the default STOIC's adaLN);
+    - on an fp16 tensor, a float literal becomes an fp16 0-d constant (an aten.full that
+      constant propagation folds; it was a float32 tensor cast to fp16: 7 such casts were all the
+      fp16 tiny STOIC left on the portable kernels). 1.0 - x arrives as sub(1.0, x)."""
     import torch
 
-    for node in gm.graph.nodes:
-        if node.op != "call_function" or not str(node.target).startswith(
-                ("aten.add.", "aten.sub.", "aten.mul.", "aten.div.", "aten.rsub.")):
+    aten = torch.ops.aten
+    prefixes = tuple(f"aten.{op}." for op in ARITH_OPS)
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or not str(node.target).startswith(prefixes):
             continue
         vals = [a.meta.get("val") for a in node.args if isinstance(a, torch.fx.Node)]
         if vals and all(v is not None and v.dtype.is_floating_point for v in vals):
             node.args = tuple(float(a) if type(a) is int else a for a in node.args)
-    gm.recompile()
-
-
-ARITH = {f"aten.{op}.{kind}" for op in ("add", "sub", "mul", "div", "rsub")
-         for kind in ("Tensor", "Scalar")}
-
-
-def _half_scalars(gm: Any) -> None:
-    """A float scalar operand of add / sub / mul / div on an fp16 tensor becomes an fp16 0-d
-    constant (an aten.full that constant propagation folds): edge lifts a scalar to a float32
-    tensor, cast to fp16 at run time, and XNNPACK never takes a dtype conversion (7 such casts
-    were all the fp16 tiny STOIC left on the portable kernels)."""
-    import torch
-
-    aten = torch.ops.aten
-    for node in list(gm.graph.nodes):
-        if node.op != "call_function" or str(node.target) not in ARITH:
-            continue
-        vals = [a.meta.get("val") for a in node.args if isinstance(a, torch.fx.Node)]
         val = vals[0] if vals else None
-        if val is None or val.dtype != torch.float16 or not any(
-                type(a) is float for a in node.args):  # (1.0 - x arrives as sub(1.0, x))
+        if str(node.target) not in ARITH or val is None or val.dtype != torch.float16 or not any(
+                type(a) is float for a in node.args):
             continue
         with gm.graph.inserting_before(node):
             args = []
