@@ -478,7 +478,7 @@ class _PlainSR(nn.Module):
         return self.body(x) + nn.functional.interpolate(x, scale_factor=4, mode="nearest")
 
 
-# ---------------------------------------------------------------- more hand CNNs (issue 23, quantized rows)
+# ------------------------------------------------ more hand CNNs (issue 23, quantized rows)
 
 
 def _bc(cin: int, cout: int, k: int | tuple[int, int], s: int = 1,
@@ -813,6 +813,56 @@ class _VGG3D(nn.Module):
         return o, self.conf(f), self.dim(f)
 
 
+def inception_v4() -> nn.Module:
+    """timm's inception_v4 (tf_in1k): stem with Mixed 3a / 4a / 5a, 4 x A, reduction A,
+    7 x B, reduction B, 3 x C; batch norm folded."""
+    a, b = (1, 7), (7, 1)
+    pa, pb = (0, 3), (3, 0)
+    pool = lambda cin, c: nn.Sequential(nn.AvgPool2d(3, 1, 1, count_include_pad=False),
+                                        _bc(cin, c, 1))
+    inc_a = lambda: _Cat(_bc(384, 96, 1), nn.Sequential(_bc(384, 64, 1), _bc(64, 96, 3, p=1)),
+                         nn.Sequential(_bc(384, 64, 1), _bc(64, 96, 3, p=1),
+                                       _bc(96, 96, 3, p=1)), pool(384, 96))
+    inc_b = lambda: _Cat(_bc(1024, 384, 1),
+                         nn.Sequential(_bc(1024, 192, 1), _bc(192, 224, a, p=pa),
+                                       _bc(224, 256, b, p=pb)),
+                         nn.Sequential(_bc(1024, 192, 1), _bc(192, 192, b, p=pb),
+                                       _bc(192, 224, a, p=pa), _bc(224, 224, b, p=pb),
+                                       _bc(224, 256, a, p=pa)), pool(1024, 128))
+
+    class _IncC(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.b0 = _bc(1536, 256, 1)
+            self.b10, self.b20 = _bc(1536, 384, 1), _bc(1536, 384, 1)
+            self.b1a, self.b1b = _bc(384, 256, (1, 3), p=(0, 1)), _bc(384, 256, (3, 1), p=(1, 0))
+            self.b2 = nn.Sequential(_bc(384, 448, (3, 1), p=(1, 0)), _bc(448, 512, (1, 3), p=(0, 1)))
+            self.b3a, self.b3b = _bc(512, 256, (1, 3), p=(0, 1)), _bc(512, 256, (3, 1), p=(1, 0))
+            self.pool = pool(1536, 256)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x1, x2 = self.b10(x), self.b2(self.b20(x))
+            return torch.cat([self.b0(x), self.b1a(x1), self.b1b(x1), self.b3a(x2),
+                              self.b3b(x2), self.pool(x)], 1)
+
+    return nn.Sequential(
+        _bc(3, 32, 3, 2), _bc(32, 32, 3), _bc(32, 64, 3, p=1),
+        _Cat(nn.MaxPool2d(3, 2), _bc(64, 96, 3, 2)),
+        _Cat(nn.Sequential(_bc(160, 64, 1), _bc(64, 96, 3)),
+             nn.Sequential(_bc(160, 64, 1), _bc(64, 64, a, p=pa), _bc(64, 64, b, p=pb),
+                           _bc(64, 96, 3))),
+        _Cat(_bc(192, 192, 3, 2), nn.MaxPool2d(3, 2)),
+        *[inc_a() for _ in range(4)],
+        _Cat(_bc(384, 384, 3, 2), nn.Sequential(_bc(384, 192, 1), _bc(192, 224, 3, p=1),
+                                                _bc(224, 256, 3, 2)), nn.MaxPool2d(3, 2)),
+        *[inc_b() for _ in range(7)],
+        _Cat(nn.Sequential(_bc(1024, 192, 1), _bc(192, 192, 3, 2)),
+             nn.Sequential(_bc(1024, 256, 1), _bc(256, 256, a, p=pa), _bc(256, 320, b, p=pb),
+                           _bc(320, 320, 3, 2)), nn.MaxPool2d(3, 2)),
+        *[_IncC() for _ in range(3)],
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1536, 1000))
+
+
 # ---------------------------------------------------------------- ultralytics YOLOv8
 
 
@@ -838,7 +888,8 @@ class _C2f(nn.Module):
 class _SPPF(nn.Module):
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__()
-        self.cv1, self.cv2, self.m = _yconv(cin, cin // 2), _yconv(2 * cin, cout), nn.MaxPool2d(5, 1, 2)
+        self.cv1, self.cv2 = _yconv(cin, cin // 2), _yconv(2 * cin, cout)
+        self.m = nn.MaxPool2d(5, 1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = [self.cv1(x)]
@@ -896,7 +947,7 @@ class _YOLOv8(nn.Module):
         o3 = self.h2(torch.cat([up(t4), p3], 1))
         o4 = self.h3(torch.cat([self.d1(o3), t4], 1))
         o5 = self.h4(torch.cat([self.d2(o4), p5], 1))
-        feats = (o3, o4, o5)
+        feats = self._feats = (o3, o4, o5)
         flat = lambda ms: torch.cat([m(f).flatten(2) for m, f in zip(ms, feats, strict=True)], 2)
         box, cls = flat(self.box), flat(self.cls)
         a = box.shape[-1]
@@ -913,6 +964,115 @@ class _YOLOv8(nn.Module):
         elif self.task == "obb":
             out += ((flat(self.extra).sigmoid() - 0.25) * 3.14159,)
         return out
+
+
+def _yconv_g(cin: int, cout: int, k: int = 1, s: int = 1, g: int = 1,
+             act: bool = True) -> nn.Module:
+    return _bc(cin, cout, k, s, k // 2, nn.SiLU if act else None, g=g)
+
+
+class _C3k2(nn.Module):
+    """YOLO11's C3k2: C2f with C3k (c3k) or e=0.5 bottlenecks."""
+
+    def __init__(self, cin: int, cout: int, n: int, c3k: bool, e: float = 0.5) -> None:
+        super().__init__()
+        c = int(cout * e)
+        self.cv1, self.cv2 = _yconv(cin, 2 * c), _yconv((2 + n) * c, cout)
+        bott = lambda ci, h: _Residual(nn.Sequential(_yconv(ci, h, 3), _yconv(h, ci, 3)), True)
+        self.m = nn.ModuleList(_C3k(c) if c3k else bott(c, c // 2) for _ in range(n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = list(self.cv1(x).chunk(2, 1))
+        for m in self.m:
+            y.append(m(y[-1]))
+        return self.cv2(torch.cat(y, 1))
+
+
+class _C3k(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        h = c // 2
+        self.cv1, self.cv2, self.cv3 = _yconv(c, h), _yconv(c, h), _yconv(2 * h, c)
+        self.m = nn.Sequential(*[_Residual(nn.Sequential(_yconv(h, h, 3), _yconv(h, h, 3)), True)
+                                 for _ in range(2)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cv3(torch.cat([self.m(self.cv1(x)), self.cv2(x)], 1))
+
+
+class _PSA(nn.Module):
+    """YOLO11's PSABlock: conv-projected multi-head attention over the H*W positions (key dim
+    half the head dim), a depthwise positional conv on v, and a 2x conv FFN."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.nh = max(c // 64, 1)
+        self.hd = c // self.nh
+        self.kd = self.hd // 2
+        self.qkv = _yconv_g(c, c + 2 * self.kd * self.nh, act=False)
+        self.proj, self.pe = _yconv_g(c, c, act=False), _yconv_g(c, c, 3, g=c, act=False)
+        self.ffn = nn.Sequential(_yconv(c, 2 * c), _yconv_g(2 * c, c, act=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(x).view(b, self.nh, 2 * self.kd + self.hd, h * w).split(
+            [self.kd, self.kd, self.hd], 2)
+        attn = ((q.transpose(-2, -1) @ k) * self.kd ** -0.5).softmax(-1)
+        y = (v @ attn.transpose(-2, -1)).view(b, c, h, w) + self.pe(v.reshape(b, c, h, w))
+        x = x + self.proj(y)
+        return x + self.ffn(x)
+
+
+class _C2PSA(nn.Module):
+    def __init__(self, c1: int, n: int) -> None:
+        super().__init__()
+        self.c = c1 // 2
+        self.cv1, self.cv2 = _yconv(c1, 2 * self.c), _yconv(2 * self.c, c1)
+        self.m = nn.Sequential(*[_PSA(self.c) for _ in range(n)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.cv1(x).chunk(2, 1)
+        return self.cv2(torch.cat([a, self.m(b)], 1))
+
+
+class _YOLO11(_YOLOv8):
+    """ultralytics yolo11n (detect / segment / pose): C3k2 stages, SPPF + C2PSA, the head's
+    class branch with depthwise convs; the same in-graph postprocessing as _YOLOv8 (pose: the
+    17 keypoints decoded, 3 values each)."""
+
+    def __init__(self, task: str = "detect", nc: int = 80) -> None:
+        super().__init__("n", task if task != "pose" else "detect", nc)
+        c = [16, 32, 64, 128, 256]
+        self.b1 = nn.Sequential(_yconv(3, c[0], 3, 2), _yconv(c[0], c[1], 3, 2),
+                                _C3k2(c[1], c[2], 1, False, 0.25), _yconv(c[2], c[2], 3, 2),
+                                _C3k2(c[2], c[3], 1, False, 0.25))
+        self.b2 = nn.Sequential(_yconv(c[3], c[3], 3, 2), _C3k2(c[3], c[3], 1, True))
+        self.b3 = nn.Sequential(_yconv(c[3], c[4], 3, 2), _C3k2(c[4], c[4], 1, True),
+                                _SPPF(c[4], c[4]), _C2PSA(c[4], 1))
+        self.h1 = _C3k2(c[3] + c[4], c[3], 1, False)
+        self.h2 = _C3k2(2 * c[3], c[2], 1, False)
+        self.h3 = _C3k2(c[2] + c[3], c[3], 1, False)
+        self.h4 = _C3k2(c[3] + c[4], c[4], 1, True)
+        chs = (c[2], c[3], c[4])
+        c3 = max(chs[0], min(nc, 100))
+        self.cls = nn.ModuleList(nn.Sequential(
+            _yconv_g(x, x, 3, g=x), _yconv(x, c3), _yconv_g(c3, c3, 3, g=c3), _yconv(c3, c3),
+            nn.Conv2d(c3, nc, 1)) for x in chs)
+        if task == "pose":
+            c4 = max(chs[0] // 4, 51)
+            self.extra = nn.ModuleList(nn.Sequential(_yconv(x, c4, 3), _yconv(c4, c4, 3),
+                                                     nn.Conv2d(c4, 51, 1)) for x in chs)
+        self.pose = task == "pose"
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = super().forward(x)
+        if not self.pose:
+            return out
+        feats = self._feats
+        k = torch.cat([m(f).flatten(2) for m, f in zip(self.extra, feats, strict=True)], 2)
+        k = k.view(1, 17, 3, -1)
+        xy = (k[:, :, :2] * 2.0 + 0.5) * 8.0
+        return (*out, torch.cat([xy, k[:, :, 2:].sigmoid()], 2))
 
 
 # ---------------------------------------------------------------- mobilegen's SD components
@@ -1239,6 +1399,16 @@ def entries() -> list[ZooEntry]:
                  _tv(lambda: _YOLOv8("s", "segment", 1), 640), yl),
         ZooEntry("fastsam_x", "FastSam-X", "yolo_ultralytics",
                  _tv(lambda: _YOLOv8("x", "segment", 1), 640), yl),
+        ZooEntry("yolov11_det", "YOLOv11-Detection", "yolo_ultralytics",
+                 _tv(lambda: _YOLO11(), 640), "hand definition (ultralytics YOLO11 layout)"),
+        ZooEntry("yolov11_seg", "YOLOv11-Segmentation", "yolo_ultralytics",
+                 _tv(lambda: _YOLO11("segment"), 640),
+                 "hand definition (ultralytics YOLO11 layout)"),
+        ZooEntry("yolov11_pose", "YOLOv11-Pose", "yolo_ultralytics",
+                 _tv(lambda: _YOLO11("pose", 1), 640),
+                 "hand definition (ultralytics YOLO11 layout)"),
+        ZooEntry("inception_v4", "Inception-v4", "inception", _tv(inception_v4, 299),
+                 "hand definition (timm inception_v4 layout)"),
         ZooEntry("yolo_world", "text_encoder", "clip", _clip_text_b32, hf),
         ZooEntry("wav2vec2_conformer", "Wav2Vec2-Conformer-Large-960h", "wav2vec2",
                  _wav2vec2_conformer, hf),
