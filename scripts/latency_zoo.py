@@ -836,7 +836,8 @@ def inception_v4() -> nn.Module:
             self.b0 = _bc(1536, 256, 1)
             self.b10, self.b20 = _bc(1536, 384, 1), _bc(1536, 384, 1)
             self.b1a, self.b1b = _bc(384, 256, (1, 3), p=(0, 1)), _bc(384, 256, (3, 1), p=(1, 0))
-            self.b2 = nn.Sequential(_bc(384, 448, (3, 1), p=(1, 0)), _bc(448, 512, (1, 3), p=(0, 1)))
+            self.b2 = nn.Sequential(_bc(384, 448, (3, 1), p=(1, 0)),
+                                    _bc(448, 512, (1, 3), p=(0, 1)))
             self.b3a, self.b3b = _bc(512, 256, (1, 3), p=(0, 1)), _bc(512, 256, (3, 1), p=(1, 0))
             self.pool = pool(1536, 256)
 
