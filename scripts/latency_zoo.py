@@ -1076,6 +1076,214 @@ class _YOLO11(_YOLOv8):
         return (*out, torch.cat([xy, k[:, :, 2:].sigmoid()], 2))
 
 
+def _det_post(reg: torch.Tensor, obj: torch.Tensor,
+              cls: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """qai-hub-models' detector postprocessing kept in the graph: boxes to corners, the best
+    class score (times objectness) and its index."""
+    xy, wh = reg[..., :2], reg[..., 2:4]
+    boxes = torch.cat([xy - wh / 2, xy + wh / 2], -1)
+    best, idx = (cls * obj).max(-1)
+    return boxes, best, idx
+
+
+class _CSP(nn.Module):
+    """YOLOX's CSPLayer (half-width bottlenecks: 1x1 then 3x3)."""
+
+    def __init__(self, cin: int, cout: int, n: int, shortcut: bool = True) -> None:
+        super().__init__()
+        h = cout // 2
+        self.cv1, self.cv2, self.cv3 = _yconv(cin, h), _yconv(cin, h), _yconv(2 * h, cout)
+        self.m = nn.Sequential(*[_Residual(nn.Sequential(_yconv(h, h), _yconv(h, h, 3)), shortcut)
+                                 for _ in range(n)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cv3(torch.cat([self.m(self.cv1(x)), self.cv2(x)], 1))
+
+
+class _YOLOX(nn.Module):
+    """Megvii YOLOX-S (depth 0.33, width 0.5): Focus stem, CSPDarknet with SPP, PAFPN, the
+    decoupled head, grid decode and qai-hub-models' postprocessing."""
+
+    def __init__(self, nc: int = 80) -> None:
+        super().__init__()
+        self.stem = _yconv(12, 32, 3)
+        self.d2 = nn.Sequential(_yconv(32, 64, 3, 2), _CSP(64, 64, 1))
+        self.d3 = nn.Sequential(_yconv(64, 128, 3, 2), _CSP(128, 128, 3))
+        self.d4 = nn.Sequential(_yconv(128, 256, 3, 2), _CSP(256, 256, 3))
+        self.d5a = nn.Sequential(_yconv(256, 512, 3, 2), _yconv(512, 256))
+        self.pools = nn.ModuleList(nn.MaxPool2d(k, 1, k // 2) for k in (5, 9, 13))
+        self.d5b = nn.Sequential(_yconv(1024, 512), _CSP(512, 512, 1, False))
+        self.lat0, self.p4 = _yconv(512, 256), _CSP(512, 256, 1, False)
+        self.red1, self.p3 = _yconv(256, 128), _CSP(256, 128, 1, False)
+        self.bu2, self.n3 = _yconv(128, 128, 3, 2), _CSP(256, 256, 1, False)
+        self.bu1, self.n4 = _yconv(256, 256, 3, 2), _CSP(512, 512, 1, False)
+        h = 128  # the head's width, 256 x 0.5
+        self.stems = nn.ModuleList(_yconv(c, h) for c in (128, 256, 512))
+        two = lambda: nn.Sequential(_yconv(h, h, 3), _yconv(h, h, 3))
+        self.cls_convs, self.reg_convs = (nn.ModuleList(two() for _ in range(3)) for _ in range(2))
+        self.cls_pred = nn.ModuleList(nn.Conv2d(h, nc, 1) for _ in range(3))
+        self.reg_pred = nn.ModuleList(nn.Conv2d(h, 4, 1) for _ in range(3))
+        self.obj_pred = nn.ModuleList(nn.Conv2d(h, 1, 1) for _ in range(3))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        up = lambda t: nn.functional.interpolate(t, scale_factor=2.0, mode="nearest")
+        x = self.stem(torch.cat([x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2],
+                                 x[..., 1::2, 1::2]], 1))
+        x2 = self.d3(self.d2(x))
+        x1 = self.d4(x2)
+        y = self.d5a(x1)
+        x0 = self.d5b(torch.cat([y] + [p(y) for p in self.pools], 1))
+        f0 = self.lat0(x0)
+        f1 = self.red1(self.p4(torch.cat([up(f0), x1], 1)))
+        o2 = self.p3(torch.cat([up(f1), x2], 1))
+        o1 = self.n3(torch.cat([self.bu2(o2), f1], 1))
+        o0 = self.n4(torch.cat([self.bu1(o1), f0], 1))
+        outs = []
+        for i, f in enumerate((o2, o1, o0)):
+            f = self.stems[i](f)
+            r, c = self.reg_convs[i](f), self.cls_convs[i](f)
+            outs.append(torch.cat([self.reg_pred[i](r), self.obj_pred[i](r).sigmoid(),
+                                   self.cls_pred[i](c).sigmoid()], 1).flatten(2))
+        o = torch.cat(outs, 2).transpose(1, 2)
+        grid, stride = torch.zeros(1, o.shape[1], 2, device=o.device), 8.0
+        reg = torch.cat([(o[..., :2] + grid) * stride, o[..., 2:4].exp() * stride], -1)
+        return _det_post(reg, o[..., 4:5], o[..., 5:])
+
+
+def _lconv(cin: int, cout: int, k: int = 1, s: int = 1) -> nn.Module:
+    return _bc(cin, cout, k, s, k // 2, lambda: nn.LeakyReLU(0.1))
+
+
+class _ELANTiny(nn.Module):
+    """YOLOv7-tiny's ELAN block: two 1x1 branches, two 3x3 on one of them, concat of four,
+    a 1x1 to `cout`."""
+
+    def __init__(self, cin: int, c: int, cout: int) -> None:
+        super().__init__()
+        self.a, self.b = _lconv(cin, c), _lconv(cin, c)
+        self.c, self.d = _lconv(c, c, 3), _lconv(c, c, 3)
+        self.out = _lconv(4 * c, cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = self.b(x)
+        c = self.c(b)
+        return self.out(torch.cat([self.d(c), c, b, self.a(x)], 1))
+
+
+class _YOLOv7Tiny(nn.Module):
+    """WongKinYiu yolov7-tiny (LeakyReLU 0.1): ELAN-tiny backbone, SPPCSP-tiny, PAN, three
+    anchor heads (3 anchors x 85), the anchor decode and qai-hub-models' postprocessing."""
+
+    def __init__(self, nc: int = 80) -> None:
+        super().__init__()
+        mp = lambda: nn.MaxPool2d(2, 2)
+        self.b14 = nn.Sequential(_lconv(3, 32, 3, 2), _lconv(32, 64, 3, 2), _ELANTiny(64, 32, 64),
+                                 mp(), _ELANTiny(64, 64, 128))
+        self.b21 = nn.Sequential(mp(), _ELANTiny(128, 128, 256))
+        self.b28 = nn.Sequential(mp(), _ELANTiny(256, 256, 512))
+        self.sp_a, self.sp_b = _lconv(512, 256), _lconv(512, 256)
+        self.pools = nn.ModuleList(nn.MaxPool2d(k, 1, k // 2) for k in (5, 9, 13))
+        self.sp_c, self.sp_d = _lconv(1024, 256), _lconv(512, 256)
+        self.h38, self.h40, self.e47 = _lconv(256, 128), _lconv(256, 128), _ELANTiny(256, 64, 128)
+        self.h48, self.h50, self.e57 = _lconv(128, 64), _lconv(128, 64), _ELANTiny(128, 32, 64)
+        self.h58, self.e65 = _lconv(64, 128, 3, 2), _ELANTiny(256, 64, 128)
+        self.h66, self.e73 = _lconv(128, 256, 3, 2), _ELANTiny(512, 128, 256)
+        self.outs = nn.ModuleList(nn.Sequential(_lconv(c, 2 * c, 3),
+                                                nn.Conv2d(2 * c, 3 * (nc + 5), 1))
+                                  for c in (64, 128, 256))
+        self.nc = nc
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        up = lambda t: nn.functional.interpolate(t, scale_factor=2.0, mode="nearest")
+        p14 = self.b14(x)
+        p21 = self.b21(p14)
+        p28 = self.b28(p21)
+        a = self.sp_a(p28)
+        sp = self.sp_d(torch.cat([self.sp_c(torch.cat([a] + [p(a) for p in self.pools], 1)),
+                                  self.sp_b(p28)], 1))
+        t47 = self.e47(torch.cat([up(self.h38(sp)), self.h40(p21)], 1))
+        t57 = self.e57(torch.cat([up(self.h48(t47)), self.h50(p14)], 1))
+        t65 = self.e65(torch.cat([self.h58(t57), t47], 1))
+        t73 = self.e73(torch.cat([self.h66(t65), sp], 1))
+        outs = []
+        for m, f in zip(self.outs, (t57, t65, t73), strict=True):
+            y = m(f)
+            b, _, h, w = y.shape
+            outs.append(y.view(b, 3, self.nc + 5, h * w).permute(0, 1, 3, 2).reshape(b, -1,
+                                                                                  self.nc + 5))
+        y = torch.cat(outs, 1).sigmoid()
+        grid = torch.zeros(1, y.shape[1], 2, device=y.device)
+        reg = torch.cat([(y[..., :2] * 2 - 0.5 + grid) * 8.0, (y[..., 2:4] * 2) ** 2 * 10.0], -1)
+        return _det_post(reg, y[..., 4:5], y[..., 5:])
+
+
+class _HRModule(nn.Module):
+    """One HRNet exchange unit: 4 basic blocks per branch, then every output branch sums every
+    input branch (1x1 + nearest upsampling from lower resolutions, strided 3x3 chains from
+    higher)."""
+
+    def __init__(self, chans: tuple[int, ...], outputs: int) -> None:
+        super().__init__()
+        basic = lambda c: _Residual(nn.Sequential(_bc(c, c, 3, p=1), _bc(c, c, 3, p=1, act=None)),
+                                    True)
+        self.branches = nn.ModuleList(nn.Sequential(*[basic(c) for _ in range(4)]) for c in chans)
+        self.fuse = nn.ModuleList()
+        for i in range(outputs):
+            row = nn.ModuleList()
+            for j, cj in enumerate(chans):
+                if j > i:
+                    row.append(nn.Sequential(_bc(cj, chans[i], 1, act=None),
+                                             nn.Upsample(scale_factor=2.0 ** (j - i))))
+                elif j == i:
+                    row.append(nn.Identity())
+                else:
+                    steps = [_bc(cj, cj, 3, 2, 1) for _ in range(i - j - 1)]
+                    row.append(nn.Sequential(*steps, _bc(cj, chans[i], 3, 2, 1, act=None)))
+            self.fuse.append(row)
+
+    def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        xs = [b(x) for b, x in zip(self.branches, xs, strict=True)]
+        out = []
+        for row in self.fuse:
+            y = row[0](xs[0])
+            for f, x in zip(row[1:], xs[1:], strict=True):
+                y = y + f(x)
+            out.append(torch.relu(y))
+        return out
+
+
+class _HRNetPose(nn.Module):
+    """leoxiaobin HRNet-W32 pose (256x192): stem, 4 bottlenecks, stages of 1 / 4 / 3 modules on
+    2 / 3 / 4 branches (32 / 64 / 128 / 256 channels), the 17-heatmap 1x1 head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(_bc(3, 64, 3, 2, 1), _bc(64, 64, 3, 2, 1))
+        self.layer1 = nn.Sequential(_Bottleneck(64, 64, 1, 1, 64, False),
+                                    *[_Bottleneck(256, 64, 1, 1, 64, False) for _ in range(3)])
+        c = (32, 64, 128, 256)
+        self.t1 = nn.ModuleList([_bc(256, 32, 3, p=1), _bc(256, 64, 3, 2, 1)])
+        self.s2 = nn.ModuleList([_HRModule(c[:2], 2)])
+        self.t2 = _bc(64, 128, 3, 2, 1)
+        self.s3 = nn.ModuleList(_HRModule(c[:3], 3) for _ in range(4))
+        self.t3 = _bc(128, 256, 3, 2, 1)
+        self.s4 = nn.ModuleList(_HRModule(c, 4 if i < 2 else 1) for i in range(3))
+        self.head = nn.Conv2d(32, 17, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.layer1(self.stem(x))
+        xs = [t(y) for t in self.t1]
+        for m in self.s2:
+            xs = m(xs)
+        xs = xs + [self.t2(xs[-1])]
+        for m in self.s3:
+            xs = m(xs)
+        xs = xs + [self.t3(xs[-1])]
+        for m in self.s4:
+            xs = m(xs)
+        return self.head(xs[0])
+
+
 # ---------------------------------------------------------------- mobilegen's SD components
 
 
@@ -1410,6 +1618,11 @@ def entries() -> list[ZooEntry]:
                  "hand definition (ultralytics YOLO11 layout)"),
         ZooEntry("inception_v4", "Inception-v4", "inception", _tv(inception_v4, 299),
                  "hand definition (timm inception_v4 layout)"),
+        ZooEntry("yolox", "Yolo-X", "yolox", _tv(_YOLOX, 640), "hand definition (YOLOX-S)"),
+        ZooEntry("yolov7", "Yolo-v7", "yolov7", _tv(_YOLOv7Tiny, 640),
+                 "hand definition (yolov7-tiny.yaml)"),
+        ZooEntry("hrnet_pose", "HRNetPose", "hrnet", _tv(_HRNetPose, shape=(1, 3, 256, 192)),
+                 "hand definition (HRNet-W32 pose)"),
         ZooEntry("yolo_world", "text_encoder", "clip", _clip_text_b32, hf),
         ZooEntry("wav2vec2_conformer", "Wav2Vec2-Conformer-Large-960h", "wav2vec2",
                  _wav2vec2_conformer, hf),
