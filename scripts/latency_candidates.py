@@ -12,10 +12,11 @@ cross-validation on the Galaxy S24 and S25, with the same exclusion rule everywh
   SD rows are a guard in this choice.
 
 Third round (issue 23, after the zoo grew to 87 architectures, and again at 90): the same twelve
-candidates and the same rule, re-scored on the new rows. The float slice's method is chosen the same way,
-written down before it was scored (`--float`): F1 v2 NNLS (squared relative error, what ships
-before) or F2 v2 robust (absolute relative error), the lower mean over the S24 and S25 float
-slices of (LOFO median + p90) / 2 (no SD guard: SD-1.5 has no float QNN row on the phones).
+candidates and the same rule, re-scored on the new rows. The float slice's method is chosen the
+same way, written down before it was scored (`--float`): F1 v2 NNLS (squared relative error,
+what shipped before) or F2 v2 robust (absolute relative error), the lower mean over the S24 and
+S25 float slices of (LOFO median + p90) / 2 (no SD guard: SD-1.5 has no float QNN row on the
+phones).
 
 `--nested` also scores the choosing itself: each family is held out of everything, the rule
 picks a candidate on the other families (their own LOFO), and that candidate predicts the family.

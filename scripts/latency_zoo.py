@@ -1275,10 +1275,10 @@ class _HRNetPose(nn.Module):
         xs = [t(y) for t in self.t1]
         for m in self.s2:
             xs = m(xs)
-        xs = xs + [self.t2(xs[-1])]
+        xs = [*xs, self.t2(xs[-1])]
         for m in self.s3:
             xs = m(xs)
-        xs = xs + [self.t3(xs[-1])]
+        xs = [*xs, self.t3(xs[-1])]
         for m in self.s4:
             xs = m(xs)
         return self.head(xs[0])
