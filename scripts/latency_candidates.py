@@ -11,11 +11,18 @@ cross-validation on the Galaxy S24 and S25, with the same exclusion rule everywh
   non-held-out row; the SD rows are never fitted) lie within 25% of the measured figures: the
   SD rows are a guard in this choice.
 
+Third round (issue 23, after the zoo grew to 87 architectures, and again at 90): the same twelve
+candidates and the same rule, re-scored on the new rows. The float slice's method is chosen the
+same way, written down before it was scored (`--float`): F1 v2 NNLS (squared relative error,
+what shipped before) or F2 v2 robust (absolute relative error), the lower mean over the S24 and
+S25 float slices of (LOFO median + p90) / 2 (no SD guard: SD-1.5 has no float QNN row on the
+phones).
+
 `--nested` also scores the choosing itself: each family is held out of everything, the rule
 picks a candidate on the other families (their own LOFO), and that candidate predicts the family.
 Its error is what the procedure, not one lucky candidate, gets out of sample.
 
-    PYTHONPATH=src python scripts/latency_candidates.py [--nested]
+    PYTHONPATH=src python scripts/latency_candidates.py [--nested] [--float]
 """
 
 from __future__ import annotations
@@ -167,6 +174,11 @@ CANDIDATES: dict[str, dict[str, Fit]] = {
 }
 
 
+# the float slice's two candidates (third round, --float)
+FLOAT_CANDIDATES: dict[str, Fit] = {"F1 v2 NNLS (squared)": direct("v2"),
+                                    "F2 v2 robust (L1)": direct("v2", robust=True)}
+
+
 _ERRS: dict[tuple[int, str, str, frozenset[str]], dict[str, float]] = {}
 
 
@@ -215,9 +227,42 @@ def choose(cal: lf.CalibrationSet, prec: str, allowed: list[str],
     return min(allowed, key=lambda n: score(cal, n, prec, excl))
 
 
+def score_float(cal: lf.CalibrationSet, nested: bool) -> None:
+    """The float candidates' LOFO on both phones, the rule's pick, and its nested LOFO."""
+    def fscore(name: str, excl: frozenset[str]) -> float:
+        f = FLOAT_CANDIDATES[name]
+        return float(np.mean([sum(_med_p90(_cv(cal, f, d, "float", excl))) / 2
+                              for d in DEVICES]))
+
+    print("| float candidate | S24 med / p90 | S25 med / p90 | score |\n|---|---:|---:|---:|")
+    for name, f in FLOAT_CANDIDATES.items():
+        cells = [_med_p90(_cv(cal, f, d, "float", frozenset())) for d in DEVICES]
+        print(f"| {name} | " + " | ".join(f"{100 * m:.1f} / {100 * q:.1f}" for m, q in cells)
+              + f" | {100 * fscore(name, frozenset()):.1f} |")
+    print("chosen:", min(FLOAT_CANDIDATES, key=lambda n: fscore(n, frozenset())))
+    if not nested:
+        return
+    fams = sorted({r.family for d in DEVICES for r in _rows(cal, d, "float", frozenset())})
+    errs: dict[str, list[float]] = {d: [] for d in DEVICES}
+    picked: dict[str, int] = {}
+    for fam in fams:
+        excl = frozenset({fam})
+        best = min(FLOAT_CANDIDATES, key=lambda n: fscore(n, excl))
+        picked[best.split()[0]] = picked.get(best.split()[0], 0) + 1
+        for d in DEVICES:
+            e = _errors(cal, FLOAT_CANDIDATES[best], d, "float", excl)
+            errs[d] += [e[r.name] for r in _rows(cal, d, "float", frozenset()) if r.family == fam]
+    for d in DEVICES:
+        m, q = _med_p90(errs[d])
+        print(f"nested {d[-3:]} float: {len(errs[d])} rows, median {100 * m:.1f}%, "
+              f"p90 {100 * q:.1f}%")
+    print(f"  picked per outer fold: {picked}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nested", action="store_true", help="also score the choosing (slow)")
+    ap.add_argument("--float", action="store_true", help="score the float slice's candidates")
     args = ap.parse_args()
     # "v2s": v2 plus v1's spill term (Q12)
     lf.FEATURE_SETS["v2s"] = (*lf.FEATURE_SETS["v2"][:-1], "spill_mb", "const")
@@ -225,6 +270,9 @@ def main() -> None:
         lf.POINTWISE_CLASSES["v2"]
     text = (files("mobilegen") / "data" / "latency" / "calibration.json").read_text()
     cal = lf.CalibrationSet.from_dict(json.loads(text))
+    if args.float:
+        score_float(cal, args.nested)
+        return
     print("| candidate | " + " | ".join(f"{d[-3:]} {p} med / p90" for p in QUANT
                                         for d in DEVICES)
           + " | w8a8 score | w8a16 score | SD-1.5 worst |")
