@@ -152,3 +152,34 @@ def test_group_norm_keeps_a_dynamic_batch():
               and op.shape.val is not None]
     assert shapes == [(-1, 4, 2, 8, 8), (-1, 8, 8, 8)], shapes
     assert {"reduce_mean", "sqrt", "real_div"} <= {op.op_type for op in ops}
+
+
+def test_fp16_overflow_fast_path_answers_as_coremltools():
+    """targets/coreml_fixes.py answers FP16ComputePrecision.fp16_overflow from a constant's
+    largest magnitude when it lies within fp16's range, else defers to coremltools' own test:
+    the same answer for values within, past 65504, inf (ignored by coremltools) and NaN."""
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil import Program
+    from coremltools.converters.mil.mil.passes.defs.quantization import FP16ComputePrecision
+
+    from mobilegen.targets import coreml_fixes
+
+    cases = {"small": [1.0, -2.0], "past": [1.0, -70000.0], "edge": [65504.0, -65504.0],
+             "inf": [np.inf, 3.0], "inf_and_past": [np.inf, 1e5], "nan": [np.nan, 1.0]}
+    ops = {}
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(2,))])
+    def prog(x):
+        for name, values in cases.items():
+            y = mb.add(x=x, y=np.array(values, dtype=np.float32), name=name)
+            ops[name] = y.op
+        return y
+
+    assert isinstance(prog, Program)
+    coreml_fixes.apply()
+    patched = FP16ComputePrecision.fp16_overflow
+    original = patched.__wrapped__  # coremltools' own
+    got = {n: patched(op) for n, op in ops.items()}
+    assert got == {n: original(op) for n, op in ops.items()}
+    assert got == {"small": False, "past": True, "edge": False, "inf": False,
+                   "inf_and_past": True, "nan": False}

@@ -91,3 +91,22 @@ def test_meta_device_weight_bytes_match_the_built_model():
                                     "model": {"family": "unet", "init": "random",
                                               "variant": "unet-tiny"}})
     assert recipe_param_bytes(recipe) == sum(p.numel() * 4 for p in model.parameters())
+
+
+def test_a_saved_capture_reads_back_mapped_with_the_same_weights(tmp_path):
+    """export/isolated.load_capture maps each weight record of the .pt2 instead of copying it:
+    the same values, the same outputs as torch.export.load, and storages that are file mappings
+    (not resizable: release_weights empties the tensors instead)."""
+    import torch
+
+    from mobilegen.export.isolated import _save_captures, load_capture
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    saved = _save_captures({"default": torch.export.export(model, (x,))}, tmp_path)
+    plain, mapped = torch.export.load(str(saved["default"])), load_capture(saved["default"])
+    assert set(mapped.state_dict) == set(plain.state_dict)
+    for name, tensor in plain.state_dict.items():
+        assert torch.equal(mapped.state_dict[name], tensor)
+        assert not mapped.state_dict[name].untyped_storage().resizable()
+    assert torch.equal(mapped.module()(x), plain.module()(x))

@@ -125,3 +125,15 @@ def test_no_rewrite_rule_keeps_the_exported_graph(exported):
     held = [m for m in gc.get_objects()
             if isinstance(m, PatternMatcher) and vars(m).get("_graph") is not None]
     assert held == []
+
+
+def test_the_quadratic_rewrite_rule_is_left_out_only_while_exporting():
+    from onnxscript import rewriter
+
+    before = rewriter._DEFAULT_REWRITE_RULES
+    names = lambda rules: {getattr(r, "name", None) for r in rules}
+    assert "SlicesSplit" in names(before)  # else the exclusion below is no longer needed
+    with onnx_target._without_quadratic_rewrites():
+        inside = rewriter._DEFAULT_REWRITE_RULES
+        assert names(inside) == names(before) - set(onnx_target.QUADRATIC_RULES)
+    assert rewriter._DEFAULT_REWRITE_RULES is before

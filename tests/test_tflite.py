@@ -218,3 +218,26 @@ def test_a_consumed_capture_loses_its_weights_once_lowered_and_the_file_is_the_s
     ref, out = _run(model, io, tmp_path / got.file, 2)
     assert np.abs(out - ref).max() <= 1e-5
     assert held(program) >= before  # a capture not consumed keeps its weights
+
+
+def test_finite_weights_are_not_written_by_the_inf_clamp(monkeypatch):
+    """litert-torch clamps each inlined weight in place; on a capture mapped from its file that
+    write copies every page. Inside tflite._finite_weights_read_only a finite weight is passed
+    on without litert-torch's clamp being called; one with an inf goes to it."""
+    from litert_torch.backend import inline_consts
+
+    clamped = []
+    clamp = inline_consts._clamp_inf_values
+
+    def spy(tensor):
+        clamped.append(tensor)
+        return clamp(tensor)
+
+    monkeypatch.setattr(inline_consts, "_clamp_inf_values", spy)
+    finite, inf = torch.arange(6.0), torch.tensor([1.0, float("inf"), -float("inf")])
+    with tflite._finite_weights_read_only():
+        assert inline_consts._clamp_inf_values(finite) is finite
+        assert inline_consts._clamp_inf_values(inf).tolist() == [
+            1.0, torch.finfo(torch.float32).max, torch.finfo(torch.float32).min]
+    assert len(clamped) == 1 and clamped[0] is inf and finite.tolist() == [0, 1, 2, 3, 4, 5]
+    assert inline_consts._clamp_inf_values is spy  # restored

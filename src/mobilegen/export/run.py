@@ -238,9 +238,7 @@ def lower_target(job: Any) -> Any:
     validate one target; -> isolated.TargetOutcome."""
     import pickle
 
-    import torch
-
-    from mobilegen.export.isolated import TargetOutcome
+    from mobilegen.export.isolated import TargetOutcome, load_capture
     from mobilegen.export.staging import StagingFolder
     from mobilegen.measure.memory import TreeSampler
 
@@ -249,7 +247,7 @@ def lower_target(job: Any) -> Any:
     with TreeSampler() as memory:
         timer = StepTimer(None, memory)
         with timer.step(f"load-capture:{job.target}"):
-            plan.programs = {key: torch.export.load(str(path))}
+            plan.programs = {key: load_capture(path)}
         pairs = target_rows(plan, job.target, StagingFolder(job.staging), timer, job.log,
                             last_use=True)
     return TargetOutcome(pairs, timer.times, timer.cpu, dict(memory.steps))

@@ -162,13 +162,37 @@ def _convert(program: Any, example: tuple[Any, ...], out: Path, param_bytes: int
     with contextlib.suppress(NotImplementedError, RuntimeError):
         module.eval()  # litert-torch warns about (and keeps) training mode otherwise
     try:
-        with contextlib.redirect_stdout(sys.stderr), \
+        with contextlib.redirect_stdout(sys.stderr), _finite_weights_read_only(), \
                 _weights_released_once_lowered(program if release else None):
             edge = litert_torch.convert(module, tuple(example))  # prints progress on stdout
             edge.export(str(out))
     except Exception as e:
         first = first_line(e)
         raise ExportError(f"litert_torch.convert failed for {stem}: {first}") from e
+
+
+@contextlib.contextmanager
+def _finite_weights_read_only() -> Any:
+    """litert-torch 0.10 clamps every float weight it inlines to its dtype's range, in place
+    (inline_consts._clamp_inf_values: only an inf changes). On a capture whose weights are
+    mapped from its file (export/isolated.load_capture) the in-place write copies every page:
+    12.7 s for SD-1.5's UNet. A weight without an inf is passed on unwritten (read once by
+    isinf), the same values; one with an inf goes to litert-torch's clamp."""
+    import torch
+    from litert_torch.backend import inline_consts
+
+    clamp = inline_consts._clamp_inf_values
+
+    def clamp_if_inf(tensor: torch.Tensor) -> torch.Tensor:
+        if torch.is_floating_point(tensor) and not bool(torch.isinf(tensor).any()):
+            return tensor
+        return clamp(tensor)
+
+    inline_consts._clamp_inf_values = clamp_if_inf
+    try:
+        yield
+    finally:
+        inline_consts._clamp_inf_values = clamp
 
 
 @contextlib.contextmanager
@@ -590,8 +614,14 @@ def _xnnpack(path: Path, threads: int) -> Any:
     dtypes = {k: v["dtype"] for k, v in inputs.items()}
     output = next(iter(runner.get_output_details()))
     # One call on zeros now: XNNPACK is applied (and announces itself on stderr) at the first
-    # invoke, which belongs to loading, not to the caller's first timed or validated run.
-    runner(**{k: np.zeros(v["shape"], v["dtype"]) for k, v in inputs.items()})
+    # invoke, which belongs to loading, not to the caller's first timed or validated run. Not
+    # for a big model (export/validation_scope.py): its validation times nothing and runs the
+    # parity calls first, which warm it; the call would cost one full inference (10 s of the
+    # 20 s open of SD-1.5's UNet).
+    from mobilegen.export.validation_scope import BIG_MODEL_BYTES
+
+    if path.stat().st_size <= BIG_MODEL_BYTES:
+        runner(**{k: np.zeros(v["shape"], v["dtype"]) for k, v in inputs.items()})
     batch = int(inputs["args_0"]["shape"][0])
     return _Batched(path, lambda call: runner(**call)[output], dtypes, batch)
 
