@@ -972,21 +972,15 @@ def _yconv_g(cin: int, cout: int, k: int = 1, s: int = 1, g: int = 1,
     return _bc(cin, cout, k, s, k // 2, nn.SiLU if act else None, g=g)
 
 
-class _C3k2(nn.Module):
-    """YOLO11's C3k2: C2f with C3k (c3k) or e=0.5 bottlenecks."""
+class _C3k2(_C2f):
+    """YOLO11's C3k2: C2f with C3k (c3k) or e=0.5 bottlenecks (C2f's forward)."""
 
     def __init__(self, cin: int, cout: int, n: int, c3k: bool, e: float = 0.5) -> None:
-        super().__init__()
+        nn.Module.__init__(self)
         c = int(cout * e)
         self.cv1, self.cv2 = _yconv(cin, 2 * c), _yconv((2 + n) * c, cout)
         bott = lambda ci, h: _Residual(nn.Sequential(_yconv(ci, h, 3), _yconv(h, ci, 3)), True)
         self.m = nn.ModuleList(_C3k(c) if c3k else bott(c, c // 2) for _ in range(n))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = list(self.cv1(x).chunk(2, 1))
-        for m in self.m:
-            y.append(m(y[-1]))
-        return self.cv2(torch.cat(y, 1))
 
 
 class _C3k(nn.Module):
