@@ -110,3 +110,24 @@ def test_a_saved_capture_reads_back_mapped_with_the_same_weights(tmp_path):
         assert torch.equal(mapped.state_dict[name], tensor)
         assert not mapped.state_dict[name].untyped_storage().resizable()
     assert torch.equal(mapped.module()(x), plain.module()(x))
+
+
+def test_an_isolated_big_model_times_its_last_parity_call_as_latency(
+        tiny_recipe, tmp_path, monkeypatch):
+    """A big model's last parity call (at the latency batch) is the first latency run, in the
+    child and for PyTorch in the parent (export/validation_scope.py)."""
+    from mobilegen.export import validation_scope
+
+    monkeypatch.setattr(validation_scope, "BIG_MODEL_BYTES", 1)  # the tiny STOIC counts as big
+    result = _export(tiny_recipe, tmp_path / "out", monkeypatch, MOBILEGEN_ISOLATE_TARGETS="1")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["memory"]["preflight"]["mode"] == "one target per child process"
+    onnx = next(a for a in report["artifacts"] if a["artifact"].endswith(".onnx"))
+    assert [(p["t"], p["batch"]) for p in onnx["parity_per_timestep"]] == [(999.0, 2), (1.0, 1)]
+    assert onnx["parity"]["psnr_db"] is None or onnx["parity"]["psnr_db"] > 40
+    assert onnx["latency"]["from_parity"] == 1 and onnx["latency"]["runs"] == 3
+    assert onnx["pytorch_latency"]["from_parity"] == 1
+    wall, cpu = report["timings_s"], report["timings_cpu_s"]
+    assert wall["save-capture"] > 0 and wall["reference"] > 0 and set(wall) == set(cpu)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".mobilegen-capture-")]

@@ -29,8 +29,13 @@ def test_scope_keeps_small_models_and_full_recipes_and_cuts_big_ones(tiny_recipe
     assert not big.recipe.validation.end_to_end and big.recipe.latency.warmup == 0
     assert big.recipe.latency.runs == recipe.latency.runs  # timed runs stay the recipe's
     entry = big.to_dict(4 * GIB)
-    assert entry["scope"] == "reduced" and len(entry["cuts"]) == 3
+    assert entry["scope"] == "reduced" and len(entry["cuts"]) == 4
     assert "999, 500, 1" in entry["cuts"][0] and "big_models" in entry["note"]
+    # the last parity call runs at the latency batch and is the first timed latency run
+    assert big.latency_from == 1.0 and big.batches == {1.0: recipe.latency.batch}
+    assert entry["parity_batches"] == {"999": recipe.validation.batch,
+                                       "1": recipe.latency.batch}
+    assert "first of the 3 latency run(s)" in entry["cuts"][3]
 
     full = recipe.model_copy(update={"validation": recipe.validation.model_copy(
         update={"big_models": "full"})})
@@ -49,8 +54,12 @@ def test_a_big_models_export_reports_its_reduced_validation(tiny_recipe, tmp_pat
     assert report["validation"]["scope"] == "reduced"
     onnx = next(a for a in report["artifacts"] if a["artifact"].endswith(".onnx"))
     assert [p["t"] for p in onnx["parity_per_timestep"]] == [999.0, 1.0]
+    assert [p["batch"] for p in onnx["parity_per_timestep"]] == [2, 1]  # latency's batch last
     assert onnx["parity"]["psnr_db"] is None or onnx["parity"]["psnr_db"] > 40  # still gated
     assert "end_to_end" not in onnx and onnx["latency"]["warmup"] == 0
+    # the last parity call is the first of the 3 runs, for the artifact and for PyTorch
+    assert onnx["latency"]["runs"] == 3 and onnx["latency"]["from_parity"] == 1
+    assert onnx["pytorch_latency"]["runs"] == 3 and onnx["pytorch_latency"]["from_parity"] == 1
     assert not report["sample_grids"]
     assert "Validation reduced" in (out / "report.md").read_text()
     cpu, wall = report["timings_cpu_s"], report["timings_s"]

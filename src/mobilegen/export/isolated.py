@@ -65,14 +65,15 @@ def run_targets(plan: Any, out: StagedOutput, timer: Any, log: Path,
     lat = recipe.latency
     # everything that needs the model, before it is dropped
     for t in recipe.validation.timesteps:
-        plan.fixed_inputs[(t, recipe.validation.batch)] = plan.inputs(t)
+        plan.fixed_inputs[(t, plan.parity_batch(t))] = plan.inputs(t)
     plan.fixed_inputs[(None, lat.batch)] = plan.inputs(batch=lat.batch)
     for threads in sorted({p.threads for p in profiles}):
         if threads not in plan.eager_latency:
             with timer.step("latency:pytorch"):
                 plan.eager_latency[threads] = time_torch(
                     plan.model, plan.inputs(batch=lat.batch), lat.warmup, lat.runs, threads,
-                    progress=timer.progress.advance).to_dict()
+                    progress=timer.progress.advance,
+                    timed=plan.eager_timed.get(threads, ())).to_dict()
     keys = {}
     for p in profiles:
         program_for(plan, p, timer)  # captures a layout's program once, as in process

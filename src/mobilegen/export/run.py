@@ -167,9 +167,25 @@ class Plan:
     # (t, batch) -> inputs, made before the model is dropped for lowering in child processes
     fixed_inputs: dict[tuple[float | None, int], Any] = field(default_factory=dict)
     validation: dict[str, Any] = field(default_factory=dict)  # the report's validation_scope
+    # a big model's validation (export/validation_scope.py): t -> its parity call's batch where
+    # not the validation batch, the t whose parity call is the first latency run, and the
+    # reference's timed call at it (threads -> ms), PyTorch's first latency run
+    parity_batches: dict[float, int] = field(default_factory=dict)
+    latency_from: float | None = None
+    eager_timed: dict[int, list[float]] = field(default_factory=dict)
+
+    def times_call(self, i: int) -> bool:
+        """Whether parity call `i` is timed as a latency run: the last one, after another."""
+        return self.latency_from is not None and i == len(self.recipe.validation.timesteps) - 1
+
+    def parity_batch(self, t: float) -> int:
+        return self.parity_batches.get(t, self.recipe.validation.batch)
 
     def inputs(self, t: float | None = None, seed: int = 1, batch: int | None = None) -> Any:
-        b = self.recipe.validation.batch if batch is None else batch
+        if batch is not None:
+            b = batch
+        else:
+            b = self.recipe.validation.batch if t is None else self.parity_batch(t)
         if self.model is None:  # a child lowering one target (export/isolated.py)
             return self.fixed_inputs[(t, b)]
         if t is None:
@@ -285,7 +301,6 @@ def _prepare(recipe: Recipe, loaded: LoadedModel, out: StagedOutput, timer: Step
              ) -> tuple[Plan, dict[str, Any], list[Any]]:
     """Count, describe, run module passes, capture, and compute what every artifact is compared
     with (per-timestep outputs, the PyTorch sampling run, calibration feeds)."""
-    import torch
 
     from mobilegen.passes.apply import apply_module_passes
 
@@ -313,11 +328,12 @@ def _prepare(recipe: Recipe, loaded: LoadedModel, out: StagedOutput, timer: Step
                 end_to_end=recipe.validation.end_to_end and "sampler" in component,
                 param_bytes=param_bytes, labels=labels,
                 example=model.example_inputs(recipe.validation.batch, seed=0, image_size=size),
-                validation=scope.to_dict(param_bytes))
+                validation=scope.to_dict(param_bytes), parity_batches=scope.batches,
+                latency_from=scope.latency_from)
     with timer.step("capture"):
         plan.programs["default"] = capture(model, plan.example)
-    with timer.step("reference"), torch.inference_mode():
-        plan.reference = {t: model(*plan.inputs(t)).numpy() for t in recipe.validation.timesteps}
+    with timer.step("reference"):
+        reference(plan)
     if plan.end_to_end:
         with timer.step("sample-pytorch"):
             plan.torch_images = generate(torch_runner(model, io), component,
@@ -334,6 +350,29 @@ def _prepare(recipe: Recipe, loaded: LoadedModel, out: StagedOutput, timer: Step
                "param_bytes": param_bytes, "image_size": size, "gmac": macs / 1e9,
                "modules": group_costs(table), "notes": model_notes(recipe, component)}
     return plan, summary, pass_reports
+
+
+def reference(plan: Plan) -> None:
+    """PyTorch's output at each parity t, what every artifact is compared with. The last call,
+    where `plan.times_call` (a big model's, export/validation_scope.py), runs with the first
+    target's thread count and is timed: it is PyTorch's first latency run."""
+    import torch
+
+    threads = load_target(plan.recipe.targets[0]).threads
+    with torch.inference_mode():
+        for i, t in enumerate(plan.recipe.validation.timesteps):
+            inputs = plan.inputs(t)
+            if not plan.times_call(i):
+                plan.reference[t] = plan.model(*inputs).numpy()
+                continue
+            previous = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            try:
+                t0 = time.perf_counter()
+                plan.reference[t] = plan.model(*inputs).numpy()
+                plan.eager_timed[threads] = [(time.perf_counter() - t0) * 1000.0]
+            finally:
+                torch.set_num_threads(previous)
 
 
 def _lower(plan: Plan, target: Target, profile: TargetProfile, out: StagingFolder,
@@ -395,10 +434,17 @@ def _validate(plan: Plan, row: ArtifactResult, runner: Runner, profile: TargetPr
               out: StagingFolder, timer: StepTimer) -> None:
     """Per-timestep parity against PyTorch, latency, and the end-to-end sampling run."""
     recipe, feeds = plan.recipe, plan.io.feeds
+    per_t, timed = [], []
     with timer.step(f"validate:{row.artifact}"):
-        per_t = [(t, compare(plan.reference[t], runner(feeds(plan.inputs(t)))))
-                 for t in recipe.validation.timesteps]
-    row.parity_per_timestep = [{"t": t, **p.to_dict()} for t, p in per_t]
+        for i, t in enumerate(recipe.validation.timesteps):
+            inputs = feeds(plan.inputs(t))
+            t0 = time.perf_counter()
+            output = runner(inputs)
+            if plan.times_call(i):  # a big model's: the first latency run (validation_scope)
+                timed.append((time.perf_counter() - t0) * 1000.0)
+            per_t.append((t, compare(plan.reference[t], output)))
+    row.parity_per_timestep = [{"t": t, "batch": plan.parity_batch(t), **p.to_dict()}
+                               for t, p in per_t]
     row.parity = Parity.worst([p for _, p in per_t]).to_dict()
     row.details.update(getattr(runner, "row_details", {}))  # how the host ran it (litert gpu)
     host_time = getattr(runner, "host_time", None)
@@ -408,7 +454,7 @@ def _validate(plan: Plan, row: ArtifactResult, runner: Runner, profile: TargetPr
             row.details["gpu_host_time"] = host_time(lat, recipe.latency.warmup,
                                                      recipe.latency.runs)
     elif not row.details.get("simulated"):  # a simulator's host time is not latency (qnn.py)
-        _latency(plan, row, runner, profile, timer)
+        _latency(plan, row, runner, profile, timer, timed)
     if plan.torch_images is not None:
         with timer.step(f"sample:{row.artifact}"):
             images = generate(runner, plan.component, progress=timer.progress.advance)
@@ -419,17 +465,19 @@ def _validate(plan: Plan, row: ArtifactResult, runner: Runner, profile: TargetPr
 
 
 def _latency(plan: Plan, row: ArtifactResult, runner: Runner, profile: TargetProfile,
-             timer: StepTimer) -> None:
+             timer: StepTimer, timed: list[float]) -> None:
+    """`timed`: this artifact's parity calls that count as latency runs (validation_scope)."""
     recipe, feeds = plan.recipe, plan.io.feeds
     lat = feeds(plan.inputs(batch=recipe.latency.batch))
     with timer.step(f"latency:{row.artifact}"):
         stats = time_fn(lambda: runner(lat), recipe.latency.warmup, recipe.latency.runs,
-                        profile.threads, progress=timer.progress.advance)
+                        profile.threads, progress=timer.progress.advance, timed=timed)
     if profile.threads not in plan.eager_latency:
         with timer.step("latency:pytorch"):
             plan.eager_latency[profile.threads] = time_torch(
                 plan.model, plan.inputs(batch=recipe.latency.batch), recipe.latency.warmup,
-                recipe.latency.runs, profile.threads, progress=timer.progress.advance).to_dict()
+                recipe.latency.runs, profile.threads, progress=timer.progress.advance,
+                timed=plan.eager_timed.get(profile.threads, ())).to_dict()
     eager = plan.eager_latency[profile.threads]
     row.latency, row.pytorch_latency = stats.to_dict(), eager
     row.speedup_vs_pytorch = eager["median_ms"] / stats.median_ms

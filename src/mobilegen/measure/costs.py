@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -150,21 +150,27 @@ class LatencyStats:
     runs: int
     warmup: int
     threads: int
+    from_parity: int = 0  # how many of the runs were timed parity / reference calls
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if not self.from_parity:
+            out.pop("from_parity")
+        return out
 
 
 def time_fn(fn: Callable[[], Any], warmup: int, runs: int, threads: int,
-            progress: Callable[[int, int], None] | None = None) -> LatencyStats:
+            progress: Callable[[int, int], None] | None = None,
+            timed: Sequence[float] = ()) -> LatencyStats:
     """Warm up, then time `runs` calls with a monotonic clock; `progress(done, warmup + runs)`
-    after each call (outside the timed span)."""
+    after each call (outside the timed span). `timed`: calls already timed the same way (ms; a
+    big model's parity call, export/validation_scope.py) that count among the runs."""
     for i in range(warmup):
         fn()
         if progress is not None:
             progress(i + 1, warmup + runs)
-    samples = []
-    for i in range(runs):
+    samples = list(timed)[:runs]
+    for i in range(len(samples), runs):
         t0 = time.perf_counter()
         fn()
         samples.append((time.perf_counter() - t0) * 1000.0)
@@ -180,12 +186,13 @@ def time_fn(fn: Callable[[], Any], warmup: int, runs: int, threads: int,
         runs=runs,
         warmup=warmup,
         threads=threads,
+        from_parity=min(len(timed), runs),
     )
 
 
 def time_torch(
     model: Any, inputs: tuple[Any, ...], warmup: int, runs: int, threads: int,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None, timed: Sequence[float] = (),
 ) -> LatencyStats:
     import torch
 
@@ -193,6 +200,6 @@ def time_torch(
     torch.set_num_threads(threads)
     try:
         with torch.inference_mode():
-            return time_fn(lambda: model(*inputs), warmup, runs, threads, progress)
+            return time_fn(lambda: model(*inputs), warmup, runs, threads, progress, timed)
     finally:
         torch.set_num_threads(previous)

@@ -200,11 +200,15 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f"{lat['p90_ms']:.2f} ms, min {lat['min_ms']:.2f} ms. PyTorch eager: median "
                 f"{pt['median_ms']:.2f} ms."
             )
+            if lat.get("from_parity"):  # a big model's (export/validation_scope.py)
+                lines[-1] += (f" The first {lat['from_parity']} run(s) of each: the timed last "
+                              "parity call.")
         if a.get("parity_per_timestep"):
-            lines += ["", "| t | max abs err | cosine | PSNR dB |", "|---|---|---|---|"]
+            lines += ["", "| t | batch | max abs err | cosine | PSNR dB |",
+                      "|---|---|---|---|---|"]
             for p in a["parity_per_timestep"]:
-                lines.append(f"| {p['t']:g} | {p['max_abs_error']:.2e} | {p['cosine']:.6f} | "
-                             f"{_fmt_psnr(p['psnr_db'])} |")
+                lines.append(f"| {p['t']:g} | {p.get('batch', '')} | {p['max_abs_error']:.2e} | "
+                             f"{p['cosine']:.6f} | {_fmt_psnr(p['psnr_db'])} |")
         if a["details"].get("method"):
             lines += ["", f"Conversion: {a['details']['method']}."]
         lines += precision_markdown(a["details"])
