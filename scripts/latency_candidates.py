@@ -27,7 +27,7 @@ are hidden behind its MACs, a memory-bound node's MACs behind its bytes); the re
 (non-MAC weight bytes at b_w, move / pointwise / norm MB, the three per-node overheads, the
 constant). 13 coefficients >= 0, no hyperparameter: fitted by alternating a node's bound
 (compute or memory, by the current coefficients; the first fit prices every MAC node as both)
-with the NNLS refit, ROOF_ITERS (30) times, keeping the iterate with the lowest true objective
+with the NNLS refit, lf.ROOF_ITERS (30) times, keeping the iterate with the lowest true objective
 (for the robust loss each refit is one IRLS step; for the log loss an L-BFGS polish of each
 refit). Added candidates, scored by the same rule as the others:
 
@@ -57,7 +57,6 @@ import numpy as np
 from scipy.optimize import minimize
 
 from mobilegen.measure import latency_fit as lf
-from mobilegen.measure.opclasses import OpFeatures
 
 DEVICES = ("Samsung Galaxy S24", "Samsung Galaxy S25")
 QUANT = ("w8a8", "w8a16")
@@ -175,121 +174,18 @@ def joint(loss: str = "rel") -> Fit:
     return fit
 
 
-ROOF_ITERS = 30  # alternations of node bounds and refits (fixed before scoring, never tuned)
-ROOF_NAMES = ("conv_gmac", "dwconv_gmac", "linear_gmac", "attn_matmul_gmac", "weight_mb",
-              "mac_act_mb", "move_mb", "pointwise_mb", "norm_mb", "mac_knodes", "move_knodes",
-              "other_knodes", "const")
-_PRECS = ("float", "w8a8", "w8a16")
-_NODES: dict[str, tuple[np.ndarray, ...]] = {}
-
-
-def _node_arrays(feats: OpFeatures, key: str) -> tuple[np.ndarray, ...]:
-    """(class index, GMAC, weight Melems, activation Melems, count) of every distinct MAC node."""
-    if key not in _NODES:
-        nodes = sorted(feats.mac_nodes.items())
-        cls = np.array([lf.MAC_CLASSES.index(k[0]) for k, _ in nodes], dtype=int)
-        arr = np.array([[k[1] / 1e9, k[2] / 1e6, k[3] / 1e6, n] for k, n in nodes]).reshape(-1, 4)
-        _NODES[key] = (cls, *arr.T)
-    return _NODES[key]
-
-
-class _Roof:
-    """The roofline design of a list of (features key, precision) items, vectorised over their
-    MAC nodes; `joint`: MAC prices and the constant per precision, the rest shared."""
-
-    def __init__(self, cal: lf.CalibrationSet, items: list[tuple[str, str]], joint: bool):
-        self.n, self.joint = len(items), joint
-        parts = []
-        rest = np.zeros((self.n, 8))
-        for i, (key, prec) in enumerate(items):
-            feats = cal.features[key]
-            cls, g, w, a, cnt = _node_arrays(feats, key)
-            wb, ab = lf.ELEMENT_BYTES[prec]
-            parts.append((np.full(len(cls), i), cls, g, w * wb, a * ab, cnt))
-            v2 = dict(zip(lf.FEATURE_SETS["v2"], lf.design_row(feats, prec, "v2"), strict=True))
-            rest[i] = [v2["weight_mb"] - float(cnt @ (w * wb)), v2["move_mb"],
-                       v2["pointwise_mb"], v2["norm_mb"], v2["mac_knodes"], v2["move_knodes"],
-                       v2["other_knodes"], 1.0]
-        self.item, self.cls, self.g, self.w, self.a, self.cnt = (np.concatenate(c)
-                                                                 for c in zip(*parts, strict=True))
-        self.rest = rest
-        self.p = np.array([_PRECS.index(p) for _, p in items])
-
-    def per_item(self, c: np.ndarray) -> np.ndarray:
-        """Each item's 13 coefficients from the fitted vector."""
-        if not self.joint:
-            return np.broadcast_to(c, (self.n, len(ROOF_NAMES)))
-        nm = len(lf.MAC_CLASSES)
-        mac = c[:3 * nm].reshape(3, nm)[self.p]
-        const = c[-3:][self.p][:, None]
-        shared = np.broadcast_to(c[3 * nm:-3], (self.n, len(ROOF_NAMES) - nm - 1))
-        return np.hstack([mac, shared, const])
-
-    def design(self, c: np.ndarray | None) -> np.ndarray:
-        """Rows in ROOF_NAMES order (joint: expanded); c None prices each MAC node as both."""
-        if c is None:
-            comp = np.ones(len(self.g), bool)
-            mem = comp
-        else:
-            ci = self.per_item(c)
-            tc = ci[self.item, self.cls] * self.g
-            tm = ci[self.item, 4] * self.w + ci[self.item, 5] * self.a
-            comp = tc >= tm
-            mem = ~comp
-        nm, n = len(lf.MAC_CLASSES), self.n
-        macs = np.bincount(self.item * nm + self.cls, self.cnt * self.g * comp,
-                           minlength=n * nm).reshape(n, nm)
-        wmb = self.rest[:, 0] + np.bincount(self.item, self.cnt * self.w * mem, minlength=n)
-        amb = np.bincount(self.item, self.cnt * self.a * mem, minlength=n)
-        x = np.hstack([macs, wmb[:, None], amb[:, None], self.rest[:, 1:]])
-        if not self.joint:
-            return x
-        mac, const = np.zeros((n, 3 * nm)), np.zeros((n, 3))
-        for j in range(3):
-            mac[self.p == j, nm * j:nm * (j + 1)] = x[self.p == j, :nm]
-            const[self.p == j, j] = 1.0
-        return np.hstack([mac, x[:, nm:-1], const])
-
-    def predict(self, c: np.ndarray) -> np.ndarray:
-        return self.design(c) @ c
-
-
-def _roof_loss(pred: np.ndarray, y: np.ndarray, loss: str) -> float:
-    r = pred / y
-    if loss == "log":
-        return float(np.sum(np.log(np.maximum(r, 1e-9)) ** 2))
-    return float(np.sum(np.abs(r - 1))) if loss == "l1" else float(np.sum((r - 1) ** 2))
-
-
-def roof_fit(roof: _Roof, y: np.ndarray, loss: str) -> np.ndarray:
-    """Alternate node bounds and NNLS refits (see the docstring); the best iterate."""
-    a = roof.design(None)
-    c = lf.nnls_fit(a, y, robust=loss == "l1")
-    best, best_c = _roof_loss(roof.predict(c), y, loss), c
-    for _ in range(ROOF_ITERS):
-        a = roof.design(c)
-        if loss == "l1":
-            w = 1.0 / np.maximum(np.abs(a @ c / y - 1), lf.ROBUST_FLOOR)
-            c = lf._nnls(a / y[:, None] * np.sqrt(w)[:, None], np.sqrt(w))
-        else:
-            c = lf.nnls_fit(a, y)
-            if loss == "log":
-                c = _log_fit(a, y, c)
-        got = _roof_loss(roof.predict(c), y, loss)
-        if got < best:
-            best, best_c = got, c
-    return best_c
-
 
 def roofline(loss: str = "rel", joint_fit: bool = False) -> Fit:
     """The per-node roofline on the slice's rows, or (joint_fit) on the device's three
     precisions' rows together."""
     def fit(cal: lf.CalibrationSet, dev: str, prec: str, excl: frozenset[str]) -> Predict:
-        precs = _PRECS if joint_fit else (prec,)
+        precs = lf.JOINT_PRECISIONS if joint_fit else (prec,)
         rows = [r for p in precs for r in _rows(cal, dev, p, excl)]
-        c = roof_fit(_Roof(cal, [(r.features, r.precision) for r in rows], joint_fit),
-                     np.array([r.measured_ms for r in rows]), loss)
-        return lambda r: float(_Roof(cal, [(r.features, r.precision)], joint_fit).predict(c)[0])
+        roof = lf.Roofline([(cal.features[r.features], r.precision) for r in rows], joint_fit)
+        c = lf.roofline_fit(roof, np.array([r.measured_ms for r in rows]), loss,
+                            _log_fit if loss == "log" else None)
+        return lambda r: float(lf.Roofline([(cal.features[r.features], r.precision)],
+                                           joint_fit).predict(c)[0])
     return fit
 
 
