@@ -18,6 +18,27 @@ what shipped before) or F2 v2 robust (absolute relative error), the lower mean o
 S25 float slices of (LOFO median + p90) / 2 (no SD guard: SD-1.5 has no float QNN row on the
 phones).
 
+Fourth round (issue 23, written down here before any of them was scored): a per-node roofline,
+nn-Meter's kernel-level idea in the simplest form that keeps one inspectable price per term.
+Every MAC node n (conv, dwconv, linear, attention matmul; `OpFeatures.mac_nodes`, counted per
+node on the meta device) costs max(a_c * GMAC_n, b_w * weight MB_n + b_a * activation MB_n):
+its class's compute time or its memory time, whichever is larger (a compute-bound node's bytes
+are hidden behind its MACs, a memory-bound node's MACs behind its bytes); the rest is v2's
+(non-MAC weight bytes at b_w, move / pointwise / norm MB, the three per-node overheads, the
+constant). 13 coefficients >= 0, no hyperparameter: fitted by alternating a node's bound
+(compute or memory, by the current coefficients; the first fit prices every MAC node as both)
+with the NNLS refit, lf.ROOF_ITERS (30) times, keeping the iterate with the lowest true objective
+(for the robust loss each refit is one IRLS step; for the log loss an L-BFGS polish of each
+refit). Added candidates, scored by the same rule as the others:
+
+- float (`--float`): F3 roofline, squared relative error; F4 roofline, robust (L1); F5 v2, log
+  loss (the multiplicative error: log(pred / measured) squared; tried before only for the
+  quantized slices); F6 roofline, log loss. The pick is the lowest score among F1-F6.
+- quantized: Q13 roofline on the slice's own rows; Q14 the same, robust; Q15 roofline joint over
+  the device's three precisions (compute prices and the constant per precision, bandwidths and
+  node overheads shared, bytes at each precision's element sizes, as Q5); Q16 the same, robust;
+  Q17 v2 joint (Q5), robust. The pick among Q1-Q17 by the rule above (w8a16 with the SD guard).
+
 `--nested` also scores the choosing itself: each family is held out of everything, the rule
 picks a candidate on the other families (their own LOFO), and that candidate predicts the family.
 Its error is what the procedure, not one lucky candidate, gets out of sample.
@@ -153,6 +174,43 @@ def joint(loss: str = "rel") -> Fit:
     return fit
 
 
+
+def roofline(loss: str = "rel", joint_fit: bool = False) -> Fit:
+    """The per-node roofline on the slice's rows, or (joint_fit) on the device's three
+    precisions' rows together."""
+    def fit(cal: lf.CalibrationSet, dev: str, prec: str, excl: frozenset[str]) -> Predict:
+        precs = lf.JOINT_PRECISIONS if joint_fit else (prec,)
+        rows = [r for p in precs for r in _rows(cal, dev, p, excl)]
+        roof = lf.Roofline([(cal.features[r.features], r.precision) for r in rows], joint_fit)
+        c = lf.roofline_fit(roof, np.array([r.measured_ms for r in rows]), loss,
+                            _log_fit if loss == "log" else None)
+        return lambda r: float(lf.Roofline([(cal.features[r.features], r.precision)],
+                                           joint_fit).predict(c)[0])
+    return fit
+
+
+def joint_robust() -> Fit:
+    """Q5 with the robust (L1) loss."""
+    precs = ("float", "w8a8", "w8a16")
+
+    def fit(cal: lf.CalibrationSet, dev: str, prec: str, excl: frozenset[str]) -> Predict:
+        parts = [_x(cal, _rows(cal, dev, p, excl), "v2") for p in precs]
+        a = np.vstack([lf._joint_expand(i, x) for i, (x, _) in enumerate(parts)])
+        c = lf.nnls_fit(a, np.concatenate([y for _, y in parts]), robust=True)
+        i = precs.index(prec)
+        return lambda r: float(lf._joint_expand(i, lf.design_row(cal.features[r.features],
+                                                                 r.precision, "v2")[None])[0] @ c)
+    return fit
+
+
+def log_direct(fset: str = "v2") -> Fit:
+    """The slice's own rows, minimising sum(log(pred / measured) ** 2) (from the NNLS fit)."""
+    def fit(cal: lf.CalibrationSet, dev: str, prec: str, excl: frozenset[str]) -> Predict:
+        x, y = _x(cal, _rows(cal, dev, prec, excl), fset)
+        return _linear(cal, _log_fit(x, y, lf.nnls_fit(x, y)), fset)
+    return fit
+
+
 def _both(f: Fit) -> dict[str, Fit]:
     return dict.fromkeys(QUANT, f)
 
@@ -171,12 +229,23 @@ CANDIDATES: dict[str, dict[str, Fit]] = {
     "Q10 pooled transfer, robust factors": _both(transfer("l1", pooled=True)),
     "Q11 v1 direct, robust": _both(direct(robust=True)),
     "Q12 v2 + spill term, transfer, robust factors": _both(transfer("l1", fset="v2s")),
+    # fourth round (listed before scoring)
+    "Q13 roofline per node, own rows": _both(roofline()),
+    "Q14 roofline per node, own rows, robust": _both(roofline("l1")),
+    "Q15 roofline per node, joint over the three precisions": _both(roofline(joint_fit=True)),
+    "Q16 roofline per node, joint, robust": _both(roofline("l1", joint_fit=True)),
+    "Q17 joint fit over the three precisions, robust": _both(joint_robust()),
 }
 
 
 # the float slice's two candidates (third round, --float)
 FLOAT_CANDIDATES: dict[str, Fit] = {"F1 v2 NNLS (squared)": direct("v2"),
-                                    "F2 v2 robust (L1)": direct("v2", robust=True)}
+                                    "F2 v2 robust (L1)": direct("v2", robust=True),
+                                    # fourth round (listed before scoring)
+                                    "F3 roofline per node": roofline(),
+                                    "F4 roofline per node, robust (L1)": roofline("l1"),
+                                    "F5 v2, log loss": log_direct(),
+                                    "F6 roofline per node, log loss": roofline("log")}
 
 
 _ERRS: dict[tuple[int, str, str, frozenset[str]], dict[str, float]] = {}

@@ -100,7 +100,8 @@ def _synthetic(n: int, coef: dict[str, float], precision: str = "w8a16",
     as the float model's term groups times those factors (latency_fit.transfer_fit)."""
     rng = np.random.default_rng(0)
     feats, rows = {}, []
-    names = latency_fit.feature_names("float" if factors else precision)
+    # a transfer rescales a v2 float model (the float slice's own method is the roofline)
+    names = latency_fit.FEATURE_SETS["v2"] if factors else latency_fit.feature_names(precision)
     truth = np.array([coef.get(k, 0.0) for k in names])
     scale = np.ones(len(names))
     if factors:
@@ -121,7 +122,7 @@ def _synthetic(n: int, coef: dict[str, float], precision: str = "w8a16",
         rows.append(latency_fit.CalRow(f"m{i}", "c", f"fam{i % 6}", "Phone", "qnn_dlc", precision,
                                        ms, f"j{i:08d}", key, False, True))
         if factors:
-            fl = float(latency_fit.design_row(f, "float") @ truth)
+            fl = float(latency_fit.design_row(f, "float", "v2") @ truth)
             rows.append(latency_fit.CalRow(f"m{i}", "c", f"fam{i % 6}", "Phone", "qnn_dlc",
                                            "float", fl, f"k{i:08d}", key, False, True))
     return latency_fit.CalibrationSet(rows, feats, "test")
@@ -150,7 +151,8 @@ def test_quantized_slice_transfers_the_float_model_with_its_factors(monkeypatch)
     monkeypatch.setattr(latency_fit, "TRANSFER_RIDGE", 0.0)
     q = latency_fit.fit_slice(cal, key)
     assert fl is not None and q is not None and ridged is not None and not fl.float_scales
-    assert fl.coefficients["norm_mb"] == pytest.approx(0.05, rel=1e-6)
+    # (the float slice itself is the roofline, r1: it need not give v2's coefficients back; the
+    # v2 float model the transfer rescales does, checked on q.float_base below)
     got = q.float_scales
     assert list(got) == list(latency_fit.TRANSFER_GROUPS)
     for k in ("conv", "linear", "attn_matmul", "rest", "const"):  # (no dwconv term: no factor)
@@ -189,9 +191,11 @@ def test_robust_fit_is_not_pulled_by_one_far_off_row() -> None:
 
 
 def test_every_transferred_precision_shares_the_float_terms(shipped) -> None:
+    # a transfer rescales the float model refitted in its own linear term set on the float rows
+    # (the float slice itself is the per-node roofline, r1, which a linear transfer cannot read)
     for precision, method in latency_fit.METHODS.items():
         if method.transfer:
-            assert method.terms == latency_fit.METHODS["float"].terms, precision
+            assert method.terms not in latency_fit.ROOFLINE_SETS, precision
     # a transferred slice is readable as its float model times one factor per term group
     groups = list(latency_fit.TRANSFER_GROUPS)
     transferred = [s for s in shipped.slices.values() if s.float_scales]
@@ -295,7 +299,7 @@ def test_fit_on_the_fewest_rows_a_slice_may_have() -> None:
     factors = {"conv": 0.3, "linear": 1.2, "rest": 0.8}
     cal = _synthetic(n, {**truth, "norm_mb": 0.05}, "w8a8", factors)
     base = latency_fit.nnls_fit(*latency_fit._design(
-        cal.fit_rows(("Phone", "qnn", "float")), cal.features))
+        cal.fit_rows(("Phone", "qnn", "float")), cal.features, "v2"))
     x, y = latency_fit._design(cal.fit_rows(("Phone", "qnn", "w8a8")), cal.features)
     ridge = latency_fit.TRANSFER_RIDGE
     try:
@@ -307,6 +311,22 @@ def test_fit_on_the_fewest_rows_a_slice_may_have() -> None:
     for g, a, b in zip(latency_fit.TRANSFER_GROUPS, got, want, strict=True):
         if g in ("conv", "linear", "rest", "const"):  # (the truth has no dwconv / attention
             assert a == pytest.approx(b, abs=1e-6), g  # term: no factor to recover there)
+
+
+def test_roofline_prices_each_mac_node_at_its_bound() -> None:
+    """r1: a MAC node costs max(compute, memory); the bounds come from the coefficients."""
+    f = OpFeatures()
+    f.classes["conv"] = ClassCount(macs=3 * 10**9, weight_elems=10**6, act_elems=2 * 10**6,
+                                   nodes=2)
+    f.mac_nodes = {("conv", 2 * 10**9, 0, 10**6): 1, ("conv", 10**9, 10**6, 10**6): 1}
+    names = latency_fit.FEATURE_SETS["r1"]
+    c = dict.fromkeys(names, 0.0)
+    c.update(conv_gmac=1.0, weight_mb=1.0, mac_act_mb=1.0)  # fp16: node 1 2.0 vs 2 MB, node 2
+    coef = np.array([c[n] for n in names])  # 1.0 vs 4 MB
+    x = latency_fit.design_row(f, "float", "r1", coef)
+    assert x @ coef == pytest.approx(2.0 + 4.0)
+    both = latency_fit.design_row(f, "float", "r1")  # no coefficients: every node both bounds
+    assert both @ coef == pytest.approx(3.0 + 2.0 + 4.0)
 
 
 def test_fit_refuses_a_slice_with_too_few_rows() -> None:

@@ -55,6 +55,7 @@ _MOVE_OPS = frozenset({"clone", "contiguous", "_to_copy", "constant_pad_nd",
                        "flip", "reflection_pad2d", "replication_pad2d", "masked_fill",
                        "where", "index_put", "scatter", "narrow_copy", "split_copy", "topk",
                        "sort", "argmax", "embedding_dense"})
+_MAC_CLASSES = ("conv", "dwconv", "linear", "attn_matmul")
 _MATMUL_OPS = frozenset({"mm", "addmm", "bmm", "baddbmm", "matmul", "linear", "addbmm"})
 _SDPA_PREFIX = "_scaled_dot_product"
 
@@ -78,6 +79,10 @@ class OpFeatures:
     classes: dict[str, ClassCount] = field(
         default_factory=lambda: {c: ClassCount() for c in OP_CLASSES})
     op_types: dict[str, int] = field(default_factory=dict)  # aten op name -> calls
+    # every MAC op (conv, dwconv, linear, attn_matmul) as (class, macs, weight elements,
+    # activation elements) -> how many nodes have exactly those counts: what a per-node
+    # (roofline) latency model reads; the class totals above are their sums
+    mac_nodes: dict[tuple[str, int, int, int], int] = field(default_factory=dict)
 
     @property
     def nodes(self) -> int:
@@ -90,11 +95,13 @@ class OpFeatures:
     def to_dict(self) -> dict[str, Any]:
         return {"classes": {k: asdict(v) for k, v in self.classes.items()},
                 "op_types": dict(sorted(self.op_types.items())),
+                "mac_nodes": [[*k, n] for k, n in sorted(self.mac_nodes.items())],
                 "nodes": self.nodes, "macs": self.macs}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> OpFeatures:
-        out = cls(op_types=dict(d.get("op_types", {})))
+        out = cls(op_types=dict(d.get("op_types", {})),
+                  mac_nodes={(c, m, w, a): n for c, m, w, a, n in d.get("mac_nodes", [])})
         for k, v in d["classes"].items():
             out.classes[k] = ClassCount(**v)
         return out
@@ -210,6 +217,9 @@ def count_features(model: Any, inputs: tuple[Any, ...] | dict[str, Any]) -> OpFe
                 c.weight_elems += w
                 c.act_elems += a
                 c.nodes += 1
+                if kind in _MAC_CLASSES:
+                    nk = (kind, int(macs), int(w), int(a))
+                    feats.mac_nodes[nk] = feats.mac_nodes.get(nk, 0) + 1
                 feats.op_types[name] = feats.op_types.get(name, 0) + 1
             return out
 
