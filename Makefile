@@ -3,7 +3,7 @@ VENV  ?= .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup vulkan demo demo-npu test bench lint clean
+.PHONY: setup vulkan demo demo-npu test test-all bench lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -39,6 +39,10 @@ demo-npu: setup
 
 test: setup vulkan
 	$(VENV)/bin/pytest -q
+
+# everything, the `slow` end-to-end duplicates included (tests/conftest.py: --run-slow)
+test-all: setup vulkan
+	$(VENV)/bin/pytest -q --run-slow
 
 # every benchmark script in turn (the SD-size ones take tens of minutes); results/ + SUMMARY.md
 bench: setup

@@ -7,6 +7,20 @@ from pathlib import Path
 
 import pytest
 
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", default=False,
+                     help="also run the tests marked slow (end-to-end duplicates)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow end-to-end case: run with --run-slow or make test-all")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
 TINY = dict(in_channels=1, image_size=8, stride=2, depth=2, width=32, heads=2, time_freq_dim=32)
 
 

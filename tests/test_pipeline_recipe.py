@@ -153,6 +153,10 @@ def test_bad_pipeline_recipes_are_one_line_usage_errors(tmp_path, case, message)
     assert not (tmp_path / "out").exists()
 
 
+# slow: the pipeline export is checked by test_export_writes_both_components_and_one_report, a
+# -j 2 batch's results and worst exit by test_cache_and_batch's
+# test_batch_runs_in_parallel_and_exits_with_the_worst
+@pytest.mark.slow
 def test_a_pipeline_recipe_is_one_item_of_a_batch(tmp_path):
     from types import SimpleNamespace
 
