@@ -32,6 +32,7 @@ from mobilegen.measure.costs import (
     on_meta,
     time_fn,
     time_torch,
+    torch_threads,
 )
 from mobilegen.measure.memory import GB, TreeSampler, release_freed
 from mobilegen.measure.parity import Parity, compare
@@ -301,7 +302,6 @@ def _prepare(recipe: Recipe, loaded: LoadedModel, out: StagedOutput, timer: Step
              ) -> tuple[Plan, dict[str, Any], list[Any]]:
     """Count, describe, run module passes, capture, and compute what every artifact is compared
     with (per-timestep outputs, the PyTorch sampling run, calibration feeds)."""
-
     from mobilegen.passes.apply import apply_module_passes
 
     model, cfg = loaded.model, loaded.config
@@ -358,21 +358,17 @@ def reference(plan: Plan) -> None:
     target's thread count and is timed: it is PyTorch's first latency run."""
     import torch
 
-    threads = load_target(plan.recipe.targets[0]).threads
     with torch.inference_mode():
         for i, t in enumerate(plan.recipe.validation.timesteps):
             inputs = plan.inputs(t)
             if not plan.times_call(i):
                 plan.reference[t] = plan.model(*inputs).numpy()
                 continue
-            previous = torch.get_num_threads()
-            torch.set_num_threads(threads)
-            try:
+            threads = load_target(plan.recipe.targets[0]).threads
+            with torch_threads(threads):
                 t0 = time.perf_counter()
                 plan.reference[t] = plan.model(*inputs).numpy()
                 plan.eager_timed[threads] = [(time.perf_counter() - t0) * 1000.0]
-            finally:
-                torch.set_num_threads(previous)
 
 
 def _lower(plan: Plan, target: Target, profile: TargetProfile, out: StagingFolder,

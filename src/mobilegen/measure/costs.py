@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -196,10 +197,18 @@ def time_torch(
 ) -> LatencyStats:
     import torch
 
+    with torch_threads(threads), torch.inference_mode():
+        return time_fn(lambda: model(*inputs), warmup, runs, threads, progress, timed)
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """PyTorch's intra-op thread count set to `threads` for the block, then restored."""
+    import torch
+
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        with torch.inference_mode():
-            return time_fn(lambda: model(*inputs), warmup, runs, threads, progress, timed)
+        yield
     finally:
         torch.set_num_threads(previous)
