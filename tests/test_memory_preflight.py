@@ -131,3 +131,70 @@ def test_an_isolated_big_model_times_its_last_parity_call_as_latency(
     wall, cpu = report["timings_s"], report["timings_cpu_s"]
     assert wall["save-capture"] > 0 and wall["reference"] > 0 and set(wall) == set(cpu)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".mobilegen-capture-")]
+
+
+def test_an_untimed_target_lowers_beside_a_timed_ones_lowering(tiny_ckpt, tmp_path, monkeypatch):
+    """Isolated, a Core ML target (not run on Linux: nothing of it is timed) gets its own child
+    beside ORT's; ORT's child waits for it to end before its parity and latency run. The same
+    artifacts, in recipe order, and the pair in the report's memory section."""
+    import platform
+
+    if platform.system() == "Darwin":
+        pytest.skip("Core ML predicts on macOS: its target is timed there")
+    recipe = write_recipe(tmp_path / "pair.toml", tiny_ckpt)
+    recipe.write_text(recipe.read_text().replace('targets = ["ort-mobile-cpu"]',
+                                                 'targets = ["ort-mobile-cpu", "ios-gpu"]'))
+    result = _export(recipe, tmp_path / "out", monkeypatch, MOBILEGEN_ISOLATE_TARGETS="1")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    pre = report["memory"]["preflight"]
+    assert pre["beside"] == [["ort-mobile-cpu", "ios-gpu"]]
+    assert pre["mode"].endswith("beside each other: ort-mobile-cpu + ios-gpu")
+    assert pre["estimate_gb"] == max(pre["isolated_gb"], pre["beside_gb"]) > 0
+    assert [a["artifact"] for a in report["artifacts"]] == [
+        "ort-mobile-cpu/denoiser.onnx", "ort-mobile-cpu/denoiser.ort", "ios-gpu/denoiser.mlpackage"]
+    onnx = report["artifacts"][0]
+    assert onnx["parity"]["max_abs_error"] < 1e-4 and onnx["latency"]["median_ms"] > 0
+    wall = report["timings_s"]
+    assert {"target:ort-mobile-cpu+ios-gpu", "wait-beside:ort-mobile-cpu",
+            "export:ios-gpu", "validate:ort-mobile-cpu/denoiser.onnx"} <= set(wall)
+    assert (tmp_path / "out" / "ios-gpu" / "denoiser.mlpackage").is_dir()
+
+
+def test_pairs_fit_the_limit_and_need_a_measured_lowering():
+    """export/preflight.pair_beside: SD-1.5's UNet (3.44 GB) pairs ORT's lowering with Core ML
+    under 12 GB, not under 11; HTP (no lowering factor measured) is never the timed side."""
+    import platform
+
+    from mobilegen.export.preflight import pair_beside
+
+    if platform.system() == "Darwin":
+        pytest.skip("Core ML predicts on macOS: nothing is untimed there")
+    sd = 3_438_083_856
+    targets = ("ort-mobile-cpu", "android-cpu", "ios-gpu", "snapdragon-8gen3-htp-fp16")
+    pairs, gb = pair_beside(sd, targets, 12.0)
+    assert pairs == (("ort-mobile-cpu", "ios-gpu"),) and 11.0 < gb <= 12.0
+    assert pair_beside(sd, targets, 11.0) == ((), 0.0)
+    assert pair_beside(sd, ("snapdragon-8gen3-htp-fp16", "ios-gpu"), 100.0) == ((), 0.0)
+
+
+def _lower_or_fail(job):
+    """A stand-in child body for _beside's ordering (the real one is export.run.lower_target):
+    the timed job waits for the untimed one as lower_target does; the untimed one fails."""
+    from mobilegen.errors import ExportError
+    from mobilegen.export.isolated import TargetOutcome, wait_until_quiet
+
+    if job.target == "untimed":
+        raise ExportError("untimed: broke")
+    wait_until_quiet()
+    return TargetOutcome([], {"x": 1.0}, {"x": 1.0}, {})
+
+
+def test_a_failing_untimed_child_releases_the_timed_one_and_is_raised(tmp_path):
+    from mobilegen.errors import ExportError
+    from mobilegen.export.isolated import TargetJob, _beside
+
+    job = lambda name: TargetJob(tmp_path / "plan.pkl", ("k", tmp_path / "k.pt2"), name,
+                                 tmp_path, tmp_path / "log")
+    with pytest.raises(ExportError, match="untimed: broke"):
+        _beside(job("timed"), job("untimed"), _lower_or_fail)

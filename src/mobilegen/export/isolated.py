@@ -49,9 +49,11 @@ class TargetOutcome:
 
 def run_targets(plan: Any, out: StagedOutput, timer: Any, log: Path,
                 lower: Callable[[TargetJob], TargetOutcome],
-                program_for: Callable[..., Any]) -> list[tuple[Artifact, ArtifactResult]]:
+                program_for: Callable[..., Any],
+                beside: tuple[tuple[str, str], ...] = ()) -> list[tuple[Artifact, ArtifactResult]]:
     """Every target of the plan's recipe (an export.run.Plan; `timer` its StepTimer: typed
     loosely so that this module does not import run.py), one child process each, in order;
+    each (timed, untimed) pair in `beside` (the preflight's choice) at the same time (_beside);
     `lower` (export.run.lower_target) is what each child runs and `program_for`
     (export.run._program_for) captures a profile's program: passed in, so that this module does
     not import run.py, which imports it."""
@@ -87,19 +89,29 @@ def run_targets(plan: Any, out: StagedOutput, timer: Any, log: Path,
         plan_file = Path(tmp) / "plan.pkl"
         plan_file.write_bytes(pickle.dumps(plan))
         release_freed()
-        pairs = []
+        jobs = {p.name: TargetJob(plan_file, (keys[p.name], saved[keys[p.name]]), p.name,
+                                  out.staging, log) for p in profiles}
+        partner = dict(beside)  # timed -> untimed
+        paired = set(partner.values())
+        outcomes: dict[str, TargetOutcome] = {}
         for p in profiles:
-            job = TargetJob(plan_file, (keys[p.name], saved[keys[p.name]]), p.name,
-                            out.staging, log)
-            with timer.step(f"target:{p.name}"):
-                outcome = _in_child(job, lower)
-            pairs += outcome.pairs
-            for mine, theirs in ((timer.times, outcome.times), (timer.cpu, outcome.cpu)):
-                for name, seconds in theirs.items():
-                    mine[name] = round(mine.get(name, 0.0) + seconds, 3)
-            if timer.memory is not None:
-                timer.memory.steps.update(outcome.steps)
-    return pairs
+            if p.name in paired:
+                continue  # its child runs beside its partner's
+            if p.name in partner:
+                u = partner[p.name]
+                with timer.step(f"target:{p.name}+{u}"):
+                    both = _beside(jobs[p.name], jobs[u], lower)
+            else:
+                with timer.step(f"target:{p.name}"):
+                    both = {p.name: _in_child(jobs[p.name], lower)}
+            for name, outcome in both.items():
+                outcomes[name] = outcome
+                for mine, theirs in ((timer.times, outcome.times), (timer.cpu, outcome.cpu)):
+                    for step, seconds in theirs.items():
+                        mine[step] = round(mine.get(step, 0.0) + seconds, 3)
+                if timer.memory is not None:
+                    timer.memory.steps.update(outcome.steps)
+    return [pair for p in profiles for pair in outcomes[p.name].pairs]
 
 
 def _save_captures(programs: dict[str, Any], folder: Path) -> dict[str, Path]:
@@ -158,14 +170,69 @@ def load_capture(path: Path) -> Any:
 
 
 def _in_child(job: TargetJob, lower: Callable[[TargetJob], TargetOutcome]) -> TargetOutcome:
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing inherited
+    with _pool(ctx, None) as pool:
+        return _result(pool.submit(lower, job), job)
+
+
+def _beside(timed: TargetJob, untimed: TargetJob,
+            lower: Callable[[TargetJob], TargetOutcome]) -> dict[str, TargetOutcome]:
+    """`untimed`'s child (nothing of it is timed on this host: preflight.untimed_here) and
+    `timed`'s at the same time. The timed child lowers, then waits for the untimed one to end
+    before it opens a session (wait_until_quiet), so its parity and latency run alone on the
+    host, as in sequence (its wait is its step `wait-beside:NAME`). The first failure in recipe
+    order is raised once both have ended."""
+    ctx = multiprocessing.get_context("spawn")
+    quiet = ctx.Event()
+    done: dict[str, TargetOutcome] = {}
+    errors: dict[str, Exception] = {}
+    with _pool(ctx, quiet) as timed_pool, _pool(ctx, None) as untimed_pool:
+        futures = {timed.target: timed_pool.submit(lower, timed),
+                   untimed.target: untimed_pool.submit(lower, untimed)}
+        for job in (untimed, timed):  # the untimed one's end lets the timed one validate
+            try:
+                done[job.target] = _result(futures[job.target], job)
+            except Exception as e:  # raised below, once the other child has ended too
+                errors[job.target] = e
+            finally:
+                quiet.set()
+    for job in (timed, untimed):
+        if job.target in errors:
+            raise errors[job.target]
+    return done
+
+
+def _pool(ctx: Any, quiet: Any) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_child_init,
+                               initargs=(quiet,))
+
+
+def _result(future: Any, job: TargetJob) -> TargetOutcome:
+    try:
+        return future.result()
+    except BrokenProcessPool as e:
+        raise ExportError(f"{job.target}: the child process lowering it died without a "
+                          "result (killed, most likely for memory: see the memory preflight "
+                          "and MOBILEGEN_MEMORY_LIMIT_GB)") from e
+
+
+_QUIET: Any = None  # in a child lowering beside an untimed one: set once that one has ended
+
+
+def _child_init(quiet: Any) -> None:
     from mobilegen.export.workers import init_worker
 
-    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing inherited
-    with ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=init_worker) as pool:
-        future = pool.submit(lower, job)
-        try:
-            return future.result()
-        except BrokenProcessPool as e:
-            raise ExportError(f"{job.target}: the child process lowering it died without a "
-                              "result (killed, most likely for memory: see the memory preflight "
-                              "and MOBILEGEN_MEMORY_LIMIT_GB)") from e
+    global _QUIET
+    init_worker()
+    _QUIET = quiet
+
+
+def beside_untimed() -> bool:
+    """In a child: whether it lowers beside an untimed target's child (export/isolated.py)."""
+    return _QUIET is not None
+
+
+def wait_until_quiet() -> None:
+    """In a child lowering beside an untimed one: block until that one has ended."""
+    if _QUIET is not None:
+        _QUIET.wait()

@@ -29,12 +29,22 @@ from mobilegen.measure.memory import GB
 
 ENV_LIMIT = "MOBILEGEN_MEMORY_LIMIT_GB"
 ENV_ISOLATE = "MOBILEGEN_ISOLATE_TARGETS"  # "1": child processes per target whatever the estimate
+ENV_BESIDE = "MOBILEGEN_TARGETS_BESIDE"  # "0": isolated children strictly one after another
 
 BASELINE_GB = 1.0  # interpreter, torch, onnxruntime and the converters' own code, per process
 # Peak of each runtime's lowering + validation, in multiples of the fp32 weight bytes, on top of
 # the weights the capture holds (measured: see the module docstring and the README's table).
-TARGET_FACTOR = {"onnxruntime": 1.6, "litert": 1.9, "coreml": 1.6, "qnn": 1.9}
+# Core ML: its SD-1.5 child peaked at 6.18 GB (then 5.57 GB) with 3.44 GB of weights, i.e. 0.62x
+# (0.43x) on top of the weights with BASELINE_GB; 1.6 was set before it converted once.
+TARGET_FACTOR = {"onnxruntime": 1.6, "litert": 1.9, "coreml": 0.7, "qnn": 1.9}
 DEFAULT_FACTOR = 2.0  # a runtime without its own measurement
+# A target lowering beside an untimed one (export/isolated.py) waits for it before it opens a
+# session, so only its lowering overlaps: its child's peak up to then, in the same multiples.
+# Measured on SD-1.5's UNet (3.44 GB): ORT's child 4.49 GB inside torch.onnx.export (0.09x),
+# LiteRT's 6.99 GB inside its conversion (0.87x).
+LOWERING_FACTOR = {"onnxruntime": 0.2, "litert": 1.0}
+# The parent while its children run: it has dropped the model (measured 0.36-0.47 GB at SD size)
+PARENT_ISOLATED_GB = 0.6
 # Before the lowering (count, capture, reference runs, calibration) the tree holds about this
 # many copies of the weights.
 PREPARE_FACTOR = 1.3
@@ -57,14 +67,20 @@ class Preflight:
     isolated_gb: float  # estimated peak with each target in its own child process
     peak_target: str  # the target that sets the estimate
     isolate: bool
+    # (timed, untimed) target pairs whose children run at the same time (export/isolated.py),
+    # and the estimated peak of the largest such pair
+    beside: tuple[tuple[str, str], ...] = ()
+    beside_gb: float = 0.0
 
     def estimate_gb(self, isolated: bool) -> float:
-        return self.isolated_gb if isolated else self.in_process_gb
+        return max(self.isolated_gb, self.beside_gb) if isolated else self.in_process_gb
 
     def to_dict(self) -> dict[str, Any]:
+        mode = "one target per child process" if self.isolate else "in process"
+        if self.beside:
+            mode += "; beside each other: " + ", ".join(f"{t} + {u}" for t, u in self.beside)
         return {"preflight": {**asdict(self), "targets": list(self.targets),
-                              "mode": "one target per child process" if self.isolate
-                              else "in process",
+                              "beside": [list(p) for p in self.beside], "mode": mode,
                               "estimate_gb": self.estimate_gb(self.isolate),
                               "note": "ESTIMATE: linear in the fp32 weight bytes, factors "
                                       "measured on SD-1.5-shaped UNets (export/preflight.py)"}}
@@ -88,6 +104,44 @@ def estimate(param_bytes: int, targets: list[str] | tuple[str, ...]) -> tuple[fl
     # isolated: the parent has dropped the model; the child loads the capture and lowers
     isolated = max(prepare, 2 * BASELINE_GB + w * (1 + f))
     return round(in_process, 2), round(isolated, 2), worst
+
+
+def untimed_here(target: str) -> bool:
+    """Whether a target's artifacts are never run on this host, so nothing of it is timed: Core
+    ML predicts only on macOS (targets/coreml.can_predict)."""
+    import platform
+
+    return _runtime(target) == "coreml" and platform.system() != "Darwin"
+
+
+def beside_estimate(param_bytes: int, timed: str, untimed: str) -> float | None:
+    """Estimated tree peak while `untimed`'s child runs beside `timed`'s lowering (None: no
+    lowering factor was measured for `timed`'s runtime)."""
+    w = param_bytes / GB
+    lowering = LOWERING_FACTOR.get(_runtime(timed))
+    if lowering is None:
+        return None
+    whole = TARGET_FACTOR.get(_runtime(untimed), DEFAULT_FACTOR)
+    return round(PARENT_ISOLATED_GB + 2 * BASELINE_GB + w * (2 + whole + lowering), 2)
+
+
+def pair_beside(param_bytes: int, targets: tuple[str, ...],
+                limit: float) -> tuple[tuple[tuple[str, str], ...], float]:
+    """In recipe order, each untimed target with the first timed one left whose pair fits the
+    limit: on a 2-core host the untimed conversion takes the core the other's lowering leaves
+    idle. -> (pairs, the largest pair's estimate)."""
+    untimed = [t for t in targets if untimed_here(t)]
+    free = [t for t in targets if t not in untimed]
+    pairs, worst = [], 0.0
+    for u in untimed:
+        for t in free:
+            est = beside_estimate(param_bytes, t, u)
+            if est is not None and est <= limit:
+                pairs.append((t, u))
+                free.remove(t)
+                worst = max(worst, est)
+                break
+    return tuple(pairs), worst
 
 
 def _cgroup_limit() -> int | None:
@@ -140,8 +194,11 @@ def check(recipe: Any, param_bytes: int) -> Preflight:
     limit, source = found if found is not None else (float("inf"), "unknown")
     forced = os.environ.get(ENV_ISOLATE, "") == "1"
     isolate = (forced or in_process > limit) and len(targets) > 0
+    beside, beside_gb = pair_beside(param_bytes, targets, limit) if isolate else ((), 0.0)
+    if os.environ.get(ENV_BESIDE, "") == "0":
+        beside, beside_gb = (), 0.0
     gate = Preflight(param_bytes, targets, round(limit, 2), source, in_process, isolated, worst,
-                     isolate)
+                     isolate, beside, beside_gb)
     if (in_process > limit or forced) and isolated > limit:
         raise MemoryPreflightError(
             f"memory preflight: {recipe.name} needs an estimated {isolated:.1f} GB at its peak "

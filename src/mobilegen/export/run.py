@@ -226,7 +226,8 @@ def _run_export(recipe: Recipe, out_dir: Path, timer: StepTimer, argv: list[str]
             from mobilegen.export import isolated
 
             del loaded  # the plan holds the model; isolation drops both
-            pairs = isolated.run_targets(plan, out, timer, log, lower_target, _program_for)
+            pairs = isolated.run_targets(plan, out, timer, log, lower_target, _program_for,
+                                         gate.beside)
         else:
             pairs = [p for name in recipe.targets for p in target_rows(plan, name, out, timer, log)]
         for art, row in pairs:
@@ -255,7 +256,12 @@ def lower_target(job: Any) -> Any:
     validate one target; -> isolated.TargetOutcome."""
     import pickle
 
-    from mobilegen.export.isolated import TargetOutcome, load_capture
+    from mobilegen.export.isolated import (
+        TargetOutcome,
+        beside_untimed,
+        load_capture,
+        wait_until_quiet,
+    )
     from mobilegen.export.staging import StagingFolder
     from mobilegen.measure.memory import TreeSampler
 
@@ -265,17 +271,25 @@ def lower_target(job: Any) -> Any:
         timer = StepTimer(None, memory)
         with timer.step(f"load-capture:{job.target}"):
             plan.programs = {key: load_capture(path)}
+        wait = None
+        if beside_untimed():
+            def wait() -> None:
+                with timer.step(f"wait-beside:{job.target}"):
+                    wait_until_quiet()
         pairs = target_rows(plan, job.target, StagingFolder(job.staging), timer, job.log,
-                            last_use=True)
+                            last_use=True, before_validation=wait)
     return TargetOutcome(pairs, timer.times, timer.cpu, dict(memory.steps))
 
 
 def target_rows(plan: Plan, target_name: str, out: StagingFolder, timer: StepTimer,
-                log: Path, last_use: bool = False) -> list[tuple[Artifact, ArtifactResult]]:
+                log: Path, last_use: bool = False,
+                before_validation: Callable[[], None] | None = None,
+                ) -> list[tuple[Artifact, ArtifactResult]]:
     """One target: lower, then validate each runnable artifact; its state is freed on return.
     `last_use` (a child lowering one target): the captured programs are dropped once lowered,
     so that validation's session or interpreter does not sit beside a second copy of the
-    weights."""
+    weights. `before_validation` runs between the two (a child beside an untimed target waits
+    there: export/isolated.py)."""
     profile = load_target(target_name)
     with toolchain_output(log):
         target = runtime_module(profile.runtime)
@@ -284,6 +298,8 @@ def target_rows(plan: Plan, target_name: str, out: StagingFolder, timer: StepTim
     if last_use:
         plan.programs.clear()
         release_freed()
+    if before_validation is not None:
+        before_validation()
     for art in produced:
         row = _row(plan, art, out.staging)
         pairs.append((art, row))

@@ -123,9 +123,11 @@ def _convert(name: str, module: Any, args: tuple[Any, ...], path: Path) -> None:
     import litert_torch
 
     from mobilegen.errors import ExportError, first_line
+    from mobilegen.targets.tflite import no_pre_convert_decompositions
 
     try:
-        with contextlib.redirect_stdout(sys.stderr), __import__("torch").no_grad():
+        with contextlib.redirect_stdout(sys.stderr), __import__("torch").no_grad(), \
+                no_pre_convert_decompositions():
             litert_torch.signature(name, module, args).convert().export(str(path))
     except Exception as e:
         raise ExportError(f"{NAME}: litert_torch.convert failed for {name}: {first_line(e)}") \
