@@ -178,6 +178,27 @@ def test_pairs_fit_the_limit_and_need_a_measured_lowering():
     assert pair_beside(sd, ("snapdragon-8gen3-htp-fp16", "ios-gpu"), 100.0) == ((), 0.0)
 
 
+def test_a_precision_row_keeps_the_children_one_after_another(monkeypatch):
+    """export/preflight.check pairs nothing when a precision pass's lowering would overlap (no
+    lowering factor was measured for it), nor under MOBILEGEN_TARGETS_BESIDE=0."""
+    import platform
+
+    from mobilegen.export.preflight import check
+    from mobilegen.recipe import Recipe
+
+    if platform.system() == "Darwin":
+        pytest.skip("Core ML predicts on macOS: nothing is untimed there")
+    monkeypatch.setenv("MOBILEGEN_ISOLATE_TARGETS", "1")
+    monkeypatch.setenv("MOBILEGEN_MEMORY_LIMIT_GB", "100")
+    base = {"name": "t", "targets": ["ort-mobile-cpu", "ios-gpu"],
+            "model": {"family": "unet", "init": "random", "variant": "unet-tiny"}}
+    assert check(Recipe.model_validate(base), 10**8).beside == (("ort-mobile-cpu", "ios-gpu"),)
+    int8 = Recipe.model_validate({**base, "passes": [{"name": "int8", "mode": "dynamic"}]})
+    assert check(int8, 10**8).beside == ()
+    monkeypatch.setenv("MOBILEGEN_TARGETS_BESIDE", "0")
+    assert check(Recipe.model_validate(base), 10**8).beside == ()
+
+
 def _lower_or_fail(job):
     """A stand-in child body for _beside's ordering (the real one is export.run.lower_target):
     the timed job waits for the untimed one as lower_target does; the untimed one fails."""

@@ -194,9 +194,11 @@ def check(recipe: Any, param_bytes: int) -> Preflight:
     limit, source = found if found is not None else (float("inf"), "unknown")
     forced = os.environ.get(ENV_ISOLATE, "") == "1"
     isolate = (forced or in_process > limit) and len(targets) > 0
-    beside, beside_gb = pair_beside(param_bytes, targets, limit) if isolate else ((), 0.0)
-    if os.environ.get(ENV_BESIDE, "") == "0":
-        beside, beside_gb = (), 0.0
+    beside, beside_gb = (), 0.0
+    # a precision row's lowering (calibration runs, quantization) has no measured lowering
+    # factor: such an export keeps its children one after another
+    if isolate and os.environ.get(ENV_BESIDE, "") != "0" and not _precision_rows(recipe):
+        beside, beside_gb = pair_beside(param_bytes, targets, limit)
     gate = Preflight(param_bytes, targets, round(limit, 2), source, in_process, isolated, worst,
                      isolate, beside, beside_gb)
     if (in_process > limit or forced) and isolated > limit:
@@ -205,6 +207,12 @@ def check(recipe: Any, param_bytes: int) -> Preflight:
             f"({worst}, one target at a time; {param_bytes / GB:.2f} GB of fp32 weights), but "
             f"{limit:.1f} GB is available ({source}); nothing was exported")
     return gate
+
+
+def _precision_rows(recipe: Any) -> bool:
+    from mobilegen.passes.precision import precision_plan
+
+    return bool(precision_plan(recipe).specs)
 
 
 def recipe_param_bytes(recipe: Any) -> int:
