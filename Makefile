@@ -37,12 +37,16 @@ demo: setup vulkan
 demo-npu: setup
 	$(VENV)/bin/mobilegen export recipes/stoic-digits-npu.toml --out out/stoic-digits-npu
 
+# two pytest workers (pytest-xdist; 2 = the CI runner's cores), each test file on one worker
+# (--dist loadfile: a file's module-scoped exports are built once); PYTEST_WORKERS=0 runs the
+# suite in this process
+PYTEST_WORKERS ?= 2
 test: setup vulkan
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
 # everything, the `slow` end-to-end duplicates included (tests/conftest.py: --run-slow)
 test-all: setup vulkan
-	$(VENV)/bin/pytest -q --run-slow
+	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) --dist loadfile --run-slow
 
 # every benchmark script in turn (the SD-size ones take tens of minutes); results/ + SUMMARY.md
 bench: setup
