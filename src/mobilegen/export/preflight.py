@@ -35,7 +35,8 @@ BASELINE_GB = 1.0  # interpreter, torch, onnxruntime and the converters' own cod
 # Peak of each runtime's lowering + validation, in multiples of the fp32 weight bytes, on top of
 # the weights the capture holds (measured: see the module docstring and the README's table).
 # Core ML: its SD-1.5 child peaked at 6.18 GB (then 5.57 GB) with 3.44 GB of weights, i.e. 0.62x
-# (0.43x) on top of the weights with BASELINE_GB; 1.6 was set before it converted once.
+# (0.43x) on top of the weights with BASELINE_GB. Its 1.6 before was set with the first
+# preflight, before Core ML lost its fixed-batch retry and captures were read back mapped.
 TARGET_FACTOR = {"onnxruntime": 1.6, "litert": 1.9, "coreml": 0.7, "qnn": 1.9}
 DEFAULT_FACTOR = 2.0  # a runtime without its own measurement
 # A target lowering beside an untimed one (export/isolated.py) waits for it before it opens a
