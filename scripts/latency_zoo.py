@@ -667,7 +667,9 @@ class _DeepLabV3PlusMNV2(nn.Module):
 class _PSPNet(nn.Module):
     """hszhao/semseg PSPNet(layers=101, classes=150, zoom_factor=8) in eval: ResNet-101 with the
     deep (three-conv) stem, layers 3 / 4 dilated 2 / 4 (output stride 8), the pyramid pooling
-    module (bins 1, 2, 3, 6), the 3x3 head and the x8 bilinear resize; no aux head."""
+    module (bins 1, 2, 3, 6), the 3x3 head and the x8 bilinear resize; no aux head. As
+    qai-hub-models runs it (models/pspnet/model.py): the image and its horizontal flip as one
+    batch of 2, normalized, the class softmax, and the flipped map averaged back."""
 
     def __init__(self, classes: int = 150) -> None:
         super().__init__()
@@ -682,35 +684,38 @@ class _PSPNet(nn.Module):
                                  for b in (1, 2, 3, 6))
         self.cls = nn.Sequential(_bc(2 * cin, 512, 3, p=1), nn.Conv2d(512, classes, 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = (torch.cat([image, torch.flip(image, [3])], 0) - 0.45) / 0.225
         f = self.backbone(x)
         size = f.shape[-2:]
         f = torch.cat([f] + [nn.functional.interpolate(m(f), size=size, mode="bilinear",
                                                        align_corners=True)
                              for m in self.ppm], 1)
-        return nn.functional.interpolate(self.cls(f), size=x.shape[-2:], mode="bilinear",
-                                         align_corners=True)
+        out = torch.softmax(nn.functional.interpolate(self.cls(f), size=x.shape[-2:],
+                                                      mode="bilinear", align_corners=True), 1)
+        return ((out[0] + torch.flip(out[1], [2])) / 2).unsqueeze(0)
 
 
 class _MobileFaceNet(nn.Module):
-    """foamliu/MobileFaceNet (PReLU bottlenecks, 7x7 depthwise linear GDConv, 128-d) as
-    qai-hub-models runs it: two faces, each with its horizontal flip (batch 4), the flipped
-    embedding added to the original's."""
+    """foamliu/MobileFaceNet (ReLU6 inverted-residual bottlenecks, a ReLU depthwise-separable
+    stem block, 7x7 depthwise linear GDConv, 128-d) as qai-hub-models runs it: two faces, each
+    with its horizontal flip (batch 4), the flipped embedding added to the original's."""
 
     def __init__(self) -> None:
         super().__init__()
-        pr = nn.PReLU
-        layers: list[nn.Module] = [_bc(3, 64, 3, 2, 1, pr), _bc(64, 64, 3, 1, 1, pr, g=64)]
+        r6 = nn.ReLU6
+        layers: list[nn.Module] = [_bc(3, 64, 3, 2, 1, r6), _bc(64, 64, 3, 1, 1, g=64),
+                                   _bc(64, 64, 1)]
         cin = 64
         for t, c, n, s in ((2, 64, 5, 2), (4, 128, 1, 2), (2, 128, 6, 1), (4, 128, 1, 2),
                            (2, 128, 2, 1)):
             for i in range(n):
                 st, mid = s if i == 0 else 1, cin * t
                 layers.append(_Residual(nn.Sequential(
-                    _bc(cin, mid, 1, act=pr), _bc(mid, mid, 3, st, 1, pr, g=mid),
+                    _bc(cin, mid, 1, act=r6), _bc(mid, mid, 3, st, 1, r6, g=mid),
                     _bc(mid, c, 1, act=None)), st == 1 and cin == c))
                 cin = c
-        layers += [_bc(128, 512, 1, act=pr), _bc(512, 512, 7, act=None, g=512),
+        layers += [_bc(128, 512, 1, act=r6), _bc(512, 512, 7, act=None, g=512),
                    _bc(512, 128, 1, act=None), nn.Flatten()]
         self.f = nn.Sequential(*layers)
 
@@ -1218,8 +1223,8 @@ class _HRModule(nn.Module):
 
     def __init__(self, chans: tuple[int, ...], outputs: int) -> None:
         super().__init__()
-        basic = lambda c: _Residual(nn.Sequential(_bc(c, c, 3, p=1), _bc(c, c, 3, p=1, act=None)),
-                                    True)
+        basic = lambda c: nn.Sequential(_Residual(nn.Sequential(
+            _bc(c, c, 3, p=1), _bc(c, c, 3, p=1, act=None)), True), nn.ReLU())
         self.branches = nn.ModuleList(nn.Sequential(*[basic(c) for _ in range(4)]) for c in chans)
         self.fuse = nn.ModuleList()
         for i in range(outputs):
@@ -1301,7 +1306,28 @@ def _sd(component: str) -> Built:
 
 
 def _vision(cls_name: str, cfg_name: str, size: int, **cfg: Any) -> Callable[[], Built]:
+    if cls_name.endswith("ForImageClassification"):
+        cfg.setdefault("num_labels", 1000)  # qai's ImageNet heads (transformers' default is 2)
     return lambda: (_hf(cls_name, cfg_name, **cfg), _img(size))
+
+
+def _masked_lm(cls_name: str, cfg_name: str, n: int, **cfg: Any) -> Callable[[], Built]:
+    """qai-hub-models' BaseBertModel: the masked-LM logits, the row at the [MASK] index, its
+    argmax (one token id out, not the 384 x vocab logits)."""
+    class _MLM(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.m = _hf(cls_name, cfg_name, **cfg)
+
+        def forward(self, input_ids: torch.Tensor, mask_indices: torch.Tensor) -> torch.Tensor:
+            logits = self.m(input_ids=input_ids).logits
+            return logits[torch.arange(input_ids.shape[0], device=logits.device),
+                          mask_indices].argmax(-1)
+
+    def build() -> Built:
+        m = _MLM().eval()
+        return m, {**_ids(n), "mask_indices": torch.zeros(1, dtype=torch.long, device=META)}
+    return build
 
 
 def _text(cls_name: str, cfg_name: str, n: int, **cfg: Any) -> Callable[[], Built]:
@@ -1392,12 +1418,25 @@ def _tv(fn: Callable[[], nn.Module], size: int = 224,
     return build
 
 
+class _Softmax(nn.Module):
+    """The class softmax qai-hub-models' forward applies to an HF classifier's logits."""
+
+    def __init__(self, m: nn.Module) -> None:
+        super().__init__()
+        self.m = m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.m(x).logits, 1)
+
+
 def _video_mae() -> Built:
+    """MCG-NJU VideoMAE-B/16 on Kinetics-400 (16 frames), with qai's class softmax."""
     import transformers
 
     with META:
-        m = transformers.VideoMAEForVideoClassification(transformers.VideoMAEConfig()).eval()
-    return m, (torch.empty(1, 16, 3, 224, 224, device=META),)
+        m = transformers.VideoMAEForVideoClassification(
+            transformers.VideoMAEConfig(num_labels=400)).eval()
+    return _Softmax(m), (torch.empty(1, 16, 3, 224, 224, device=META),)
 
 
 def _yamnet() -> Built:
@@ -1510,20 +1549,21 @@ def entries() -> list[ZooEntry]:
                  _vision("MobileViTForImageClassification", "MobileViTConfig", 224,
                          image_size=224), hf),
         ZooEntry("segformer_base", "Segformer-Base", "segformer",
-                 _vision("SegformerForSemanticSegmentation", "SegformerConfig", 512), hf),
+                 _vision("SegformerForSemanticSegmentation", "SegformerConfig", 512,
+                         num_labels=150), hf),
         ZooEntry("depth_anything", "Depth-Anything", "depth_anything", _depth_anything, hf),
         ZooEntry("depth_anything_v2", "Depth-Anything-V2", "depth_anything", _depth_anything, hf),
         ZooEntry("bert_base_uncased_hf", "Bert-Base-Uncased-Hf", "bert",
-                 _text("BertForMaskedLM", "BertConfig", 384), hf),
+                 _masked_lm("BertForMaskedLM", "BertConfig", 384), hf),
         ZooEntry("distil_bert_base_uncased_hf", "Distil-Bert-Base-Uncased-Hf", "bert",
-                 _text("DistilBertForMaskedLM", "DistilBertConfig", 384), hf),
+                 _masked_lm("DistilBertForMaskedLM", "DistilBertConfig", 384), hf),
         ZooEntry("electra_bert_base_discrim_google", "Electra-Bert-Base-Discrim-Google", "bert",
                  _text("ElectraForPreTraining", "ElectraConfig", 384, hidden_size=768,
                        num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
                        embedding_size=768), hf),
         ZooEntry("albert_base_v2_hf", "Albert-Base-V2-Hf", "albert",
-                 _text("AlbertForMaskedLM", "AlbertConfig", 384, hidden_size=768,
-                       num_attention_heads=12, intermediate_size=3072), hf),
+                 _masked_lm("AlbertForMaskedLM", "AlbertConfig", 384, hidden_size=768,
+                           num_attention_heads=12, intermediate_size=3072), hf),
         ZooEntry("mobile_bert_uncased_google", "Mobile-Bert-Uncased-Google", "mobilebert",
                  _text("MobileBertForMaskedLM", "MobileBertConfig", 384), hf),
         ZooEntry("minilm_v2", "MiniLM-v2", "bert",

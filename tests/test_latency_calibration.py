@@ -84,6 +84,27 @@ def test_counter_classes_norms_softmax_and_concat() -> None:
     assert c["softmax"].nodes == 1 and c["data_movement"].nodes == 0
 
 
+def test_counter_prices_a_lookup_by_the_rows_it_reads() -> None:
+    """Gathering one row of a large activation (a masked-LM head's [MASK] row) moves that row,
+    not the whole tensor; a lookup in a weight table reads its rows as weights."""
+    class M(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.table = nn.Embedding(1000, 16)
+
+        def forward(self, x: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+            return x[torch.zeros(1, dtype=torch.long), i] + self.table(i).sum()
+
+    x = torch.zeros(1, 512, 2048)  # 1M elements: a spilling tensor if it were read whole
+    f = count_features(M().eval(), (x, torch.tensor([3])))
+    dm = f.classes["data_movement"]
+    assert f.op_types["index"] == 1 and f.op_types["embedding"] == 1
+    # index: its index tensors (1 + 1) plus the row read and written (2 x 2048); embedding:
+    # its ids (1) and the row written (16), the row read counted as weights
+    assert dm.act_elems == 2 + 2 * 2048 + 1 + 16
+    assert dm.weight_elems == 16 and dm.spill_elems == 0
+
+
 def test_counter_transposed_conv_macs_follow_the_input() -> None:
     m = nn.ConvTranspose2d(4, 2, 2, 2)
     f = count_features(m, (torch.zeros(1, 4, 3, 3),))

@@ -55,6 +55,8 @@ _MOVE_OPS = frozenset({"clone", "contiguous", "_to_copy", "constant_pad_nd",
                        "flip", "reflection_pad2d", "replication_pad2d", "masked_fill",
                        "where", "index_put", "scatter", "narrow_copy", "split_copy", "topk",
                        "sort", "argmax", "embedding_dense"})
+# a lookup reads only the rows it selects, from a weight table or an activation
+_GATHER_OPS = frozenset({"index", "index_select", "gather", "embedding"})
 _MAC_CLASSES = ("conv", "dwconv", "linear", "attn_matmul")
 _MATMUL_OPS = frozenset({"mm", "addmm", "bmm", "baddbmm", "matmul", "linear", "addbmm"})
 _SDPA_PREFIX = "_scaled_dot_product"
@@ -123,12 +125,20 @@ def _tensors(xs: Any) -> list[Any]:
     return out
 
 
+def _read(name: str, ins: list[Any]) -> list[Any]:
+    """The input tensors an op reads whole. A lookup (index, index_select, gather, embedding)
+    reads only the rows it selects, as many elements as it writes: of its inputs only the index
+    tensors count (the source is its first)."""
+    return ins[1:] if name in _GATHER_OPS else ins
+
+
 def _classify(name: str, args: tuple[Any, ...], out: Any,
               is_weight: Any) -> tuple[str, int, int, int] | None:
     """(class, macs, weight elements, activation elements) of one aten call; None for a view."""
     ins, outs = _tensors(list(args)), _tensors(out)
     w_elems = sum(_numel(t) for t in ins if is_weight(t))
-    a_elems = sum(_numel(t) for t in ins if not is_weight(t)) + sum(_numel(t) for t in outs)
+    a_elems = sum(_numel(t) for t in _read(name, ins) if not is_weight(t)) + sum(
+        _numel(t) for t in outs)
     if name in ("convolution", "_convolution", "conv2d", "conv1d", "conv3d",
                 "cudnn_convolution", "mkldnn_convolution", "convolution_overrideable"):
         weight, groups = args[1], int(args[8] if len(args) > 8 else 1)
@@ -161,8 +171,12 @@ def _classify(name: str, args: tuple[Any, ...], out: Any,
     if any(p in name for p in _POOL_OPS):
         return "pool_resize", 0, w_elems, a_elems
     if name in _MOVE_OPS:
-        if name in ("embedding", "index_select") and w_elems:  # a lookup reads its rows only
-            w_elems = sum(_numel(t) for t in outs)
+        if name in _GATHER_OPS:  # the rows it selects are read: weights or activations
+            rows = sum(_numel(t) for t in outs)
+            if is_weight(ins[0]):
+                w_elems = rows
+            else:
+                a_elems += rows
         return "data_movement", 0, w_elems, a_elems
     return "elementwise", 0, w_elems, a_elems
 
@@ -211,7 +225,7 @@ def count_features(model: Any, inputs: tuple[Any, ...] | dict[str, Any]) -> OpFe
             if got is not None:
                 kind, macs, w, a = got
                 c = feats.classes[kind]
-                c.spill_elems += sum(_numel(t) for t in [*ins, *_tensors(out)]
+                c.spill_elems += sum(_numel(t) for t in [*_read(name, ins), *_tensors(out)]
                                      if not is_weight(t) and _numel(t) >= SPILL_ELEMS)
                 c.macs += macs
                 c.weight_elems += w
