@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
 import pytest
+
+# Under pytest-xdist each worker takes its share of the cores: two workers with torch's default
+# of a thread per core oversubscribe a 2-core runner (executorch + text2image files: 276 s, 237 s
+# at one thread each). The environment carries it into the exports' child processes.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1 and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // _WORKERS))
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def pytest_addoption(parser):
