@@ -664,6 +664,12 @@ class _DeepLabV3PlusMNV2(nn.Module):
                                          align_corners=True)
 
 
+def _normalize(x: torch.Tensor) -> torch.Tensor:
+    """qai-hub-models' in-forward image normalization: one subtract and one divide (the
+    per-channel means and deviations cost the same ops as these scalars)."""
+    return (x - 0.45) / 0.225
+
+
 class _PSPNet(nn.Module):
     """hszhao/semseg PSPNet(layers=101, classes=150, zoom_factor=8) in eval: ResNet-101 with the
     deep (three-conv) stem, layers 3 / 4 dilated 2 / 4 (output stride 8), the pyramid pooling
@@ -685,7 +691,7 @@ class _PSPNet(nn.Module):
         self.cls = nn.Sequential(_bc(2 * cin, 512, 3, p=1), nn.Conv2d(512, classes, 1))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        x = (torch.cat([image, torch.flip(image, [3])], 0) - 0.45) / 0.225
+        x = _normalize(torch.cat([image, torch.flip(image, [3])], 0))
         f = self.backbone(x)
         size = f.shape[-2:]
         f = torch.cat([f] + [nn.functional.interpolate(m(f), size=size, mode="bilinear",
@@ -720,7 +726,7 @@ class _MobileFaceNet(nn.Module):
         self.f = nn.Sequential(*layers)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        a, b = (a - 0.45) / 0.225, (b - 0.45) / 0.225
+        a, b = _normalize(a), _normalize(b)
         e = self.f(torch.cat([a, torch.flip(a, [-1]), b, torch.flip(b, [-1])], 0))
         return torch.stack([e[0] + e[1], e[2] + e[3]], 0)
 
